@@ -1,0 +1,406 @@
+"""`kristalctl`: the stable command line (DESIGN §9). Scripts depend on its commands, exit codes
+and `error: <code>: <message>` lines; a refusal never prints a traceback.
+
+It lives beside the flows because it runs them; commands that need no Prefect (id, canon,
+keys, publish, status, history, ...) import none.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from kristal.errors import EXIT_USAGE, KristalError, UsageInvalid
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Release activation for Kristal data releases.")
+dev_app = typer.Typer(add_completion=False, no_args_is_help=True, help="The local stack.")
+keys_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Signing keys.")
+app.add_typer(dev_app, name="dev")
+app.add_typer(keys_app, name="keys")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
+Channel = Annotated[str, typer.Argument(help="<tenant>/<environment>/<region>")]
+OperatorOpt = Annotated[str, typer.Option("--operator", help="Who is doing this (recorded).")]
+ReasonOpt = Annotated[str, typer.Option("--reason", help="Why (recorded).")]
+CorrelationOpt = Annotated[str | None, typer.Option("--correlation-id")]
+
+
+def _emit(as_json: bool, document: Any, human: str | Callable[[], None]) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(document, indent=2, default=str) + "\n")
+    elif callable(human):
+        human()
+    else:
+        typer.echo(human)
+
+
+def _fail(exc: KristalError) -> None:
+    typer.echo(exc.line(), err=True)
+    raise typer.Exit(exc.exit_status)
+
+
+def _quiet_prefect() -> None:
+    """Keep Prefect's console logging off stderr (one error line is the contract)."""
+    if os.environ.get("KRISTAL_VERBOSE"):
+        return
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    import logging
+
+    import prefect  # noqa: F401  (configures logging)
+
+    for name in ("prefect", "prefect.flow_runs", "prefect.task_runs", "prefect.flows",
+                 "prefect.tasks", "prefect.engine"):
+        for handler in logging.getLogger(name).handlers:
+            if handler.__class__.__name__ == "PrefectConsoleHandler":
+                handler.setLevel(logging.CRITICAL + 1)
+
+
+def _ctx() -> Any:
+    from kristal.context import Context
+
+    return Context.from_settings()
+
+
+# --- identity -----------------------------------------------------------------------------------
+@app.command("id")
+def id_command(
+    kind: Annotated[str, typer.Argument(help="exchange|runtime-pack|federation|validation-report")],
+    file: Path,
+    as_json: JsonOpt = False,
+) -> None:
+    """Print the recomputed ID of a document."""
+    from kristal.canonical import parse_json
+    from kristal.identity import DocKind, compute_id
+
+    kinds = {"exchange": DocKind.EXCHANGE, "runtime-pack": DocKind.RUNTIME_PACK,
+             "federation": DocKind.FEDERATION, "validation-report": DocKind.VALIDATION_REPORT}
+    if kind not in kinds:
+        raise UsageInvalid(f"kind must be one of {sorted(kinds)}")
+    doc = parse_json(_read(file), what=str(file))
+    if not isinstance(doc, dict):
+        from kristal.errors import ManifestSchemaInvalid
+
+        raise ManifestSchemaInvalid(f"{file} is not a JSON object")
+    artifact_id = compute_id(doc, kinds[kind])
+    _emit(as_json, {"kind": kind, "id": artifact_id}, artifact_id)
+
+
+@app.command("canon")
+def canon_command(file: Path, as_json: JsonOpt = False) -> None:
+    """Print the RFC 8785 bytes of a JSON file (no trailing newline)."""
+    from kristal.canonical import canonical_bytes, parse_json, sha256_hex
+
+    data = canonical_bytes(parse_json(_read(file), what=str(file)))
+    if as_json:
+        _emit(True, {"canonical": data.decode(), "sha256": "sha256:" + sha256_hex(data)}, "")
+    else:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+
+
+def _read(file: Path) -> bytes:
+    try:
+        return file.read_bytes()
+    except OSError as exc:
+        raise UsageInvalid(f"cannot read {file}: {exc.strerror}") from None
+
+
+# --- keys and the local stack -------------------------------------------------------------------
+@keys_app.command("generate")
+def keys_generate(
+    role: Annotated[str, typer.Option("--role")],
+    key_id: Annotated[str, typer.Option("--key-id")],
+    out: Annotated[Path, typer.Option("--out")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Write <key_id>.pem (PKCS#8, 0600) and <key_id>.pub.json into --out."""
+    from kristal.keys import generate_key
+
+    trusted = generate_key(role, key_id, out)
+    doc = trusted.model_dump(mode="json", exclude_none=True)
+    _emit(as_json, doc, f"{out / (key_id + '.pem')}\n{out / (key_id + '.pub.json')}")
+
+
+def _home() -> Path:
+    return Path(os.environ.get("KRISTAL_HOME", Path.home() / ".kristal")).expanduser()
+
+
+@dev_app.command("up")
+def dev_up_command(as_json: JsonOpt = False) -> None:
+    """Start SeaweedFS and a Prefect server on 127.0.0.1; print `export` lines."""
+    from kristal.devstack import dev_up
+
+    stack = dev_up(_home())
+    exports = stack.exports()
+    _emit(as_json, exports, "\n".join(f"export {k}={_shell_quote(v)}" for k, v in exports.items()))
+
+
+@dev_app.command("down")
+def dev_down_command(as_json: JsonOpt = False) -> None:
+    """Stop the local stack started by `dev up`."""
+    from kristal.devstack import dev_down
+
+    stopped = dev_down(_home())
+    _emit(as_json, {"stopped": stopped}, "stopped" if stopped else "no local stack was running")
+
+
+def _shell_quote(value: str) -> str:
+    import shlex
+
+    return shlex.quote(value)
+
+
+# --- publishing and the channel index -----------------------------------------------------------
+def _publisher_keys() -> Any:
+    from kristal.config import Settings
+    from kristal.keys import load_role_key
+    from kristal.publisher import PublisherKeys
+
+    key_dir = Settings.from_env().key_dir
+    return PublisherKeys(publisher=load_role_key(key_dir, "publisher"),
+                         validator=load_role_key(key_dir, "validator"),
+                         authority=load_role_key(key_dir, "channel-authority"))
+
+
+@app.command("publish")
+def publish_command(
+    data: Annotated[Path, typer.Option("--data", help="Triples JSONL file.")],
+    channel: Annotated[str, typer.Option("--channel")],
+    release_id: Annotated[int, typer.Option("--release-id")],
+    generation: Annotated[int, typer.Option("--generation")],
+    expect_file: Annotated[Path | None, typer.Option("--expect-file")] = None,
+    shards: Annotated[int, typer.Option("--shards")] = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Publish a signed release into the channel's index."""
+    from kristal.publisher import publish
+
+    ctx = _ctx()
+    result = publish(ctx.store, ctx.trust(channel), _publisher_keys(), data=data,
+                     channel_id=channel, release_id=release_id, generation=generation,
+                     expect_file=expect_file, shards=shards, now=ctx.now)
+    human = (f"published release {result.release_id} (generation {result.generation}) to "
+             f"{channel}: {result.row_count} rows, index v{result.index_version}\n"
+             f"  exchange {result.exchange_id}\n"
+             + "".join(f"  pack     {p}\n" for p in result.runtime_pack_ids)
+             + (f"  root     {result.federation_id}\n" if result.federation_id else "")
+             + (f"  FAILED validation profiles: {result.failed_profiles}\n"
+                if result.failed_profiles else ""))
+    _emit(as_json, result.as_dict(), human.rstrip())
+
+
+@app.command("authorize")
+def authorize_command(
+    channel: Channel,
+    release: Annotated[int, typer.Option("--release")],
+    reason: ReasonOpt,
+    expires_in: Annotated[str, typer.Option("--expires-in", help="30m, 24h, 7d or ISO 8601")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Bless a downgrade target; prints the authorization id."""
+    from kristal.governance import authorize
+
+    ctx = _ctx()
+    auth = authorize(ctx, _publisher_keys().authority, channel, release, reason, expires_in)
+    _emit(as_json, auth, auth["authorization_id"])
+
+
+@app.command("revoke")
+def revoke_command(channel: Channel, release: Annotated[int, typer.Option("--release")],
+                   reason: ReasonOpt, as_json: JsonOpt = False) -> None:
+    """Revoke a release in the channel index."""
+    from kristal.governance import revoke
+
+    ctx = _ctx()
+    index = revoke(ctx, _publisher_keys().authority, channel, release, reason)
+    _emit(as_json, {"channel_id": channel, "revoked_release_id": release,
+                    "index_version": index.index_version},
+          f"release {release} revoked in {channel} (index v{index.index_version})")
+
+
+@app.command("floor")
+def floor_command(channel: Channel, release: Annotated[int, typer.Option("--release")],
+                  as_json: JsonOpt = False) -> None:
+    """Set the channel's minimum_allowed_release_id."""
+    from kristal.governance import set_floor
+
+    ctx = _ctx()
+    index = set_floor(ctx, _publisher_keys().authority, channel, release)
+    _emit(as_json, {"channel_id": channel, "minimum_allowed_release_id": release,
+                    "index_version": index.index_version},
+          f"{channel} floor is release {release} (index v{index.index_version})")
+
+
+# --- flows --------------------------------------------------------------------------------------
+def _run_flow(as_json: bool, call: Callable[[], Any]) -> None:
+    _quiet_prefect()
+    outcome = call()
+    doc = outcome.model_dump(mode="json")
+    _emit(as_json, doc, outcome.message or outcome.outcome)
+
+
+@app.command("activate")
+def activate_command(
+    channel: Channel,
+    operator: OperatorOpt,
+    reason: ReasonOpt,
+    release: Annotated[int | None, typer.Option("--release")] = None,
+    exchange: Annotated[str | None, typer.Option("--exchange")] = None,
+    pack: Annotated[list[str] | None, typer.Option("--pack")] = None,
+    force: Annotated[bool, typer.Option("--force")] = False,
+    correlation_id: CorrelationOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Verify, stage, switch and check a release."""
+    from flows.params import ActivateRequest
+
+    if (release is None) == (exchange is None):
+        raise UsageInvalid("give --release N, or --exchange ID with --pack ID...")
+    request = _model(ActivateRequest, channel_id=channel, release_id=release, exchange_id=exchange,
+                     runtime_pack_ids=pack or None, force=force, dry_run=dry_run,
+                     operator=operator, reason=reason, correlation_id=correlation_id)
+
+    def run() -> Any:
+        from flows.activate import activate
+
+        return activate(request)
+
+    _run_flow(as_json, run)
+
+
+@app.command("rollback")
+def rollback_command(
+    channel: Channel,
+    operator: OperatorOpt,
+    reason: ReasonOpt,
+    to: Annotated[str, typer.Option("--to", help="last-known-good, previous or a sequence")] = (
+        "last-known-good"),
+    expected_activation_id: Annotated[str | None, typer.Option("--expected-activation-id")] = None,
+    correlation_id: CorrelationOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Go back to a release this channel had live."""
+    from flows.params import RollbackRequest
+
+    target: Any = int(to) if to.isdigit() else to
+    request = _model(RollbackRequest, channel_id=channel, to=target,
+                     expected_activation_id=expected_activation_id, operator=operator,
+                     reason=reason, correlation_id=correlation_id)
+
+    def run() -> Any:
+        from flows.rollback import rollback
+
+        return rollback(request)
+
+    _run_flow(as_json, run)
+
+
+def _model(model: Any, **fields: Any) -> Any:
+    from pydantic import ValidationError
+
+    try:
+        return model(**fields)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        raise UsageInvalid(f"{loc}: {first['msg']}") from None
+
+
+# --- reading ------------------------------------------------------------------------------------
+@app.command("status")
+def status_command(channel: Channel, as_json: JsonOpt = False) -> None:
+    """The live record of a channel."""
+    from kristal import pointer as ptr
+
+    ctx = _ctx()
+    state = ptr.read_pointer(ctx.store, channel)
+    if state.record is None:
+        _emit(as_json, {"channel_id": channel, "active": None}, f"{channel}: nothing is live")
+        return
+    record = state.record
+    checks = ptr.read_checks(ctx.store, channel, record.sequence)
+    doc = record.model_dump(mode="json")
+    doc["checks"] = checks.model_dump(mode="json") if checks else None
+    human = (f"{channel}: release {record.active.release_id} (generation "
+             f"{record.active.generation}) live since {record.created_at:%Y-%m-%d %H:%M:%S}Z\n"
+             f"  sequence {record.sequence} {record.kind} by {record.operator}: {record.reason}\n"
+             f"  checks: {checks.result if checks else 'pending'}"
+             f"{'  rollback mode' if record.rollback_mode else ''}")
+    _emit(as_json, doc, human)
+
+
+@app.command("history")
+def history_command(channel: Channel, as_json: JsonOpt = False) -> None:
+    """Every record, oldest first, with its check outcome."""
+    from kristal import pointer as ptr
+    from kristal.records import history
+
+    ctx = _ctx()
+    rows = []
+    for record in history(ctx.store, channel):
+        checks = ptr.read_checks(ctx.store, channel, record.sequence)
+        rows.append({"sequence": record.sequence, "kind": record.kind,
+                     "release_id": record.active.release_id,
+                     "generation": record.active.generation,
+                     "operator": record.operator, "reason": record.reason,
+                     "created_at": record.created_at.isoformat(), "forced": record.forced,
+                     "activation_id": record.activation_id,
+                     "checks": checks.result if checks else "pending"})
+
+    def human() -> None:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"history of {channel}")
+        for column in ("seq", "kind", "release", "gen", "checks", "operator", "reason"):
+            table.add_column(column)
+        for r in rows:
+            table.add_row(str(r["sequence"]), r["kind"], str(r["release_id"]),
+                          str(r["generation"]), r["checks"], r["operator"], r["reason"])
+        Console(width=120).print(table)
+
+    _emit(as_json, rows, human)
+
+
+@app.command("demo")
+def demo_command(as_json: JsonOpt = False) -> None:
+    """The main job end to end on the local stack (the README's first command)."""
+    from flows.demo import run_demo
+
+    _quiet_prefect()
+    run_demo(as_json=as_json)
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except KristalError as exc:
+        typer.echo(exc.line(), err=True)
+        sys.exit(exc.exit_status)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        typer.echo("error: activation_aborted: interrupted", err=True)
+        sys.exit(1)
+    except Exception as exc:  # noqa: BLE001 - the contract: one line, never a traceback
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(EXIT_USAGE if isinstance(exc, click.UsageError) else 1)
+        ref = uuid.uuid4().hex[:8]
+        typer.echo(f"error: internal_error: {type(exc).__name__}: {exc} (ref {ref})", err=True)
+        sys.exit(4)
+
+
+if __name__ == "__main__":
+    main()

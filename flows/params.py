@@ -1,0 +1,56 @@
+"""Flow parameters and results as pydantic models: they render as typed forms in the Prefect UI
+and are validated by the server when a run is created.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+CHANNEL_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}/[a-z0-9][a-z0-9-]{0,62}/[a-z0-9][a-z0-9-]{0,62}$"
+ID_PATTERN = r"^sha256:[0-9a-f]{64}$"
+
+
+class Operator(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    operator: str = Field(min_length=1, description="Who is doing this (recorded).")
+    reason: str = Field(min_length=1, description="Why (recorded in the activation record).")
+    correlation_id: str | None = Field(
+        None, description="Ties this run to a ticket or incident; defaults to the flow run id."
+    )
+
+
+class ActivateRequest(Operator):
+    channel_id: str = Field(pattern=CHANNEL_PATTERN, description="<tenant>/<environment>/<region>")
+    release_id: int | None = Field(None, ge=1, description="Release to activate (from the index).")
+    exchange_id: str | None = Field(None, pattern=ID_PATTERN,
+                                    description="Or: the exact Exchange ID ...")
+    runtime_pack_ids: list[str] | None = Field(None, description="... with its exact pack IDs.")
+    force: bool = Field(False, description="Re-activate a quarantined release or resume the live one.")
+    dry_run: bool = Field(False, description="Verify and stage only; report the plan.")
+
+
+class RollbackRequest(Operator):
+    channel_id: str = Field(pattern=CHANNEL_PATTERN)
+    to: Literal["last-known-good", "previous"] | int = Field(
+        "last-known-good", description="last-known-good, previous, or a history sequence number."
+    )
+    expected_activation_id: str | None = Field(
+        None, description="Only roll back if this activation is still live (no double rollback)."
+    )
+
+
+class RunOutcome(BaseModel):
+    """What a flow run did, for the CLI's --json and for callers."""
+
+    channel_id: str
+    outcome: Literal["activated", "resumed", "already_live", "planned", "rolled_back",
+                     "nothing_to_do", "activated_then_rolled_back"]
+    sequence: int | None = None
+    activation_id: str | None = None
+    release_id: int | None = None
+    check_result: str | None = None
+    message: str = ""
+    plan: dict | None = None

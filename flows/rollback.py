@@ -1,0 +1,58 @@
+"""The `rollback` flow: back to a release this channel had live, fast, recorded, conditional
+on the activation it was asked about still being live (DESIGN §6 invariant 7).
+"""
+
+from __future__ import annotations
+
+from prefect import flow
+from prefect.runtime import flow_run
+
+from flows.params import RollbackRequest, RunOutcome
+from kristal.activation import Who
+from kristal.models import ActivationKind
+from kristal.rollback import RollbackTo
+from tasks.activation import (
+    decide_rollback,
+    post_activation_checks,
+    record_check_outcome,
+    stage_release,
+    switch_pointer,
+)
+from tasks.reporting import report_run
+from tasks.runtime import channel_lock
+
+
+def rollback_steps(channel_id: str, to: RollbackTo, expected_activation_id: str | None,
+                   kind: ActivationKind, who: Who) -> RunOutcome:
+    """Decide, stage (fast path when cached), switch, check. Takes no lock: callers hold it."""
+    decision = decide_rollback(channel_id, to, expected_activation_id, kind)
+    if decision.plan is None:
+        return RunOutcome(channel_id=channel_id, outcome="nothing_to_do",
+                          message=decision.noop_reason or "")
+    plan = decision.plan
+    stage_release(plan)
+    record = switch_pointer(plan, who)
+    reports = post_activation_checks(record, plan)
+    checks = record_check_outcome(record, reports)
+    report_run(plan, record, checks, f"rolled back to release {record.active.release_id}")
+    return RunOutcome(
+        channel_id=channel_id, outcome="rolled_back", sequence=record.sequence,
+        activation_id=record.activation_id, release_id=record.active.release_id,
+        check_result=checks.result,
+        message=f"release {record.active.release_id} is live again (sequence {record.sequence})",
+    )
+
+
+def who_of(operator: str, reason: str, correlation_id: str | None) -> Who:
+    run_id = flow_run.get_id()
+    return Who(operator=operator, reason=reason,
+               correlation_id=correlation_id or (str(run_id) if run_id else "local"),
+               flow_run_id=str(run_id) if run_id else None)
+
+
+@flow(name="rollback", log_prints=True)
+def rollback(request: RollbackRequest) -> RunOutcome:
+    who = who_of(request.operator, request.reason, request.correlation_id)
+    with channel_lock(request.channel_id):
+        return rollback_steps(request.channel_id, request.to, request.expected_activation_id,
+                              "rollback", who)

@@ -1,0 +1,27 @@
+"""Named crash points for kill -9 tests (DESIGN §6 invariant 5).
+
+Setting `KRISTAL_CRASH_AT=<name>` makes the process SIGKILL itself when it reaches that point,
+exactly as an OOM kill or a lost node would: no cleanup, no `finally`, no flushed buffers.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+POINTS = (
+    "after_verify",       # verified, nothing staged
+    "after_stage",        # staged, pointer untouched
+    "before_switch",      # record built, conditional write not sent
+    "after_switch",       # pointer written, history not yet
+    "after_history",      # pointer + history, checks not run
+    "after_checks",       # checks measured, outcome not yet written
+    "before_rollback",    # failed check recorded, quarantine/rollback not yet
+)
+
+
+def crash_point(name: str) -> None:
+    if name not in POINTS:
+        raise ValueError(f"unknown crash point {name!r}")
+    if os.environ.get("KRISTAL_CRASH_AT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)

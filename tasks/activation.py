@@ -1,0 +1,73 @@
+"""Thin Prefect tasks over `kristal.activation`, `kristal.staging` and `kristal.rollback`.
+
+Side effects are never cached; storage hiccups retry with backoff; verification and policy
+failures fail at once.
+"""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from kristal import activation, staging
+from kristal.activation import ActivationPlan, Who
+from kristal.checks import CheckReport
+from kristal.models import ActivationRecord, CheckRecord
+from kristal.rollback import RollbackDecision, RollbackTo, plan_rollback
+from kristal.staging import StagedRelease
+from tasks.runtime import RETRY_DELAYS, domain_context, retry_on_transient
+
+RETRYING = {"retries": len(RETRY_DELAYS), "retry_delay_seconds": RETRY_DELAYS,
+            "retry_condition_fn": retry_on_transient, "cache_policy": NO_CACHE}
+
+
+@task(name="resolve-and-verify", **RETRYING)
+def resolve_and_verify(channel_id: str, release_id: int | None, exchange_id: str | None,
+                       pack_ids: list[str] | None, force: bool) -> ActivationPlan:
+    return activation.plan_activation(domain_context(), channel_id, release_id=release_id,
+                                      exchange_id=exchange_id, pack_ids=pack_ids, force=force)
+
+
+@task(name="stage-release", **RETRYING)
+def stage_release(plan: ActivationPlan) -> StagedRelease:
+    return staging.stage_release(domain_context(), plan.release)
+
+
+@task(name="confirm-live-restorable", **RETRYING)
+def confirm_live_restorable(plan: ActivationPlan) -> str:
+    live = plan.state.record
+    if live is None:
+        return "no release is live: nothing to keep restorable"
+    from kristal.release_io import verify_release
+
+    ctx = domain_context()
+    current = verify_release(ctx, plan.channel_id, release_id=live.active.release_id)
+    staging.confirm_restorable(ctx, current)
+    return f"release {live.active.release_id} (live) is restorable"
+
+
+@task(name="switch-pointer", cache_policy=NO_CACHE)
+def switch_pointer(plan: ActivationPlan, who: Who) -> ActivationRecord:
+    return activation.switch(domain_context(), plan, who)
+
+
+@task(name="post-activation-checks", **RETRYING)
+def post_activation_checks(record: ActivationRecord, plan: ActivationPlan) -> list[CheckReport]:
+    return activation.measure(domain_context(), record, plan.release)
+
+
+@task(name="record-check-outcome", **RETRYING)
+def record_check_outcome(record: ActivationRecord, reports: list[CheckReport]) -> CheckRecord:
+    return activation.record_checks(domain_context(), record, reports)
+
+
+@task(name="quarantine-release", **RETRYING)
+def quarantine_release(record: ActivationRecord, reason: str) -> None:
+    activation.quarantine(domain_context(), record, reason)
+
+
+@task(name="plan-rollback", **RETRYING)
+def decide_rollback(channel_id: str, to: RollbackTo, expected_activation_id: str | None,
+                    kind: str) -> RollbackDecision:
+    return plan_rollback(domain_context(), channel_id, to=to,
+                         expected_activation_id=expected_activation_id, kind=kind)  # type: ignore[arg-type]
