@@ -66,6 +66,7 @@ def query_latency(db_path: Path, rows: int, n_queries: int, seed: int) -> dict[s
                 ("s??", (s, None, None)),
                 ("sp?", (s, p, None)),
                 ("spo", (s, p, o)),
+                ("s?o", (s, None, o)),
                 ("?po", (None, p, o)),
                 ("??o", (None, None, o)),
             ]
@@ -95,7 +96,7 @@ def query_latency(db_path: Path, rows: int, n_queries: int, seed: int) -> dict[s
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--queries", type=int, default=2000, help="probe rows (x5 patterns)")
+    parser.add_argument("--queries", type=int, default=2000, help="probe rows (x6 patterns)")
     parser.add_argument("--repeat", type=int, default=2, help="alternating runs, best kept")
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()

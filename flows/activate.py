@@ -8,7 +8,7 @@ from prefect import flow
 
 from flows.params import ActivateRequest, RunOutcome
 from flows.rollback import rollback_steps, who_of
-from kristal.errors import CheckFailed
+from kristal.errors import CheckFailed, KristalError
 from tasks.activation import (
     confirm_live_restorable,
     post_activation_checks,
@@ -48,11 +48,14 @@ def activate(request: ActivateRequest) -> RunOutcome:
         checks = record_check_outcome(record, reports)
         if checks.result == "failed":
             quarantine_release(record, checks.reason)
-            back = rollback_steps(channel, "previous", record.activation_id, "auto_rollback", who)
-            report_run(plan, record, checks, f"checks failed; {back.message}")
+            try:
+                back = rollback_steps(channel, "previous", record.activation_id,
+                                      "auto_rollback", who).message
+            except KristalError as exc:  # e.g. a first activation has nothing to go back to
+                back = f"no automatic rollback: {exc.line()}"
+            report_run(plan, record, checks, f"checks failed; {back}")
             raise CheckFailed(
-                f"release {record.active.release_id} failed its checks ({checks.reason}); "
-                f"{back.message}"
+                f"release {record.active.release_id} failed its checks ({checks.reason}); {back}"
             )
         report_run(plan, record, checks, "activated and checked")
         return RunOutcome(

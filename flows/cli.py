@@ -51,16 +51,17 @@ def _quiet_prefect() -> None:
     """Keep Prefect's console logging off stderr (one error line is the contract)."""
     if os.environ.get("KRISTAL_VERBOSE"):
         return
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     import logging
 
-    import prefect  # noqa: F401  (configures logging)
+    from prefect.logging.configuration import setup_logging
 
-    for name in ("prefect", "prefect.flow_runs", "prefect.task_runs", "prefect.flows",
-                 "prefect.tasks", "prefect.engine"):
-        for handler in logging.getLogger(name).handlers:
-            if handler.__class__.__name__ == "PrefectConsoleHandler":
-                handler.setLevel(logging.CRITICAL + 1)
+    setup_logging()
+    # Logs still reach the Prefect API (the UI shows them); only the console copy is muted.
+    for logger in [logging.getLogger(), *logging.root.manager.loggerDict.values()]:
+        if isinstance(logger, logging.Logger):
+            for handler in logger.handlers:
+                if handler.__class__.__name__ == "PrefectConsoleHandler":
+                    handler.setLevel(logging.CRITICAL + 1)
 
 
 def _ctx() -> Any:
@@ -376,8 +377,7 @@ def demo_command(as_json: JsonOpt = False) -> None:
     """The main job end to end on the local stack (the README's first command)."""
     from flows.demo import run_demo
 
-    _quiet_prefect()
-    run_demo(as_json=as_json)
+    run_demo(as_json=as_json)  # starts the stack first: Prefect must see PREFECT_API_URL
 
 
 def main() -> None:

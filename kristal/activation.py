@@ -108,6 +108,14 @@ def plan_activation(
             plan.noop = checks is not None
             plan.notes.append("resuming at the checks" if plan.resume else "already live and checked")
             return plan
+        quarantined = ptr.read_quarantine(ctx.store, channel_id, target.release_id)
+        if quarantined is not None:
+            if not force:
+                raise ReleaseQuarantined(
+                    f"release {target.release_id} failed here at sequence {quarantined.sequence} "
+                    f"({quarantined.reason}); --force --reason re-activates it"
+                )
+            plan.notes.append(f"re-activating quarantined release {target.release_id} (forced)")
         if target.release_id < live.highest_activated_release_id or (
             target.release_id == live.highest_activated_release_id and not force
         ):
@@ -120,14 +128,6 @@ def plan_activation(
                 f"release {target.release_id} is generation {target.generation}, the live one "
                 f"{live.active.generation}: moving to an older generation is a downgrade"
             )
-    quarantined = ptr.read_quarantine(ctx.store, channel_id, target.release_id)
-    if quarantined is not None:
-        if not force:
-            raise ReleaseQuarantined(
-                f"release {target.release_id} failed here at sequence {quarantined.sequence} "
-                f"({quarantined.reason}); --force --reason re-activates it"
-            )
-        plan.notes.append(f"re-activating quarantined release {target.release_id} (forced)")
     return plan
 
 

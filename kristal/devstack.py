@@ -14,7 +14,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from kristal.keys import generate_key
-from kristal.localstack import start_prefect_server, start_seaweed, stop_process
+from kristal.localstack import (
+    SeaweedProcess,
+    start_prefect_server,
+    start_seaweed,
+    stop_process,
+    stop_seaweed,
+)
 from kristal.objectstore import ObjectStore, StoreConfig
 
 DEV_BUCKET = "kristal-dev"
@@ -31,6 +37,7 @@ class DevStack:
     access_key: str
     secret_key: str
     bucket: str
+    s3_ports: dict[str, int] | None = None
 
     @property
     def dev_dir(self) -> Path:
@@ -116,7 +123,8 @@ def dev_up(home: Path) -> DevStack:
         raise
     stack = DevStack(home=str(home), s3_pid=seaweed.pid, s3_endpoint=seaweed.endpoint_url,
                      prefect_pid=prefect.pid, prefect_api_url=prefect.api_url,
-                     access_key=access_key, secret_key=secret_key, bucket=DEV_BUCKET)
+                     access_key=access_key, secret_key=secret_key, bucket=DEV_BUCKET,
+                     s3_ports=dict(seaweed.ports))
     ObjectStore(StoreConfig(endpoint_url=stack.s3_endpoint, bucket=DEV_BUCKET,
                             access_key=access_key, secret_key=secret_key)).ensure_bucket()
     ensure_dev_keys(dev_dir)
@@ -129,9 +137,12 @@ def dev_down(home: Path) -> bool:
     stack = load_stack(home)
     if stack is None:
         return False
-    for pid in (stack.prefect_pid, stack.s3_pid):
-        if _alive(pid):
-            stop_process(pid)
+    if _alive(stack.prefect_pid):
+        stop_process(stack.prefect_pid)
+    if _alive(stack.s3_pid):
+        stop_seaweed(SeaweedProcess(pid=stack.s3_pid, s3_port=0, endpoint_url=stack.s3_endpoint,
+                                    data_dir=stack.dev_dir / "seaweedfs",
+                                    ports=stack.s3_ports or {}))
     shutil.rmtree(stack.dev_dir / "seaweedfs", ignore_errors=True)
     _state_path(home).unlink(missing_ok=True)
     return True

@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 
 from kristal.errors import ManifestSchemaInvalid, PathInvalid
 
@@ -47,7 +48,8 @@ def parse_model(model: type[M], raw: Any, *, what: str) -> M:
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = ".".join(str(p) for p in first["loc"]) or "<root>"
-        raise ManifestSchemaInvalid(f"{what}: {loc}: {first['msg']}", field=loc) from None
+        error = PathInvalid if first["type"] == "path_invalid" else ManifestSchemaInvalid
+        raise error(f"{what}: {loc}: {first['msg']}", field=loc) from None
 
 
 def validate_relative_path(path: str) -> str:
@@ -102,7 +104,7 @@ class FileEntry(Strict):
         try:
             return validate_relative_path(value)
         except PathInvalid as exc:
-            raise ValueError(exc.message) from None
+            raise PydanticCustomError("path_invalid", exc.message) from None
 
 
 class Signed(BaseModel):

@@ -263,6 +263,10 @@ class PinnedReader:
                 clauses.append(f"{column} = ?")
                 params.append(value)
         sql = "SELECT statement_id, subject, predicate, object FROM triples"
+        if s is not None:
+            # Without statistics the planner may pick the object index for (s, ?, o) and walk
+            # every row of a common object; a subject's rows are few, so its index is the plan.
+            sql += " INDEXED BY triples_spo"
         if clauses:
             sql += " WHERE " + " AND ".join(clauses)
         sql += " ORDER BY rowid"

@@ -307,6 +307,8 @@ class ReleaseVerifier:
                 raw, DocKind.VALIDATION_REPORT, ValidationReport, self.trust, "validator",
                 now=self.now, what="validation report",
             )
+            if report_id not in self.entry.validation_report_ids:
+                continue  # only the reports the signed index binds to this release count
             if not must_cover <= set(report.target_artifact_ids):
                 continue  # a report that passed for other IDs proves nothing
             if report.expires_at <= self.now:

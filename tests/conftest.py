@@ -123,3 +123,7 @@ def fault_proxy(seaweed: SeaweedProcess) -> Iterator[FaultProxy]:
 def proxy_store(fault_proxy: FaultProxy, store_config: StoreConfig) -> ObjectStore:
     """An ObjectStore on the same bucket as `store`, through the fault proxy, short timeouts."""
     return ObjectStore(fault_proxy.config_for(store_config, connect_timeout=2, read_timeout=5))
+
+
+# --- release-level fixtures (tests/world.py) -----------------------------------------------------
+from world import prefect_api, world  # noqa: E402, F401

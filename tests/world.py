@@ -1,0 +1,170 @@
+"""Fixtures for release-level tests: a channel in a fresh bucket with real keys and trust file,
+a publisher, helpers to tamper with what is in the bucket, and the shared Prefect server.
+
+Registered from conftest.py. Every object lives in real SeaweedFS; every key is real Ed25519.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kristal import layout
+from kristal import pointer as ptr
+from kristal.activation import Who
+from kristal.canonical import canonical_bytes, parse_json
+from kristal.config import Settings
+from kristal.context import Context
+from kristal.devstack import ensure_dev_keys
+from kristal.keys import generate_key, load_role_key
+from kristal.localstack import SeaweedProcess
+from kristal.objectstore import ObjectStore, StoreConfig
+from kristal.publisher import PublisherKeys, PublishResult, publish
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = REPO_ROOT / "samples" / "triples.jsonl"
+
+
+def write_triples(path: Path, count: int, *, tag: str = "t") -> Path:
+    with path.open("w") as out:
+        for i in range(count):
+            out.write(json.dumps({"statement_id": f"stmt:{tag}:{i:05d}",
+                                  "subject": f"entity:{i % 40:03d}",
+                                  "predicate": f"relation:{i % 3}",
+                                  "object": f"value:{tag}:{i}"}) + "\n")
+    return path
+
+
+@dataclass
+class World:
+    """One channel in one fresh bucket, with a dev key set and its trust file."""
+
+    ctx: Context
+    home: Path
+    keys: PublisherKeys
+    channel: str
+    env: dict[str, str]
+    published: dict[int, PublishResult] = field(default_factory=dict)
+
+    @property
+    def store(self) -> ObjectStore:
+        return self.ctx.store
+
+    def data(self, release_id: int, rows: int = 60) -> Path:
+        return write_triples(self.home / f"data-{release_id}.jsonl", rows, tag=f"r{release_id}")
+
+    def publish(self, release_id: int, *, rows: int = 60, generation: int = 1,
+                expect: dict[str, Any] | None = None, shards: int = 0,
+                data: Path | None = None, channel: str | None = None) -> PublishResult:
+        expect_file = None
+        if expect is not None:
+            expect_file = self.home / f"expect-{release_id}.json"
+            expect_file.write_text(json.dumps(expect))
+        result = publish(self.store, self.ctx.trust(channel or self.channel), self.keys,
+                         data=data or self.data(release_id, rows), channel_id=channel or self.channel,
+                         release_id=release_id, generation=generation, expect_file=expect_file,
+                         shards=shards, now=self.ctx.now)
+        self.published[release_id] = result
+        return result
+
+    def who(self, reason: str = "test") -> Who:
+        return Who(operator="pytest", reason=reason, correlation_id=f"test-{uuid.uuid4().hex[:8]}")
+
+    def pointer(self) -> ptr.PointerState:
+        return ptr.read_pointer(self.store, self.channel)
+
+    def snapshot(self) -> dict[str, bytes]:
+        """Every object under the channel (pointer, history, checks, quarantine), for equality."""
+        out = {}
+        for key in self.store.list_keys(f"channels/{self.channel}/"):
+            if key.endswith("/index.json"):
+                continue
+            out[key] = self.store.get_bytes(key, max_bytes=1 << 24)[0]
+        return out
+
+    # --- tampering helpers: rewrite a JSON object in the bucket ---------------------------------
+    def read_json(self, key: str) -> Any:
+        return parse_json(self.store.get_bytes(key, max_bytes=1 << 26)[0])
+
+    def write_json(self, key: str, doc: Any) -> None:
+        self.store.put_bytes(key, canonical_bytes(doc))
+
+    def trust_doc(self) -> dict[str, Any]:
+        return json.loads(Path(self.env["KRISTAL_TRUST_FILE"]).read_text())
+
+    def write_trust(self, doc: dict[str, Any]) -> None:
+        path = Path(self.env["KRISTAL_TRUST_FILE"])
+        path.write_text(json.dumps(doc))
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Reload the trust file into the context (as a new process would)."""
+        self.ctx = Context.from_settings(Settings.from_env())
+
+    def extra_key(self, role: str, key_id: str, *, trusted: bool) -> Any:
+        key_dir = self.home / "extra-keys"
+        entry = generate_key(role, key_id, key_dir)
+        if trusted:
+            doc = self.trust_doc()
+            doc["channels"]["*"]["keys"].append(entry.model_dump(mode="json", exclude_none=True))
+            self.write_trust(doc)
+        from kristal.keys import load_signing_key
+
+        return load_signing_key(key_dir, key_id)
+
+    def manifest_key(self, release_id: int, part: str) -> str:
+        result = self.published[release_id]
+        return {"exchange": layout.exchange_manifest(result.exchange_id),
+                "pack": layout.pack_manifest(result.runtime_pack_ids[0])}[part]
+
+
+def make_world(tmp_path: Path, config: StoreConfig, monkeypatch: pytest.MonkeyPatch) -> World:
+    home = tmp_path / "kristal-home"
+    dev_dir = home / "dev"
+    trust_file = ensure_dev_keys(dev_dir)
+    env = {
+        "KRISTAL_HOME": str(home),
+        "KRISTAL_S3_ENDPOINT": config.endpoint_url or "",
+        "KRISTAL_S3_BUCKET": config.bucket,
+        "KRISTAL_S3_PREFIX": config.prefix,
+        "KRISTAL_TRUST_FILE": str(trust_file),
+        "KRISTAL_KEY_DIR": str(dev_dir / "keys"),
+        "KRISTAL_CACHE_DIR": str(home / "cache"),
+        "AWS_ACCESS_KEY_ID": config.access_key or "",
+        "AWS_SECRET_ACCESS_KEY": config.secret_key or "",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    ctx = Context.from_settings(Settings.from_env())
+    key_dir = dev_dir / "keys"
+    keys = PublisherKeys(publisher=load_role_key(key_dir, "publisher"),
+                         validator=load_role_key(key_dir, "validator"),
+                         authority=load_role_key(key_dir, "channel-authority"))
+    channel = f"acme/test/r{uuid.uuid4().hex[:6]}"
+    return World(ctx=ctx, home=home, keys=keys, channel=channel, env=env)
+
+
+@pytest.fixture
+def world(tmp_path: Path, store_config: StoreConfig, monkeypatch: pytest.MonkeyPatch) -> World:
+    return make_world(tmp_path, store_config, monkeypatch)
+
+
+@pytest.fixture(scope="session")
+def prefect_api(tmp_path_factory: pytest.TempPathFactory, seaweed: SeaweedProcess) -> Iterator[str]:
+    """One real Prefect server for the whole session (Prefect's own test harness)."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    os.environ["PREFECT_HOME"] = str(home)
+    os.environ["PREFECT_LOCAL_STORAGE_PATH"] = str(home / "storage")
+    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield str(PREFECT_API_URL.value())
