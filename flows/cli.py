@@ -19,8 +19,12 @@ import typer
 
 from kristal.errors import EXIT_USAGE, KristalError, UsageInvalid
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Release activation for Kristal data releases.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Release activation for Kristal data releases.",
+)
 dev_app = typer.Typer(add_completion=False, no_args_is_help=True, help="The local stack.")
 keys_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Signing keys.")
 app.add_typer(dev_app, name="dev")
@@ -81,8 +85,12 @@ def id_command(
     from kristal.canonical import parse_json
     from kristal.identity import DocKind, compute_id
 
-    kinds = {"exchange": DocKind.EXCHANGE, "runtime-pack": DocKind.RUNTIME_PACK,
-             "federation": DocKind.FEDERATION, "validation-report": DocKind.VALIDATION_REPORT}
+    kinds = {
+        "exchange": DocKind.EXCHANGE,
+        "runtime-pack": DocKind.RUNTIME_PACK,
+        "federation": DocKind.FEDERATION,
+        "validation-report": DocKind.VALIDATION_REPORT,
+    }
     if kind not in kinds:
         raise UsageInvalid(f"kind must be one of {sorted(kinds)}")
     doc = parse_json(_read(file), what=str(file))
@@ -166,9 +174,11 @@ def _publisher_keys() -> Any:
     from kristal.publisher import PublisherKeys
 
     key_dir = Settings.from_env().key_dir
-    return PublisherKeys(publisher=load_role_key(key_dir, "publisher"),
-                         validator=load_role_key(key_dir, "validator"),
-                         authority=load_role_key(key_dir, "channel-authority"))
+    return PublisherKeys(
+        publisher=load_role_key(key_dir, "publisher"),
+        validator=load_role_key(key_dir, "validator"),
+        authority=load_role_key(key_dir, "channel-authority"),
+    )
 
 
 @app.command("publish")
@@ -185,16 +195,30 @@ def publish_command(
     from kristal.publisher import publish
 
     ctx = _ctx()
-    result = publish(ctx.store, ctx.trust(channel), _publisher_keys(), data=data,
-                     channel_id=channel, release_id=release_id, generation=generation,
-                     expect_file=expect_file, shards=shards, now=ctx.now)
-    human = (f"published release {result.release_id} (generation {result.generation}) to "
-             f"{channel}: {result.row_count} rows, index v{result.index_version}\n"
-             f"  exchange {result.exchange_id}\n"
-             + "".join(f"  pack     {p}\n" for p in result.runtime_pack_ids)
-             + (f"  root     {result.federation_id}\n" if result.federation_id else "")
-             + (f"  FAILED validation profiles: {result.failed_profiles}\n"
-                if result.failed_profiles else ""))
+    result = publish(
+        ctx.store,
+        ctx.trust(channel),
+        _publisher_keys(),
+        data=data,
+        channel_id=channel,
+        release_id=release_id,
+        generation=generation,
+        expect_file=expect_file,
+        shards=shards,
+        now=ctx.now,
+    )
+    human = (
+        f"published release {result.release_id} (generation {result.generation}) to "
+        f"{channel}: {result.row_count} rows, index v{result.index_version}\n"
+        f"  exchange {result.exchange_id}\n"
+        + "".join(f"  pack     {p}\n" for p in result.runtime_pack_ids)
+        + (f"  root     {result.federation_id}\n" if result.federation_id else "")
+        + (
+            f"  FAILED validation profiles: {result.failed_profiles}\n"
+            if result.failed_profiles
+            else ""
+        )
+    )
     _emit(as_json, result.as_dict(), human.rstrip())
 
 
@@ -215,29 +239,46 @@ def authorize_command(
 
 
 @app.command("revoke")
-def revoke_command(channel: Channel, release: Annotated[int, typer.Option("--release")],
-                   reason: ReasonOpt, as_json: JsonOpt = False) -> None:
+def revoke_command(
+    channel: Channel,
+    release: Annotated[int, typer.Option("--release")],
+    reason: ReasonOpt,
+    as_json: JsonOpt = False,
+) -> None:
     """Revoke a release in the channel index."""
     from kristal.governance import revoke
 
     ctx = _ctx()
     index = revoke(ctx, _publisher_keys().authority, channel, release, reason)
-    _emit(as_json, {"channel_id": channel, "revoked_release_id": release,
-                    "index_version": index.index_version},
-          f"release {release} revoked in {channel} (index v{index.index_version})")
+    _emit(
+        as_json,
+        {
+            "channel_id": channel,
+            "revoked_release_id": release,
+            "index_version": index.index_version,
+        },
+        f"release {release} revoked in {channel} (index v{index.index_version})",
+    )
 
 
 @app.command("floor")
-def floor_command(channel: Channel, release: Annotated[int, typer.Option("--release")],
-                  as_json: JsonOpt = False) -> None:
+def floor_command(
+    channel: Channel, release: Annotated[int, typer.Option("--release")], as_json: JsonOpt = False
+) -> None:
     """Set the channel's minimum_allowed_release_id."""
     from kristal.governance import set_floor
 
     ctx = _ctx()
     index = set_floor(ctx, _publisher_keys().authority, channel, release)
-    _emit(as_json, {"channel_id": channel, "minimum_allowed_release_id": release,
-                    "index_version": index.index_version},
-          f"{channel} floor is release {release} (index v{index.index_version})")
+    _emit(
+        as_json,
+        {
+            "channel_id": channel,
+            "minimum_allowed_release_id": release,
+            "index_version": index.index_version,
+        },
+        f"{channel} floor is release {release} (index v{index.index_version})",
+    )
 
 
 # --- flows --------------------------------------------------------------------------------------
@@ -266,9 +307,18 @@ def activate_command(
 
     if (release is None) == (exchange is None):
         raise UsageInvalid("give --release N, or --exchange ID with --pack ID...")
-    request = _model(ActivateRequest, channel_id=channel, release_id=release, exchange_id=exchange,
-                     runtime_pack_ids=pack or None, force=force, dry_run=dry_run,
-                     operator=operator, reason=reason, correlation_id=correlation_id)
+    request = _model(
+        ActivateRequest,
+        channel_id=channel,
+        release_id=release,
+        exchange_id=exchange,
+        runtime_pack_ids=pack or None,
+        force=force,
+        dry_run=dry_run,
+        operator=operator,
+        reason=reason,
+        correlation_id=correlation_id,
+    )
 
     def run() -> Any:
         from flows.activate import activate
@@ -284,7 +334,8 @@ def rollback_command(
     operator: OperatorOpt,
     reason: ReasonOpt,
     to: Annotated[str, typer.Option("--to", help="last-known-good, previous or a sequence")] = (
-        "last-known-good"),
+        "last-known-good"
+    ),
     expected_activation_id: Annotated[str | None, typer.Option("--expected-activation-id")] = None,
     correlation_id: CorrelationOpt = None,
     as_json: JsonOpt = False,
@@ -293,9 +344,15 @@ def rollback_command(
     from flows.params import RollbackRequest
 
     target: Any = int(to) if to.isdigit() else to
-    request = _model(RollbackRequest, channel_id=channel, to=target,
-                     expected_activation_id=expected_activation_id, operator=operator,
-                     reason=reason, correlation_id=correlation_id)
+    request = _model(
+        RollbackRequest,
+        channel_id=channel,
+        to=target,
+        expected_activation_id=expected_activation_id,
+        operator=operator,
+        reason=reason,
+        correlation_id=correlation_id,
+    )
 
     def run() -> Any:
         from flows.rollback import rollback
@@ -331,11 +388,13 @@ def status_command(channel: Channel, as_json: JsonOpt = False) -> None:
     checks = ptr.read_checks(ctx.store, channel, record.sequence)
     doc = record.model_dump(mode="json")
     doc["checks"] = checks.model_dump(mode="json") if checks else None
-    human = (f"{channel}: release {record.active.release_id} (generation "
-             f"{record.active.generation}) live since {record.created_at:%Y-%m-%d %H:%M:%S}Z\n"
-             f"  sequence {record.sequence} {record.kind} by {record.operator}: {record.reason}\n"
-             f"  checks: {checks.result if checks else 'pending'}"
-             f"{'  rollback mode' if record.rollback_mode else ''}")
+    human = (
+        f"{channel}: release {record.active.release_id} (generation "
+        f"{record.active.generation}) live since {record.created_at:%Y-%m-%d %H:%M:%S}Z\n"
+        f"  sequence {record.sequence} {record.kind} by {record.operator}: {record.reason}\n"
+        f"  checks: {checks.result if checks else 'pending'}"
+        f"{'  rollback mode' if record.rollback_mode else ''}"
+    )
     _emit(as_json, doc, human)
 
 
@@ -349,13 +408,20 @@ def history_command(channel: Channel, as_json: JsonOpt = False) -> None:
     rows = []
     for record in history(ctx.store, channel):
         checks = ptr.read_checks(ctx.store, channel, record.sequence)
-        rows.append({"sequence": record.sequence, "kind": record.kind,
-                     "release_id": record.active.release_id,
-                     "generation": record.active.generation,
-                     "operator": record.operator, "reason": record.reason,
-                     "created_at": record.created_at.isoformat(), "forced": record.forced,
-                     "activation_id": record.activation_id,
-                     "checks": checks.result if checks else "pending"})
+        rows.append(
+            {
+                "sequence": record.sequence,
+                "kind": record.kind,
+                "release_id": record.active.release_id,
+                "generation": record.active.generation,
+                "operator": record.operator,
+                "reason": record.reason,
+                "created_at": record.created_at.isoformat(),
+                "forced": record.forced,
+                "activation_id": record.activation_id,
+                "checks": checks.result if checks else "pending",
+            }
+        )
 
     def human() -> None:
         from rich.console import Console
@@ -365,8 +431,15 @@ def history_command(channel: Channel, as_json: JsonOpt = False) -> None:
         for column in ("seq", "kind", "release", "gen", "checks", "operator", "reason"):
             table.add_column(column)
         for r in rows:
-            table.add_row(str(r["sequence"]), r["kind"], str(r["release_id"]),
-                          str(r["generation"]), r["checks"], r["operator"], r["reason"])
+            table.add_row(
+                str(r["sequence"]),
+                r["kind"],
+                str(r["release_id"]),
+                str(r["generation"]),
+                r["checks"],
+                r["operator"],
+                r["reason"],
+            )
         Console(width=120).print(table)
 
     _emit(as_json, rows, human)
@@ -391,7 +464,7 @@ def main() -> None:
     except (typer.Abort, KeyboardInterrupt):
         typer.echo("error: activation_aborted: interrupted", err=True)
         sys.exit(1)
-    except Exception as exc:  # noqa: BLE001 - the contract: one line, never a traceback
+    except Exception as exc:
         import click
 
         if isinstance(exc, click.exceptions.ClickException):

@@ -29,10 +29,18 @@ def _write_variant(src: Path, dst: Path, extra: int) -> None:
     with dst.open("wb") as out:
         out.writelines(lines)
         for i in range(extra):
-            out.write(json.dumps({"statement_id": f"stmt:demo:{i:04d}",
-                                  "subject": f"entity:demo-{i:04d}",
-                                  "predicate": "relation:added-in", "object": "release:2"},
-                                 ensure_ascii=False).encode() + b"\n")
+            out.write(
+                json.dumps(
+                    {
+                        "statement_id": f"stmt:demo:{i:04d}",
+                        "subject": f"entity:demo-{i:04d}",
+                        "predicate": "relation:added-in",
+                        "object": "release:2",
+                    },
+                    ensure_ascii=False,
+                ).encode()
+                + b"\n"
+            )
 
 
 def _ensure_stack(as_json: bool) -> None:
@@ -69,37 +77,71 @@ def run_demo(*, as_json: bool = False) -> dict[str, Any]:
         _write_variant(SAMPLE, data1, 0)
         _write_variant(SAMPLE, data2, 25)
         broken = work / "expect-broken.json"
-        broken.write_text(json.dumps({
-            "row_count": sum(1 for _ in data2.open("rb")),
-            "smoke_queries": [{"pattern": {"s": "entity:demo-0001", "p": None, "o": None},
-                               "expect_count": 2}],
-            "latency_p95_ms": 50, "max_rss_mb": 512}))
+        broken.write_text(
+            json.dumps(
+                {
+                    "row_count": sum(1 for _ in data2.open("rb")),
+                    "smoke_queries": [
+                        {
+                            "pattern": {"s": "entity:demo-0001", "p": None, "o": None},
+                            "expect_count": 2,
+                        }
+                    ],
+                    "latency_p95_ms": 50,
+                    "max_rss_mb": 512,
+                }
+            )
+        )
         for release_id, data, expect in ((1, data1, None), (2, data2, None), (3, data2, broken)):
-            result = publish(ctx.store, ctx.trust(channel), keys, data=data, channel_id=channel,
-                             release_id=release_id, generation=1, expect_file=expect,
-                             now=ctx.now)
-            _say(as_json, f"published release {release_id}: {result.row_count} rows, "
-                          f"pack {result.runtime_pack_ids[0][:19]}...")
+            result = publish(
+                ctx.store,
+                ctx.trust(channel),
+                keys,
+                data=data,
+                channel_id=channel,
+                release_id=release_id,
+                generation=1,
+                expect_file=expect,
+                now=ctx.now,
+            )
+            _say(
+                as_json,
+                f"published release {release_id}: {result.row_count} rows, "
+                f"pack {result.runtime_pack_ids[0][:19]}...",
+            )
             summary["steps"].append({"publish": release_id, "rows": result.row_count})
     for release_id in (1, 2, 3):
-        request = ActivateRequest(channel_id=channel, release_id=release_id, operator="demo",
-                                  reason=f"demo: activate release {release_id}")
+        request = ActivateRequest(
+            channel_id=channel,
+            release_id=release_id,
+            operator="demo",
+            reason=f"demo: activate release {release_id}",
+        )
         try:
             outcome = activate(request)
-            _say(as_json, f"activate {release_id}: {outcome.message} (checks {outcome.check_result})")
+            _say(
+                as_json, f"activate {release_id}: {outcome.message} (checks {outcome.check_result})"
+            )
             summary["steps"].append({"activate": release_id, "outcome": outcome.outcome})
         except CheckFailed as exc:
             _say(as_json, f"activate {release_id}: {exc.line()}")
-            summary["steps"].append({"activate": release_id, "outcome": "rolled_back",
-                                     "error": exc.code})
+            summary["steps"].append(
+                {"activate": release_id, "outcome": "rolled_back", "error": exc.code}
+            )
     from kristal import pointer as ptr
     from kristal.records import history
 
     records = history(ctx.store, channel)
     live = ptr.read_pointer(ctx.store, channel).record
     summary["history"] = [
-        {"sequence": r.sequence, "kind": r.kind, "release_id": r.active.release_id,
-         "checks": (c.result if (c := ptr.read_checks(ctx.store, channel, r.sequence)) else "pending")}
+        {
+            "sequence": r.sequence,
+            "kind": r.kind,
+            "release_id": r.active.release_id,
+            "checks": (
+                c.result if (c := ptr.read_checks(ctx.store, channel, r.sequence)) else "pending"
+            ),
+        }
         for r in records
     ]
     summary["live_release_id"] = live.active.release_id if live else None
@@ -109,7 +151,9 @@ def run_demo(*, as_json: bool = False) -> dict[str, Any]:
     else:
         print(f"\nhistory of {channel}:")
         for row in summary["history"]:
-            print(f"  {row['sequence']:>3}  {row['kind']:<14} release {row['release_id']}  "
-                  f"checks {row['checks']}")
+            print(
+                f"  {row['sequence']:>3}  {row['kind']:<14} release {row['release_id']}  "
+                f"checks {row['checks']}"
+            )
         print(f"live: release {summary['live_release_id']}   ({summary['seconds']} s)")
     return summary

@@ -25,10 +25,13 @@ class Operator(BaseModel):
 class ActivateRequest(Operator):
     channel_id: str = Field(pattern=CHANNEL_PATTERN, description="<tenant>/<environment>/<region>")
     release_id: int | None = Field(None, ge=1, description="Release to activate (from the index).")
-    exchange_id: str | None = Field(None, pattern=ID_PATTERN,
-                                    description="Or: the exact Exchange ID ...")
+    exchange_id: str | None = Field(
+        None, pattern=ID_PATTERN, description="Or: the exact Exchange ID ..."
+    )
     runtime_pack_ids: list[str] | None = Field(None, description="... with its exact pack IDs.")
-    force: bool = Field(False, description="Re-activate a quarantined release or resume the live one.")
+    force: bool = Field(
+        False, description="Re-activate a quarantined release or resume the live one."
+    )
     dry_run: bool = Field(False, description="Verify and stage only; report the plan.")
 
 
@@ -46,8 +49,15 @@ class RunOutcome(BaseModel):
     """What a flow run did, for the CLI's --json and for callers."""
 
     channel_id: str
-    outcome: Literal["activated", "resumed", "already_live", "planned", "rolled_back",
-                     "nothing_to_do", "activated_then_rolled_back"]
+    outcome: Literal[
+        "activated",
+        "resumed",
+        "already_live",
+        "planned",
+        "rolled_back",
+        "nothing_to_do",
+        "activated_then_rolled_back",
+    ]
     sequence: int | None = None
     activation_id: str | None = None
     release_id: int | None = None

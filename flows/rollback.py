@@ -22,13 +22,19 @@ from tasks.reporting import report_run
 from tasks.runtime import channel_lock
 
 
-def rollback_steps(channel_id: str, to: RollbackTo, expected_activation_id: str | None,
-                   kind: ActivationKind, who: Who) -> RunOutcome:
+def rollback_steps(
+    channel_id: str,
+    to: RollbackTo,
+    expected_activation_id: str | None,
+    kind: ActivationKind,
+    who: Who,
+) -> RunOutcome:
     """Decide, stage (fast path when cached), switch, check. Takes no lock: callers hold it."""
     decision = decide_rollback(channel_id, to, expected_activation_id, kind)
     if decision.plan is None:
-        return RunOutcome(channel_id=channel_id, outcome="nothing_to_do",
-                          message=decision.noop_reason or "")
+        return RunOutcome(
+            channel_id=channel_id, outcome="nothing_to_do", message=decision.noop_reason or ""
+        )
     plan = decision.plan
     stage_release(plan)
     record = switch_pointer(plan, who)
@@ -36,8 +42,11 @@ def rollback_steps(channel_id: str, to: RollbackTo, expected_activation_id: str 
     checks = record_check_outcome(record, reports)
     report_run(plan, record, checks, f"rolled back to release {record.active.release_id}")
     return RunOutcome(
-        channel_id=channel_id, outcome="rolled_back", sequence=record.sequence,
-        activation_id=record.activation_id, release_id=record.active.release_id,
+        channel_id=channel_id,
+        outcome="rolled_back",
+        sequence=record.sequence,
+        activation_id=record.activation_id,
+        release_id=record.active.release_id,
         check_result=checks.result,
         message=f"release {record.active.release_id} is live again (sequence {record.sequence})",
     )
@@ -45,14 +54,18 @@ def rollback_steps(channel_id: str, to: RollbackTo, expected_activation_id: str 
 
 def who_of(operator: str, reason: str, correlation_id: str | None) -> Who:
     run_id = flow_run.get_id()
-    return Who(operator=operator, reason=reason,
-               correlation_id=correlation_id or (str(run_id) if run_id else "local"),
-               flow_run_id=str(run_id) if run_id else None)
+    return Who(
+        operator=operator,
+        reason=reason,
+        correlation_id=correlation_id or (str(run_id) if run_id else "local"),
+        flow_run_id=str(run_id) if run_id else None,
+    )
 
 
 @flow(name="rollback", log_prints=True)
 def rollback(request: RollbackRequest) -> RunOutcome:
     who = who_of(request.operator, request.reason, request.correlation_id)
     with channel_lock(request.channel_id):
-        return rollback_steps(request.channel_id, request.to, request.expected_activation_id,
-                              "rollback", who)
+        return rollback_steps(
+            request.channel_id, request.to, request.expected_activation_id, "rollback", who
+        )

@@ -53,8 +53,8 @@ class ActivationPlan:
     release: VerifiedRelease
     kind: ActivationKind
     forced: bool
-    resume: bool = False      # the live record is this release with checks pending: only check
-    noop: bool = False        # already live and checked
+    resume: bool = False  # the live record is this release with checks pending: only check
+    noop: bool = False  # already live and checked
     repaired_history: bool = False
     notes: list[str] = field(default_factory=list)
 
@@ -74,15 +74,24 @@ class ActivationPlan:
 
 
 def plan_activation(
-    ctx: Context, channel_id: str, *, release_id: int | None = None,
-    exchange_id: str | None = None, pack_ids: list[str] | None = None, force: bool = False,
+    ctx: Context,
+    channel_id: str,
+    *,
+    release_id: int | None = None,
+    exchange_id: str | None = None,
+    pack_ids: list[str] | None = None,
+    force: bool = False,
 ) -> ActivationPlan:
     """Steps A and B: read the pointer once, verify the release, apply the activation policy."""
     state = ptr.read_pointer(ctx.store, channel_id)
     repaired = ptr.repair_history(ctx.store, state)
     live = state.record
     release = verify_release(
-        ctx, channel_id, release_id=release_id, exchange_id=exchange_id, pack_ids=pack_ids,
+        ctx,
+        channel_id,
+        release_id=release_id,
+        exchange_id=exchange_id,
+        pack_ids=pack_ids,
         min_index_version=live.index_version if live else 0,
     )
     plan = ActivationPlan(channel_id, state, release, "activate", force, repaired_history=repaired)
@@ -106,7 +115,9 @@ def plan_activation(
             checks = ptr.read_checks(ctx.store, channel_id, live.sequence)
             plan.resume = checks is None
             plan.noop = checks is not None
-            plan.notes.append("resuming at the checks" if plan.resume else "already live and checked")
+            plan.notes.append(
+                "resuming at the checks" if plan.resume else "already live and checked"
+            )
             return plan
         quarantined = ptr.read_quarantine(ctx.store, channel_id, target.release_id)
         if quarantined is not None:
@@ -131,8 +142,9 @@ def plan_activation(
     return plan
 
 
-def switch(ctx: Context, plan: ActivationPlan, who: Who,
-           kind: ActivationKind | None = None) -> ActivationRecord:
+def switch(
+    ctx: Context, plan: ActivationPlan, who: Who, kind: ActivationKind | None = None
+) -> ActivationRecord:
     """Step D: one conditional write of the pointer, then the immutable history object."""
     target = plan.release.entry
     record = new_record(
@@ -168,20 +180,30 @@ def measure(ctx: Context, record: ActivationRecord, release: VerifiedRelease) ->
             )
         from kristal.staging import index_path
 
-        reports = [run_checks_isolated(index_path(ctx, p.pack_id), p.expectations)
-                   for p in release.packs]
+        reports = [
+            run_checks_isolated(index_path(ctx, p.pack_id), p.expectations) for p in release.packs
+        ]
     crash_point("after_checks")
     return reports
 
 
-def record_checks(ctx: Context, record: ActivationRecord, reports: list[CheckReport]) -> CheckRecord:
+def record_checks(
+    ctx: Context, record: ActivationRecord, reports: list[CheckReport]
+) -> CheckRecord:
     ok = all(r.passed for r in reports)
     failing = [o for r in reports for o in r.outcomes if not o.passed]
-    reason = "all checks passed" if ok else "; ".join(
-        f"{o.name}: expected {o.expected}, measured {o.measured}" for o in failing[:4]
+    reason = (
+        "all checks passed"
+        if ok
+        else "; ".join(
+            f"{o.name}: expected {o.expected}, measured {o.measured}" for o in failing[:4]
+        )
     )
-    previous = (ptr.read_checks(ctx.store, record.channel_id, record.previous_sequence)
-                if record.previous_sequence else None)
+    previous = (
+        ptr.read_checks(ctx.store, record.channel_id, record.previous_sequence)
+        if record.previous_sequence
+        else None
+    )
     figures = {
         "row_count": sum(r.row_count for r in reports),
         "latency_p95_ms": max(r.latency_p95_ms for r in reports),
@@ -190,22 +212,38 @@ def record_checks(ctx: Context, record: ActivationRecord, reports: list[CheckRep
         "outcomes": [o.model_dump(mode="json") for r in reports for o in r.outcomes],
     }
     checks = CheckRecord(
-        channel_id=record.channel_id, sequence=record.sequence,
-        activation_id=record.activation_id, release_id=record.active.release_id,
-        result="passed" if ok else "failed", reason=reason, figures=figures,
-        previous_figures=previous.figures if previous else None, created_at=ctx.now(),
+        channel_id=record.channel_id,
+        sequence=record.sequence,
+        activation_id=record.activation_id,
+        release_id=record.active.release_id,
+        result="passed" if ok else "failed",
+        reason=reason,
+        figures=figures,
+        previous_figures=previous.figures if previous else None,
+        created_at=ctx.now(),
     )
     return ptr.write_checks(ctx.store, checks)
 
 
 def quarantine(ctx: Context, record: ActivationRecord, reason: str) -> None:
     crash_point("before_rollback")
-    ptr.write_quarantine(ctx.store, QuarantineRecord(
-        channel_id=record.channel_id, release_id=record.active.release_id, reason=reason,
-        sequence=record.sequence, activation_id=record.activation_id, created_at=ctx.now(),
-    ))
+    ptr.write_quarantine(
+        ctx.store,
+        QuarantineRecord(
+            channel_id=record.channel_id,
+            release_id=record.active.release_id,
+            reason=reason,
+            sequence=record.sequence,
+            activation_id=record.activation_id,
+            created_at=ctx.now(),
+        ),
+    )
 
 
 def staged_summary(staged: StagedRelease) -> dict[str, Any]:
-    return {"files": len(staged.files), "downloaded": staged.downloaded,
-            "bytes": staged.bytes_total, "indexes": len(staged.pack_dbs)}
+    return {
+        "files": len(staged.files),
+        "downloaded": staged.downloaded,
+        "bytes": staged.bytes_total,
+        "indexes": len(staged.pack_dbs),
+    }

@@ -36,7 +36,9 @@ def _refuse_constant(name: str) -> Any:
 def _parse_int(text: str) -> int:
     # Python would accept 10**4000 and JCS would then round it: refuse rather than change meaning.
     if len(text) > 20 or abs(int(text)) > _MAX_SAFE_INT:
-        raise ManifestSchemaInvalid(f"integer {text[:24]} is outside the exact range of JSON numbers")
+        raise ManifestSchemaInvalid(
+            f"integer {text[:24]} is outside the exact range of JSON numbers"
+        )
     return int(text)
 
 
@@ -59,7 +61,9 @@ def _depth(value: Any, limit: int = MAX_DEPTH) -> None:
             stack.extend((v, depth + 1) for v in node)
 
 
-def parse_json(data: bytes | str, *, max_bytes: int = MAX_DOCUMENT_BYTES, what: str = "document") -> Any:
+def parse_json(
+    data: bytes | str, *, max_bytes: int = MAX_DOCUMENT_BYTES, what: str = "document"
+) -> Any:
     """Parse one JSON document strictly. Raises `ManifestSchemaInvalid` with the reason."""
     if isinstance(data, str):
         data = data.encode("utf-8")
@@ -68,7 +72,9 @@ def parse_json(data: bytes | str, *, max_bytes: int = MAX_DOCUMENT_BYTES, what: 
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ManifestSchemaInvalid(f"{what} is not UTF-8 ({exc.reason} at byte {exc.start})") from None
+        raise ManifestSchemaInvalid(
+            f"{what} is not UTF-8 ({exc.reason} at byte {exc.start})"
+        ) from None
     # Cheap guard before the recursive parser sees a bracket bomb.
     if text.count("[") + text.count("{") > 4 * MAX_DEPTH:
         _bracket_depth_guard(text)

@@ -47,8 +47,9 @@ def load_verified_index(
     doc = parse_json(raw, max_bytes=MAX_INDEX_BYTES, what="channel index")
     index = parse_model(ChannelIndex, doc, what="channel index")
     verify_identity(doc, DocKind.CHANNEL_INDEX)
-    require_signatures(doc, DocKind.CHANNEL_INDEX, trust, "channel-authority", now=now,
-                       what="channel index")
+    require_signatures(
+        doc, DocKind.CHANNEL_INDEX, trust, "channel-authority", now=now, what="channel index"
+    )
     if index.channel_id != channel_id:
         raise ManifestSchemaInvalid(f"channel index names {index.channel_id!r}, not {channel_id!r}")
     return index
@@ -70,9 +71,7 @@ def update_index(
     """
     for _attempt in range(UPDATE_ATTEMPTS):
         current = read_index_bytes(store, channel_id)
-        index = (
-            load_verified_index(current[0], channel_id, trust, now=now()) if current else None
-        )
+        index = load_verified_index(current[0], channel_id, trust, now=now()) if current else None
         body = change(index)
         moment = now()
         body.update(

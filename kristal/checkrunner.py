@@ -27,7 +27,8 @@ def run_checks_isolated(db_path: Path, expectations: Expectations) -> CheckRepor
     )
     if proc.returncode != 0:
         raise StorageUnavailable(
-            f"check process failed ({proc.returncode}): {proc.stderr.decode(errors='replace')[-400:]}"
+            f"check process failed ({proc.returncode}): "
+            f"{proc.stderr.decode(errors='replace')[-400:]}"
         )
     return CheckReport.model_validate_json(proc.stdout)
 

@@ -10,13 +10,13 @@ import os
 import signal
 
 POINTS = (
-    "after_verify",       # verified, nothing staged
-    "after_stage",        # staged, pointer untouched
-    "before_switch",      # record built, conditional write not sent
-    "after_switch",       # pointer written, history not yet
-    "after_history",      # pointer + history, checks not run
-    "after_checks",       # checks measured, outcome not yet written
-    "before_rollback",    # failed check recorded, quarantine/rollback not yet
+    "after_verify",  # verified, nothing staged
+    "after_stage",  # staged, pointer untouched
+    "before_switch",  # record built, conditional write not sent
+    "after_switch",  # pointer written, history not yet
+    "after_history",  # pointer + history, checks not run
+    "after_checks",  # checks measured, outcome not yet written
+    "before_rollback",  # failed check recorded, quarantine/rollback not yet
 )
 
 

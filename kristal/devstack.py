@@ -89,14 +89,21 @@ def ensure_dev_keys(dev_dir: Path) -> Path:
         if pub.exists():
             keys.append(json.loads(pub.read_text()))
         else:
-            keys.append(generate_key(role, key_id, key_dir).model_dump(mode="json", exclude_none=True))
+            keys.append(
+                generate_key(role, key_id, key_dir).model_dump(mode="json", exclude_none=True)
+            )
     trust_path = dev_dir / "trust.json"
     if not trust_path.exists():
-        trust = {"channels": {"*": {
-            "keys": keys, "revoked_key_ids": [],
-            "thresholds": {"publisher": 1, "validator": 1, "channel-authority": 1},
-            "required_profiles": ["schema", "ordering", "row-count", "source-binding"],
-        }}}
+        trust = {
+            "channels": {
+                "*": {
+                    "keys": keys,
+                    "revoked_key_ids": [],
+                    "thresholds": {"publisher": 1, "validator": 1, "channel-authority": 1},
+                    "required_profiles": ["schema", "ordering", "row-count", "source-binding"],
+                }
+            }
+        }
         trust_path.write_text(json.dumps(trust, indent=2) + "\n")
     return trust_path
 
@@ -114,19 +121,33 @@ def dev_up(home: Path) -> DevStack:
     secret_key = secrets.token_hex(16)
     s3_dir = dev_dir / "seaweedfs"
     shutil.rmtree(s3_dir, ignore_errors=True)
-    seaweed = start_seaweed(s3_dir, access_key=access_key, secret_key=secret_key,
-                            log_path=dev_dir / "seaweedfs.log")
+    seaweed = start_seaweed(
+        s3_dir, access_key=access_key, secret_key=secret_key, log_path=dev_dir / "seaweedfs.log"
+    )
     try:
         prefect = start_prefect_server(dev_dir / "prefect", log_path=dev_dir / "prefect.log")
     except BaseException:
         stop_process(seaweed.pid)
         raise
-    stack = DevStack(home=str(home), s3_pid=seaweed.pid, s3_endpoint=seaweed.endpoint_url,
-                     prefect_pid=prefect.pid, prefect_api_url=prefect.api_url,
-                     access_key=access_key, secret_key=secret_key, bucket=DEV_BUCKET,
-                     s3_ports=dict(seaweed.ports))
-    ObjectStore(StoreConfig(endpoint_url=stack.s3_endpoint, bucket=DEV_BUCKET,
-                            access_key=access_key, secret_key=secret_key)).ensure_bucket()
+    stack = DevStack(
+        home=str(home),
+        s3_pid=seaweed.pid,
+        s3_endpoint=seaweed.endpoint_url,
+        prefect_pid=prefect.pid,
+        prefect_api_url=prefect.api_url,
+        access_key=access_key,
+        secret_key=secret_key,
+        bucket=DEV_BUCKET,
+        s3_ports=dict(seaweed.ports),
+    )
+    ObjectStore(
+        StoreConfig(
+            endpoint_url=stack.s3_endpoint,
+            bucket=DEV_BUCKET,
+            access_key=access_key,
+            secret_key=secret_key,
+        )
+    ).ensure_bucket()
     ensure_dev_keys(dev_dir)
     _state_path(home).write_text(json.dumps(asdict(stack), indent=2) + "\n")
     return stack
@@ -140,9 +161,15 @@ def dev_down(home: Path) -> bool:
     if _alive(stack.prefect_pid):
         stop_process(stack.prefect_pid)
     if _alive(stack.s3_pid):
-        stop_seaweed(SeaweedProcess(pid=stack.s3_pid, s3_port=0, endpoint_url=stack.s3_endpoint,
-                                    data_dir=stack.dev_dir / "seaweedfs",
-                                    ports=stack.s3_ports or {}))
+        stop_seaweed(
+            SeaweedProcess(
+                pid=stack.s3_pid,
+                s3_port=0,
+                endpoint_url=stack.s3_endpoint,
+                data_dir=stack.dev_dir / "seaweedfs",
+                ports=stack.s3_ports or {},
+            )
+        )
     shutil.rmtree(stack.dev_dir / "seaweedfs", ignore_errors=True)
     _state_path(home).unlink(missing_ok=True)
     return True

@@ -190,6 +190,7 @@ class UsageInvalid(KristalError):
 
 
 ALL_ERRORS: tuple[type[KristalError], ...] = tuple(
-    cls for cls in list(globals().values())
+    cls
+    for cls in list(globals().values())
     if isinstance(cls, type) and issubclass(cls, KristalError) and cls is not KristalError
 )

@@ -59,7 +59,9 @@ def check_id(value: object, what: str = "id") -> str:
     """Refuse anything that is not a full lowercase `sha256:<64 hex>` ID (before any I/O)."""
     if not isinstance(value, str) or not ID_PATTERN.fullmatch(value):
         shown = repr(value)[:90]
-        raise PathInvalid(f"{what} {shown} is not of the form sha256:<64 lowercase hex>", field=what)
+        raise PathInvalid(
+            f"{what} {shown} is not of the form sha256:<64 lowercase hex>", field=what
+        )
     return value
 
 
@@ -115,20 +117,26 @@ def verify_identity(doc: dict[str, Any], kind: DocKind) -> str:
     declared = doc.get(rule.id_field)
     if declared is not None and declared != recomputed:
         raise IdentityMismatch(
-            f"{kind} declares {rule.id_field}={str(declared)[:80]} but its content hashes to {recomputed}",
+            f"{kind} declares {rule.id_field}={str(declared)[:80]} but its content hashes to "
+            f"{recomputed}",
             field=rule.id_field,
         )
     content_hash = doc.get("content_hash")
-    if isinstance(content_hash, dict) and "value" in content_hash:
-        if content_hash.get("value") != recomputed.removeprefix("sha256:"):
-            raise IdentityMismatch(
-                f"{kind} content_hash.value does not equal its recomputed ID {recomputed}",
-                field="content_hash",
-            )
+    if (
+        isinstance(content_hash, dict)
+        and "value" in content_hash
+        and content_hash.get("value") != recomputed.removeprefix("sha256:")
+    ):
+        raise IdentityMismatch(
+            f"{kind} content_hash.value does not equal its recomputed ID {recomputed}",
+            field="content_hash",
+        )
     return recomputed
 
 
-def with_identity(doc: dict[str, Any], kind: DocKind, *, content_hash: bool = False) -> dict[str, Any]:
+def with_identity(
+    doc: dict[str, Any], kind: DocKind, *, content_hash: bool = False
+) -> dict[str, Any]:
     """Return a copy of `doc` with its ID field (and optionally `content_hash`) filled in."""
     out = dict(doc)
     new_id = compute_id(out, kind)

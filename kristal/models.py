@@ -53,7 +53,7 @@ def parse_model(model: type[M], raw: Any, *, what: str) -> M:
 
 
 def validate_relative_path(path: str) -> str:
-    """A payload path: relative, `/`-separated, no `..`, backslash, control char or empty segment."""
+    """A payload path: relative, `/`-separated; no `..`, backslash, control char, empty segment."""
     if not isinstance(path, str) or not path:
         raise PathInvalid("empty path")
     shown = repr(path)[:100]
@@ -91,8 +91,14 @@ def validate_channel_id(channel_id: str) -> str:
 class FileEntry(Strict):
     path: str
     role: Literal[
-        "parquet_data", "index", "bitmap", "membership_filter", "dictionary", "metadata",
-        "statistics", "other",
+        "parquet_data",
+        "index",
+        "bitmap",
+        "membership_filter",
+        "dictionary",
+        "metadata",
+        "statistics",
+        "other",
     ]
     sha256: Hex64
     size_bytes: int = Field(ge=0)
@@ -371,7 +377,9 @@ class ActivationRecord(Strict):
     artifact_type: Literal["kristal_activation"] = "kristal_activation"
     channel_id: str
     sequence: int = Field(ge=1)
-    activation_id: str = Field(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+    activation_id: str = Field(
+        pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+    )
     kind: ActivationKind
     active: ReleaseRef
     previous: ReleaseRef | None

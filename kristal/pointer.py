@@ -45,7 +45,9 @@ class PointerState:
         return canonical_sha256(self.raw) if self.raw is not None else None
 
 
-def parse_record(data: bytes, channel_id: str, *, what: str) -> tuple[ActivationRecord, dict[str, Any]]:
+def parse_record(
+    data: bytes, channel_id: str, *, what: str
+) -> tuple[ActivationRecord, dict[str, Any]]:
     try:
         raw = parse_json(data, max_bytes=MAX_RECORD_BYTES, what=what)
         record = parse_model(ActivationRecord, raw, what=what)
@@ -143,7 +145,9 @@ def write_history(store: ObjectStore, record: ActivationRecord) -> None:
 
 def read_history(store: ObjectStore, channel_id: str, sequence: int) -> ActivationRecord | None:
     try:
-        data, _etag = store.get_bytes(layout.history(channel_id, sequence), max_bytes=MAX_RECORD_BYTES)
+        data, _etag = store.get_bytes(
+            layout.history(channel_id, sequence), max_bytes=MAX_RECORD_BYTES
+        )
     except ObjectNotFound:
         return None
     record, _raw = parse_record(data, channel_id, what=f"history record {sequence}")
@@ -183,9 +187,13 @@ def write_checks(store: ObjectStore, checks: CheckRecord) -> CheckRecord:
     return existing
 
 
-def read_quarantine(store: ObjectStore, channel_id: str, release_id: int) -> QuarantineRecord | None:
+def read_quarantine(
+    store: ObjectStore, channel_id: str, release_id: int
+) -> QuarantineRecord | None:
     try:
-        data, _ = store.get_bytes(layout.quarantine(channel_id, release_id), max_bytes=MAX_RECORD_BYTES)
+        data, _ = store.get_bytes(
+            layout.quarantine(channel_id, release_id), max_bytes=MAX_RECORD_BYTES
+        )
     except ObjectNotFound:
         return None
     raw = parse_json(data, max_bytes=MAX_RECORD_BYTES, what="quarantine record")

@@ -89,7 +89,9 @@ def jcs_line(row: dict[str, str]) -> bytes:
     For such objects `json.dumps(sort_keys, ensure_ascii=False)` produces RFC 8785 exactly
     (same key order, same string escapes), and it is ~30x faster than a general JCS encoder.
     """
-    return (json.dumps(row, sort_keys=True, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
+    return (
+        json.dumps(row, sort_keys=True, separators=(",", ":"), ensure_ascii=False) + "\n"
+    ).encode()
 
 
 def _rows(path: Path) -> Iterator[dict[str, str]]:
@@ -105,8 +107,13 @@ def _file_entry(path: Path, rel: str) -> dict[str, Any]:
         while chunk := handle.read(1 << 20):
             digest.update(chunk)
             size += len(chunk)
-    return {"path": rel, "role": "other", "sha256": digest.hexdigest(), "size_bytes": size,
-            "mime_type": "application/x-ndjson"}
+    return {
+        "path": rel,
+        "role": "other",
+        "sha256": digest.hexdigest(),
+        "size_bytes": size,
+        "mime_type": "application/x-ndjson",
+    }
 
 
 def _rfc3339(moment: datetime) -> str:
@@ -118,9 +125,14 @@ def _shard_of(subject: str, shards: int) -> int:
 
 
 def _assertion(row: dict[str, str]) -> dict[str, str]:
-    return {"assertion_id": row["statement_id"], "subject": row["subject"],
-            "predicate": row["predicate"], "object": row["object"],
-            "assertion_status": "sourced", "certainty_level": "high"}
+    return {
+        "assertion_id": row["statement_id"],
+        "subject": row["subject"],
+        "predicate": row["predicate"],
+        "object": row["object"],
+        "assertion_status": "sourced",
+        "certainty_level": "high",
+    }
 
 
 def write_assertion_blobs(triples: Path, out_dir: Path, shards: int) -> list[Path]:
@@ -138,51 +150,80 @@ def write_assertion_blobs(triples: Path, out_dir: Path, shards: int) -> list[Pat
     return paths
 
 
-def exchange_doc(blob: dict[str, Any] | None, generation: int, scope: dict[str, Any],
-                 federation_id: str | None = None) -> dict[str, Any]:
+def exchange_doc(
+    blob: dict[str, Any] | None,
+    generation: int,
+    scope: dict[str, Any],
+    federation_id: str | None = None,
+) -> dict[str, Any]:
     extensions: dict[str, Any] = {GENERATION_EXT: generation, BLOBS_EXT: [blob] if blob else []}
     if federation_id:
         extensions[FEDERATION_EXT] = federation_id
     return {
-        "schema_version": "5.0", "artifact_type": "working_exchange", "exchange_version": "5.0",
-        "artifact_status": "working", "canonicalization_profile": "kristal.v5:jcs-rfc8785",
-        "canonicalization_version": "1", "scope": scope, "validation_refs": [],
-        "authority_recognition_refs": [], "reader_policy_refs": [], "extensions": extensions,
+        "schema_version": "5.0",
+        "artifact_type": "working_exchange",
+        "exchange_version": "5.0",
+        "artifact_status": "working",
+        "canonicalization_profile": "kristal.v5:jcs-rfc8785",
+        "canonicalization_version": "1",
+        "scope": scope,
+        "validation_refs": [],
+        "authority_recognition_refs": [],
+        "reader_policy_refs": [],
+        "extensions": extensions,
     }
 
 
 def sign_exchange(doc: dict[str, Any], key: SigningKey, now: datetime) -> dict[str, Any]:
-    return sign_document(with_identity(doc, DocKind.EXCHANGE, content_hash=True), DocKind.EXCHANGE,
-                         key, now=now)
+    return sign_document(
+        with_identity(doc, DocKind.EXCHANGE, content_hash=True), DocKind.EXCHANGE, key, now=now
+    )
 
 
-def pack_doc(exchange_id: str, exchange_manifest_sha256: str, triples_entry: dict[str, Any],
-             generation: int, expectations: Expectations, now: datetime) -> dict[str, Any]:
+def pack_doc(
+    exchange_id: str,
+    exchange_manifest_sha256: str,
+    triples_entry: dict[str, Any],
+    generation: int,
+    expectations: Expectations,
+    now: datetime,
+) -> dict[str, Any]:
     config = {"profile": SQLITE_PROFILE, "contract": QUERY_CONTRACT, "ordering": "spo-bytes"}
     return {
-        "schema_version": "5.0", "artifact_type": "runtime_pack_manifest",
-        "runtime_pack_version": "5.0.0", "created_at": _rfc3339(now),
+        "schema_version": "5.0",
+        "artifact_type": "runtime_pack_manifest",
+        "runtime_pack_version": "5.0.0",
+        "created_at": _rfc3339(now),
         "source_exchange_ref": {
-            "exchange_id": exchange_id, "artifact_type": "working_exchange",
+            "exchange_id": exchange_id,
+            "artifact_type": "working_exchange",
             "exchange_manifest_hash": "sha256:" + exchange_manifest_sha256,
             "exchange_version": "5.0",
         },
         "source_artifact_status": "working",
-        "compiler": {"name": "kristal-activate", "version": __version__,
-                     "build_platform": f"{platform.system().lower()}-{platform.machine()}"},
-        "build": {"build_id": f"build:{uuid.uuid4()}", "deterministic": True,
-                  "canonicalization_profile": "kristal.v5:jcs-rfc8785",
-                  "canonicalization_version": "1",
-                  "config_hash": "sha256:" + sha256_hex(canonical_bytes(config)),
-                  "compile_status": "succeeded"},
+        "compiler": {
+            "name": "kristal-activate",
+            "version": __version__,
+            "build_platform": f"{platform.system().lower()}-{platform.machine()}",
+        },
+        "build": {
+            "build_id": f"build:{uuid.uuid4()}",
+            "deterministic": True,
+            "canonicalization_profile": "kristal.v5:jcs-rfc8785",
+            "canonicalization_version": "1",
+            "config_hash": "sha256:" + sha256_hex(canonical_bytes(config)),
+            "compile_status": "succeeded",
+        },
         "policies": {"data_ordering": {"policy": "subject_predicate_statement_id_utf8_asc"}},
         "reader_policy_refs": [],
         "query_contract_ref": {"contract_id": QUERY_CONTRACT, "contract_version": "1"},
         "files": [triples_entry],
         "integrity": {"hash_alg": "sha256"},
         "profiles": [SQLITE_PROFILE],
-        "extensions": {GENERATION_EXT: generation,
-                       EXPECTATIONS_EXT: expectations.model_dump(mode="json")},
+        "extensions": {
+            GENERATION_EXT: generation,
+            EXPECTATIONS_EXT: expectations.model_dump(mode="json"),
+        },
     }
 
 
@@ -198,7 +239,9 @@ def _check_schema(ctx: _ReleaseFiles) -> list[dict[str, str]]:
             parse_model(model, doc, what=what)
             findings.append({"check_id": f"schema:{what}", "status": "passed", "message": "valid"})
         except ManifestSchemaInvalid as exc:
-            findings.append({"check_id": f"schema:{what}", "status": "failed", "message": exc.message})
+            findings.append(
+                {"check_id": f"schema:{what}", "status": "failed", "message": exc.message}
+            )
     return findings
 
 
@@ -215,8 +258,13 @@ def _check_ordering(ctx: _ReleaseFiles) -> list[dict[str, str]]:
                 bad = f"line {line_no} is not after line {line_no - 1}"
                 break
             previous = current
-        findings.append({"check_id": f"ordering:{what}", "status": "failed" if bad else "passed",
-                         "message": bad or "strictly increasing by subject, predicate, id bytes"})
+        findings.append(
+            {
+                "check_id": f"ordering:{what}",
+                "status": "failed" if bad else "passed",
+                "message": bad or "strictly increasing by subject, predicate, id bytes",
+            }
+        )
     return findings
 
 
@@ -228,21 +276,34 @@ def _check_row_count(ctx: _ReleaseFiles) -> list[dict[str, str]]:
         with blob.open("rb") as handle:
             exchange_rows += sum(1 for _ in handle)
     ok = pack_rows == exchange_rows == ctx.row_count
-    return [{"check_id": "row-count:pack-vs-exchange", "status": "passed" if ok else "failed",
-             "message": f"pack {pack_rows} rows, exchange {exchange_rows} assertions"}]
+    return [
+        {
+            "check_id": "row-count:pack-vs-exchange",
+            "status": "passed" if ok else "failed",
+            "message": f"pack {pack_rows} rows, exchange {exchange_rows} assertions",
+        }
+    ]
 
 
 def _check_source_binding(ctx: _ReleaseFiles) -> list[dict[str, str]]:
     findings = []
     for pack in ctx.packs:
         ref = pack["source_exchange_ref"]
-        ok = (ref["exchange_id"] == ctx.exchange["kristal_id"]
-              and ref["exchange_manifest_hash"] == "sha256:" + ctx.exchange_sha256)
-        findings.append({"check_id": "source-binding:manifest", "status": "passed" if ok else "failed",
-                         "message": f"pack {pack['runtime_pack_id']} names {ref['exchange_id']}"})
+        ok = (
+            ref["exchange_id"] == ctx.exchange["kristal_id"]
+            and ref["exchange_manifest_hash"] == "sha256:" + ctx.exchange_sha256
+        )
+        findings.append(
+            {
+                "check_id": "source-binding:manifest",
+                "status": "passed" if ok else "failed",
+                "message": f"pack {pack['runtime_pack_id']} names {ref['exchange_id']}",
+            }
+        )
     # Row by row: the pack's triples are exactly the Exchange's assertions (all shards merged).
-    merged = heapq.merge(*(_rows(b) for b in ctx.assertion_blobs),
-                         key=lambda r: _order_key(r, "assertion_id"))
+    merged = heapq.merge(
+        *(_rows(b) for b in ctx.assertion_blobs), key=lambda r: _order_key(r, "assertion_id")
+    )
     mismatch = ""
     pack_rows = _rows(ctx.triples)
     for line_no, assertion in enumerate(merged, start=1):
@@ -252,8 +313,13 @@ def _check_source_binding(ctx: _ReleaseFiles) -> list[dict[str, str]]:
             break
     if not mismatch and next(pack_rows, None) is not None:
         mismatch = "pack has rows the exchange does not"
-    findings.append({"check_id": "source-binding:rows", "status": "failed" if mismatch else "passed",
-                     "message": mismatch or "every pack row is an assertion of the exchange"})
+    findings.append(
+        {
+            "check_id": "source-binding:rows",
+            "status": "failed" if mismatch else "passed",
+            "message": mismatch or "every pack row is an assertion of the exchange",
+        }
+    )
     return findings
 
 
@@ -276,13 +342,18 @@ class _ReleaseFiles:
     row_count: int
 
 
-def validation_report(profile: str, targets: list[str], findings: list[dict[str, str]],
-                      key: SigningKey, now: datetime) -> dict[str, Any]:
+def validation_report(
+    profile: str, targets: list[str], findings: list[dict[str, str]], key: SigningKey, now: datetime
+) -> dict[str, Any]:
     failed = any(f["status"] == "failed" for f in findings)
     doc = {
-        "artifact_type": "validation_report", "profile": profile,
-        "target_artifact_ids": targets, "result": "failed" if failed else "passed",
-        "findings": findings, "validator": key.key_id, "created_at": _rfc3339(now),
+        "artifact_type": "validation_report",
+        "profile": profile,
+        "target_artifact_ids": targets,
+        "result": "failed" if failed else "passed",
+        "findings": findings,
+        "validator": key.key_id,
+        "created_at": _rfc3339(now),
         "expires_at": _rfc3339(now + REPORT_LIFETIME),
     }
     return sign_document(doc, DocKind.VALIDATION_REPORT, key, now=now)
@@ -305,9 +376,18 @@ def check_release_id_free(index: ChannelIndex | None, release_id: int) -> None:
 
 
 def publish(
-    store: ObjectStore, trust: ChannelTrust, keys: PublisherKeys, *, data: Path, channel_id: str,
-    release_id: int, generation: int, expect_file: Path | None = None, shards: int = 0,
-    now: Callable[[], datetime], workdir: Path | None = None,
+    store: ObjectStore,
+    trust: ChannelTrust,
+    keys: PublisherKeys,
+    *,
+    data: Path,
+    channel_id: str,
+    release_id: int,
+    generation: int,
+    expect_file: Path | None = None,
+    shards: int = 0,
+    now: Callable[[], datetime],
+    workdir: Path | None = None,
 ) -> PublishResult:
     validate_channel_id(channel_id)
     if release_id < 1 or generation < 0 or not 0 <= shards <= 256:
@@ -316,20 +396,25 @@ def publish(
         raise UsageInvalid(f"data file {data} does not exist")
     unknown = [p for p in trust.required_profiles if p not in PROFILE_CHECKS]
     if unknown:
-        raise ProfileUnsupported(f"the channel requires validation profiles {unknown} this "
-                                 f"publisher cannot check (known: {list(KNOWN_PROFILES)})")
+        raise ProfileUnsupported(
+            f"the channel requires validation profiles {unknown} this "
+            f"publisher cannot check (known: {list(KNOWN_PROFILES)})"
+        )
     given_expectations = None
     if expect_file is not None:
         given_expectations = parse_model(
-            Expectations, parse_json(expect_file.read_bytes(), what="expect file"),
+            Expectations,
+            parse_json(expect_file.read_bytes(), what="expect file"),
             what="expect file",
         )
     # Refuse early (the index change re-checks under its conditional write).
     current = read_index_bytes(store, channel_id)
     if current is not None:
         from kristal.channel_index import load_verified_index
-        check_release_id_free(load_verified_index(current[0], channel_id, trust, now=now()),
-                              release_id)
+
+        check_release_id_free(
+            load_verified_index(current[0], channel_id, trust, now=now()), release_id
+        )
 
     moment = now()
     tmp = Path(tempfile.mkdtemp(prefix="kristal-publish-", dir=workdir))
@@ -346,19 +431,32 @@ def publish(
             for i, blob_path in enumerate(blobs):
                 entry = _file_entry(blob_path, ASSERTIONS_PATH)
                 shard = sign_exchange(
-                    exchange_doc(entry, generation, {"domain": "kristal-activate",
-                                                     "shard": f"{i:03d}/{shards:03d}"}),
-                    keys.publisher, moment)
+                    exchange_doc(
+                        entry,
+                        generation,
+                        {"domain": "kristal-activate", "shard": f"{i:03d}/{shards:03d}"},
+                    ),
+                    keys.publisher,
+                    moment,
+                )
                 shard_docs.append(shard)
-                uploads.append((layout.exchange_blob(shard["kristal_id"], ASSERTIONS_PATH), blob_path))
+                uploads.append(
+                    (layout.exchange_blob(shard["kristal_id"], ASSERTIONS_PATH), blob_path)
+                )
                 documents.append((shard, ExchangeManifest, f"shard-{i:03d}"))
             root = {
-                "schema_version": "5.0", "artifact_type": "exchange_federation_manifest",
-                "manifest_id": f"federation:{uuid.uuid4()}", "created_at": _rfc3339(moment),
+                "schema_version": "5.0",
+                "artifact_type": "exchange_federation_manifest",
+                "manifest_id": f"federation:{uuid.uuid4()}",
+                "created_at": _rfc3339(moment),
                 "shards": [
-                    {"shard_id": f"shard-{i:03d}", "scope": s["scope"], "artifact_status": "working",
-                     "shard_manifest_ref": layout.exchange_manifest(s["kristal_id"]),
-                     "shard_manifest_hash": s["kristal_id"]}
+                    {
+                        "shard_id": f"shard-{i:03d}",
+                        "scope": s["scope"],
+                        "artifact_status": "working",
+                        "shard_manifest_ref": layout.exchange_manifest(s["kristal_id"]),
+                        "shard_manifest_hash": s["kristal_id"],
+                    }
                     for i, s in enumerate(shard_docs)
                 ],
                 "extensions": {GENERATION_EXT: generation},
@@ -366,14 +464,25 @@ def publish(
             federation = sign_document(root, DocKind.FEDERATION, keys.publisher, now=moment)
             documents.append((federation, FederationManifest, "federation-root"))
             exchange = sign_exchange(
-                exchange_doc(None, generation, {"domain": "kristal-activate", "federated": True},
-                             federation["federation_id"]),
-                keys.publisher, moment)
+                exchange_doc(
+                    None,
+                    generation,
+                    {"domain": "kristal-activate", "federated": True},
+                    federation["federation_id"],
+                ),
+                keys.publisher,
+                moment,
+            )
         else:
             entry = _file_entry(blobs[0], ASSERTIONS_PATH)
-            exchange = sign_exchange(exchange_doc(entry, generation, {"domain": "kristal-activate"}),
-                                     keys.publisher, moment)
-            uploads.append((layout.exchange_blob(exchange["kristal_id"], ASSERTIONS_PATH), blobs[0]))
+            exchange = sign_exchange(
+                exchange_doc(entry, generation, {"domain": "kristal-activate"}),
+                keys.publisher,
+                moment,
+            )
+            uploads.append(
+                (layout.exchange_blob(exchange["kristal_id"], ASSERTIONS_PATH), blobs[0])
+            )
         documents.append((exchange, ExchangeManifest, "exchange"))
         exchange_bytes = canonical_bytes(exchange)
         exchange_sha256 = sha256_hex(exchange_bytes)
@@ -383,9 +492,21 @@ def publish(
         row_count = build_index(triples, db_path, source_sha256=triples_entry["sha256"])
         expectations = given_expectations or derive_expectations(db_path)
         pack = sign_document(
-            with_identity(pack_doc(exchange["kristal_id"], exchange_sha256, triples_entry,
-                                   generation, expectations, moment), DocKind.RUNTIME_PACK),
-            DocKind.RUNTIME_PACK, keys.publisher, now=moment)
+            with_identity(
+                pack_doc(
+                    exchange["kristal_id"],
+                    exchange_sha256,
+                    triples_entry,
+                    generation,
+                    expectations,
+                    moment,
+                ),
+                DocKind.RUNTIME_PACK,
+            ),
+            DocKind.RUNTIME_PACK,
+            keys.publisher,
+            now=moment,
+        )
         documents.append((pack, RuntimePackManifest, "runtime-pack"))
         uploads.append((layout.pack_file(pack["runtime_pack_id"], TRIPLES_PATH), triples))
 
@@ -393,8 +514,10 @@ def publish(
         targets = [exchange["kristal_id"], pack["runtime_pack_id"]]
         if federation:
             targets.append(federation["federation_id"])
-        reports = [validation_report(p, targets, PROFILE_CHECKS[p](ctx), keys.validator, moment)
-                   for p in trust.required_profiles]
+        reports = [
+            validation_report(p, targets, PROFILE_CHECKS[p](ctx), keys.validator, moment)
+            for p in trust.required_profiles
+        ]
         failed_profiles = [r["profile"] for r in reports if r["result"] == "failed"]
 
         # Data first, then manifests, then reports; the index entry last makes it visible.
@@ -403,17 +526,21 @@ def publish(
         for shard in shard_docs:
             store.put_bytes(layout.exchange_manifest(shard["kristal_id"]), canonical_bytes(shard))
         if federation:
-            store.put_bytes(layout.federation_manifest(federation["federation_id"]),
-                            canonical_bytes(federation))
+            store.put_bytes(
+                layout.federation_manifest(federation["federation_id"]), canonical_bytes(federation)
+            )
         store.put_bytes(layout.exchange_manifest(exchange["kristal_id"]), exchange_bytes)
         store.put_bytes(layout.pack_manifest(pack["runtime_pack_id"]), canonical_bytes(pack))
         for report in reports:
-            store.put_bytes(layout.validation_report(report["validation_report_id"]),
-                            canonical_bytes(report))
+            store.put_bytes(
+                layout.validation_report(report["validation_report_id"]), canonical_bytes(report)
+            )
 
         release = {
-            "release_id": release_id, "generation": generation,
-            "exchange_id": exchange["kristal_id"], "runtime_pack_ids": [pack["runtime_pack_id"]],
+            "release_id": release_id,
+            "generation": generation,
+            "exchange_id": exchange["kristal_id"],
+            "runtime_pack_ids": [pack["runtime_pack_id"]],
             "validation_report_ids": [r["validation_report_id"] for r in reports],
             "published_at": _rfc3339(moment),
         }
@@ -428,11 +555,15 @@ def publish(
 
         new_index = update_index(store, channel_id, trust, keys.authority, add_release, now=now)
         return PublishResult(
-            channel_id=channel_id, release_id=release_id, generation=generation,
-            exchange_id=exchange["kristal_id"], runtime_pack_ids=[pack["runtime_pack_id"]],
+            channel_id=channel_id,
+            release_id=release_id,
+            generation=generation,
+            exchange_id=exchange["kristal_id"],
+            runtime_pack_ids=[pack["runtime_pack_id"]],
             federation_id=federation["federation_id"] if federation else None,
             validation_report_ids=release["validation_report_ids"],
-            index_version=new_index.index_version, row_count=row_count,
+            index_version=new_index.index_version,
+            row_count=row_count,
             failed_profiles=failed_profiles,
         )
     finally:

@@ -21,8 +21,13 @@ class PinnedSession:
     record: ActivationRecord
     readers: dict[str, PinnedReader] = field(default_factory=dict)
 
-    def query(self, s: str | None = None, p: str | None = None, o: str | None = None,
-              limit: int | None = None) -> list[dict[str, str]]:
+    def query(
+        self,
+        s: str | None = None,
+        p: str | None = None,
+        o: str | None = None,
+        limit: int | None = None,
+    ) -> list[dict[str, str]]:
         """Triple-pattern query over the pinned release (its first pack answers)."""
         first = self.record.active.runtime_pack_ids[0]
         return self.readers[first].query(s, p, o, limit=limit)

@@ -39,8 +39,9 @@ def verify_release(
     pack_ids: list[str] | None = None,
     min_index_version: int = 0,
 ) -> VerifiedRelease:
-    verifier = ReleaseVerifier(channel_id, ctx.trust(channel_id), now=ctx.now(),
-                               min_index_version=min_index_version)
+    verifier = ReleaseVerifier(
+        channel_id, ctx.trust(channel_id), now=ctx.now(), min_index_version=min_index_version
+    )
     raw_index = read_index_bytes(ctx.store, channel_id)
     if raw_index is None:
         raise RollbackTargetMissing(f"channel {channel_id} has no index: nothing is published")
@@ -49,11 +50,16 @@ def verify_release(
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         exchange_f = pool.submit(_get, ctx, layout.exchange_manifest(entry.exchange_id))
-        root_f = (pool.submit(_get, ctx, layout.federation_manifest(entry.federation_id))
-                  if entry.federation_id else None)
+        root_f = (
+            pool.submit(_get, ctx, layout.federation_manifest(entry.federation_id))
+            if entry.federation_id
+            else None
+        )
         pack_fs = [pool.submit(_get, ctx, layout.pack_manifest(p)) for p in entry.runtime_pack_ids]
-        report_fs = [pool.submit(_get_optional, ctx, layout.validation_report(r))
-                     for r in entry.validation_report_ids]
+        report_fs = [
+            pool.submit(_get_optional, ctx, layout.validation_report(r))
+            for r in entry.validation_report_ids
+        ]
         verifier.update_exchange(exchange_f.result())
         raw_root = root_f.result() if root_f else None
         shard_bytes: list[bytes] = []
@@ -61,10 +67,15 @@ def verify_release(
             from kristal.canonical import parse_json
             from kristal.models import FederationManifest, parse_model
 
-            root = parse_model(FederationManifest, parse_json(raw_root, what="federation root"),
-                               what="federation root")
-            shard_fs = [pool.submit(_get, ctx, layout.exchange_manifest(s.shard_manifest_hash))
-                        for s in root.shards]
+            root = parse_model(
+                FederationManifest,
+                parse_json(raw_root, what="federation root"),
+                what="federation root",
+            )
+            shard_fs = [
+                pool.submit(_get, ctx, layout.exchange_manifest(s.shard_manifest_hash))
+                for s in root.shards
+            ]
             shard_bytes = [f.result() for f in shard_fs]
         verifier.update_federation(raw_root, shard_bytes)
         verifier.update_packs([f.result() for f in pack_fs])

@@ -36,18 +36,28 @@ class RollbackDecision:
     target_sequence: int | None = None
 
 
-def _target_record(ctx: Context, live: ActivationRecord, to: RollbackTo,
-                   kind: ActivationKind) -> tuple[ReleaseRef, int | None]:
+def _target_record(
+    ctx: Context, live: ActivationRecord, to: RollbackTo, kind: ActivationKind
+) -> tuple[ReleaseRef, int | None]:
     channel = live.channel_id
     if kind == "auto_rollback" or to == "previous":
         if live.previous is None:
-            raise RollbackTargetMissing(f"sequence {live.sequence} of {channel} has no previous release")
-        if kind != "auto_rollback" and ptr.read_quarantine(ctx.store, channel, live.previous.release_id):
-            raise ReleaseQuarantined(f"previous release {live.previous.release_id} is quarantined here")
+            raise RollbackTargetMissing(
+                f"sequence {live.sequence} of {channel} has no previous release"
+            )
+        if kind != "auto_rollback" and ptr.read_quarantine(
+            ctx.store, channel, live.previous.release_id
+        ):
+            raise ReleaseQuarantined(
+                f"previous release {live.previous.release_id} is quarantined here"
+            )
         return live.previous, live.previous_sequence
     if to == "last-known-good":
-        start = (ptr.read_history(ctx.store, channel, live.last_known_good.sequence)
-                 if live.last_known_good else None)
+        start = (
+            ptr.read_history(ctx.store, channel, live.last_known_good.sequence)
+            if live.last_known_good
+            else None
+        )
         for record in good_records(ctx.store, start):
             rid = record.active.release_id
             if rid == live.active.release_id or record.sequence >= live.sequence:
@@ -71,20 +81,29 @@ def _target_record(ctx: Context, live: ActivationRecord, to: RollbackTo,
 
 
 def plan_rollback(
-    ctx: Context, channel_id: str, *, to: RollbackTo = "last-known-good",
-    expected_activation_id: str | None = None, kind: ActivationKind = "rollback",
+    ctx: Context,
+    channel_id: str,
+    *,
+    to: RollbackTo = "last-known-good",
+    expected_activation_id: str | None = None,
+    kind: ActivationKind = "rollback",
 ) -> RollbackDecision:
     state = ptr.read_pointer(ctx.store, channel_id)
     repaired = ptr.repair_history(ctx.store, state)
     live = state.record
     if live is None:
-        raise RollbackTargetMissing(f"{channel_id} has never had a release live: nothing to roll back")
+        raise RollbackTargetMissing(
+            f"{channel_id} has never had a release live: nothing to roll back"
+        )
     if expected_activation_id is not None and live.activation_id != expected_activation_id:
-        return RollbackDecision(None, (
-            f"activation {expected_activation_id} is not live in {channel_id} (sequence "
-            f"{live.sequence} is {live.activation_id}, release {live.active.release_id}); "
-            "nothing rolled back"
-        ))
+        return RollbackDecision(
+            None,
+            (
+                f"activation {expected_activation_id} is not live in {channel_id} (sequence "
+                f"{live.sequence} is {live.activation_id}, release {live.active.release_id}); "
+                "nothing rolled back"
+            ),
+        )
     target, target_sequence = _target_record(ctx, live, to, kind)
     if target.release_id == live.active.release_id:
         raise RollbackTargetMissing(f"release {target.release_id} is already live in {channel_id}")
@@ -93,8 +112,9 @@ def plan_rollback(
             f"release {target.release_id} is generation {target.generation}, the live one "
             f"{live.active.generation}: that is a downgrade, which needs an authorization"
         )
-    release = verify_release(ctx, channel_id, release_id=target.release_id,
-                             min_index_version=live.index_version)
+    release = verify_release(
+        ctx, channel_id, release_id=target.release_id, min_index_version=live.index_version
+    )
     if ReleaseRef.of(release.entry) != target:
         raise ReleaseIdSubstitutionBlocked(
             f"the index entry of release {target.release_id} no longer binds the artifacts that "

@@ -37,8 +37,11 @@ def _inventory(release: VerifiedRelease) -> list[tuple[str, FileEntry]]:
     items: list[tuple[str, FileEntry]] = []
     for blob in release.exchange.blobs():
         items.append((layout.exchange_blob(release.entry.exchange_id, blob.path), blob))
-    for shard_ref, shard in zip(release.federation.shards if release.federation else [],
-                                release.shard_exchanges, strict=False):
+    for shard_ref, shard in zip(
+        release.federation.shards if release.federation else [],
+        release.shard_exchanges,
+        strict=False,
+    ):
         for blob in shard.blobs():
             items.append((layout.exchange_blob(shard_ref.shard_manifest_hash, blob.path), blob))
     for pack in release.packs:
@@ -47,14 +50,17 @@ def _inventory(release: VerifiedRelease) -> list[tuple[str, FileEntry]]:
     return items
 
 
-def _fetch_one(store_ctx: Context, cache: BlobCache, key: str, entry: FileEntry) -> tuple[Path, bool]:
+def _fetch_one(
+    store_ctx: Context, cache: BlobCache, key: str, entry: FileEntry
+) -> tuple[Path, bool]:
     cached = cache.verified_path(entry.sha256, entry.size_bytes)
     if cached is not None:
         return cached, False
 
     def download(tmp: Path) -> None:
-        store_ctx.store.download_to(key, tmp, expected_sha256=entry.sha256,
-                                    expected_size=entry.size_bytes)
+        store_ctx.store.download_to(
+            key, tmp, expected_sha256=entry.sha256, expected_size=entry.size_bytes
+        )
 
     return cache.fetch(entry.sha256, entry.size_bytes, download), True
 
@@ -97,6 +103,7 @@ def recheck_cached(ctx: Context, release: VerifiedRelease) -> int:
 
 def confirm_restorable(ctx: Context, release: VerifiedRelease) -> None:
     """The objects of a release (the one live now) are still in the bucket with their sizes."""
+
     def head(item: tuple[str, FileEntry]) -> str | None:
         key, entry = item
         info = ctx.store.head(key)

@@ -68,7 +68,13 @@ SUPPORTED_PROFILES = frozenset({SQLITE_PROFILE})
 
 
 def parse_signed(
-    raw: bytes, kind: DocKind, model: type[Any], trust: ChannelTrust, role: str, *, now: datetime,
+    raw: bytes,
+    kind: DocKind,
+    model: type[Any],
+    trust: ChannelTrust,
+    role: str,
+    *,
+    now: datetime,
     what: str,
 ) -> tuple[Any, dict[str, Any], str]:
     """Strict-parse `raw`, validate its shape, recompute its ID and require `role` signatures."""
@@ -120,8 +126,9 @@ class _Step(IntEnum):
 class ReleaseVerifier:
     """Walks the steps of the module docstring in order; calling one out of order raises."""
 
-    def __init__(self, channel_id: str, trust: ChannelTrust, *, now: datetime,
-                 min_index_version: int = 0) -> None:
+    def __init__(
+        self, channel_id: str, trust: ChannelTrust, *, now: datetime, min_index_version: int = 0
+    ) -> None:
         self.channel_id = channel_id
         self.trust = trust
         self.now = now
@@ -146,8 +153,13 @@ class ReleaseVerifier:
     def update_index(self, raw: bytes) -> ChannelIndex:
         self._advance(_Step.START, _Step.INDEX)
         index, _doc, index_id = parse_signed(
-            raw, DocKind.CHANNEL_INDEX, ChannelIndex, self.trust, "channel-authority",
-            now=self.now, what="channel index",
+            raw,
+            DocKind.CHANNEL_INDEX,
+            ChannelIndex,
+            self.trust,
+            "channel-authority",
+            now=self.now,
+            what="channel index",
         )
         if index.channel_id != self.channel_id:
             raise ManifestSchemaInvalid(
@@ -155,7 +167,9 @@ class ReleaseVerifier:
                 field="channel_id",
             )
         if index.expires_at <= self.now:
-            raise IndexExpired(f"channel index v{index.index_version} expired at {index.expires_at}")
+            raise IndexExpired(
+                f"channel index v{index.index_version} expired at {index.expires_at}"
+            )
         if index.index_version < self.min_index_version:
             raise IndexReplayed(
                 f"channel index v{index.index_version} is older than v{self.min_index_version}, "
@@ -167,7 +181,10 @@ class ReleaseVerifier:
 
     # 2 ---------------------------------------------------------------------------------------
     def select_release(
-        self, release_id: int | None = None, *, exchange_id: str | None = None,
+        self,
+        release_id: int | None = None,
+        *,
+        exchange_id: str | None = None,
         pack_ids: list[str] | None = None,
     ) -> ReleaseEntry:
         self._advance(_Step.INDEX, _Step.RELEASE)
@@ -183,12 +200,18 @@ class ReleaseVerifier:
         self._advance(_Step.RELEASE, _Step.EXCHANGE)
         assert self.entry is not None
         exchange, _doc, exchange_id = parse_signed(
-            raw, DocKind.EXCHANGE, ExchangeManifest, self.trust, "publisher", now=self.now,
+            raw,
+            DocKind.EXCHANGE,
+            ExchangeManifest,
+            self.trust,
+            "publisher",
+            now=self.now,
             what="exchange manifest",
         )
         if exchange_id != self.entry.exchange_id:
             raise ReleaseIdSubstitutionBlocked(
-                f"exchange manifest hashes to {exchange_id}, the index names {self.entry.exchange_id}"
+                f"exchange manifest hashes to {exchange_id}, the index names "
+                f"{self.entry.exchange_id}"
             )
         _require_generation("exchange", exchange.generation(), self.entry.generation)
         if exchange.federation_id() != self.entry.federation_id:
@@ -213,12 +236,18 @@ class ReleaseVerifier:
         if raw_root is None:
             raise ManifestSchemaInvalid("release names a federation root that was not supplied")
         root, _doc, federation_id = parse_signed(
-            raw_root, DocKind.FEDERATION, FederationManifest, self.trust, "publisher",
-            now=self.now, what="federation root",
+            raw_root,
+            DocKind.FEDERATION,
+            FederationManifest,
+            self.trust,
+            "publisher",
+            now=self.now,
+            what="federation root",
         )
         if federation_id != self.entry.federation_id:
             raise ReleaseIdSubstitutionBlocked(
-                f"federation root hashes to {federation_id}, the index names {self.entry.federation_id}"
+                f"federation root hashes to {federation_id}, the index names "
+                f"{self.entry.federation_id}"
             )
         _require_generation("federation root", root.generation(), self.entry.generation)
         if len(raw_shards) != len(root.shards):
@@ -229,12 +258,18 @@ class ReleaseVerifier:
         shards: list[ExchangeManifest] = []
         for ref, raw in zip(root.shards, raw_shards, strict=True):
             shard, _sdoc, shard_id = parse_signed(
-                raw, DocKind.EXCHANGE, ExchangeManifest, self.trust, "publisher", now=self.now,
+                raw,
+                DocKind.EXCHANGE,
+                ExchangeManifest,
+                self.trust,
+                "publisher",
+                now=self.now,
                 what=f"shard exchange {ref.shard_id}",
             )
             if shard_id != ref.shard_manifest_hash:
                 raise ReleaseIdSubstitutionBlocked(
-                    f"shard {ref.shard_id} hashes to {shard_id}, the root names {ref.shard_manifest_hash}"
+                    f"shard {ref.shard_id} hashes to {shard_id}, the root names "
+                    f"{ref.shard_manifest_hash}"
                 )
             if _major(shard.schema_version) != root_major:
                 raise GenerationMismatch(
@@ -257,8 +292,13 @@ class ReleaseVerifier:
         verified: list[VerifiedPack] = []
         for expected_id, raw in zip(self.entry.runtime_pack_ids, raw_packs, strict=True):
             pack, _doc, pack_id = parse_signed(
-                raw, DocKind.RUNTIME_PACK, RuntimePackManifest, self.trust, "publisher",
-                now=self.now, what="runtime pack manifest",
+                raw,
+                DocKind.RUNTIME_PACK,
+                RuntimePackManifest,
+                self.trust,
+                "publisher",
+                now=self.now,
+                what="runtime pack manifest",
             )
             if pack_id != expected_id:
                 raise ReleaseIdSubstitutionBlocked(
@@ -304,15 +344,22 @@ class ReleaseVerifier:
         failures: list[str] = []
         for raw in raw_reports:
             report, _doc, report_id = parse_signed(
-                raw, DocKind.VALIDATION_REPORT, ValidationReport, self.trust, "validator",
-                now=self.now, what="validation report",
+                raw,
+                DocKind.VALIDATION_REPORT,
+                ValidationReport,
+                self.trust,
+                "validator",
+                now=self.now,
+                what="validation report",
             )
             if report_id not in self.entry.validation_report_ids:
                 continue  # only the reports the signed index binds to this release count
             if not must_cover <= set(report.target_artifact_ids):
                 continue  # a report that passed for other IDs proves nothing
             if report.expires_at <= self.now:
-                failures.append(f"{report.profile} report {report_id} expired at {report.expires_at}")
+                failures.append(
+                    f"{report.profile} report {report_id} expired at {report.expires_at}"
+                )
                 continue
             if report.result != "passed":
                 failed = [f.check_id for f in report.findings if f.status == "failed"]
@@ -324,7 +371,8 @@ class ReleaseVerifier:
         if missing:
             detail = f" ({'; '.join(failures)})" if failures else ""
             raise ValidationReportMissing(
-                f"no passed, unexpired report bound to this release for profile(s) {missing}{detail}"
+                "no passed, unexpired report bound to this release for profile(s) "
+                f"{missing}{detail}"
             )
         self.report_ids = [passed[p] for p in self.trust.required_profiles]
         self.evidence["validation_reports"] = dict(passed)
@@ -335,15 +383,24 @@ class ReleaseVerifier:
             raise ActivationAborted(f"verification incomplete: stopped after {self._step.name}")
         assert self.index and self.entry and self.exchange
         return VerifiedRelease(
-            channel_id=self.channel_id, index=self.index, entry=self.entry,
-            exchange=self.exchange, exchange_manifest_sha256=self.exchange_sha256,
-            packs=self.packs, federation=self.federation, shard_exchanges=self.shards,
-            report_ids=self.report_ids, evidence=self.evidence,
+            channel_id=self.channel_id,
+            index=self.index,
+            entry=self.entry,
+            exchange=self.exchange,
+            exchange_manifest_sha256=self.exchange_sha256,
+            packs=self.packs,
+            federation=self.federation,
+            shard_exchanges=self.shards,
+            report_ids=self.report_ids,
+            evidence=self.evidence,
         )
 
 
 def select_entry(
-    index: ChannelIndex, release_id: int | None, *, exchange_id: str | None = None,
+    index: ChannelIndex,
+    release_id: int | None,
+    *,
+    exchange_id: str | None = None,
     pack_ids: list[str] | None = None,
 ) -> ReleaseEntry:
     """The index entry for a release id, or the one entry that exact IDs name."""
@@ -354,12 +411,15 @@ def select_entry(
         if exchange_id is not None and exchange_id != entry.exchange_id:
             raise ReleaseIdSubstitutionBlocked(f"release {release_id} does not bind {exchange_id}")
         if pack_ids is not None and sorted(pack_ids) != sorted(entry.runtime_pack_ids):
-            raise ReleaseIdSubstitutionBlocked(f"release {release_id} does not bind packs {pack_ids}")
+            raise ReleaseIdSubstitutionBlocked(
+                f"release {release_id} does not bind packs {pack_ids}"
+            )
         return entry
     if exchange_id is None or not pack_ids:
         raise ActivationAborted("name a release id, or an exchange id with its pack ids")
     matches = [
-        r for r in index.releases
+        r
+        for r in index.releases
         if r.exchange_id == exchange_id and sorted(r.runtime_pack_ids) == sorted(pack_ids)
     ]
     if len(matches) != 1:
@@ -384,7 +444,9 @@ def refuse_revoked(index: ChannelIndex, entry: ReleaseEntry, now: datetime) -> N
 
 def _require_generation(what: str, found: int | None, expected: int) -> None:
     if found != expected:
-        raise GenerationMismatch(f"{what} carries generation {found}, the release is generation {expected}")
+        raise GenerationMismatch(
+            f"{what} carries generation {found}, the release is generation {expected}"
+        )
 
 
 def _major(schema_version: str) -> str:

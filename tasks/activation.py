@@ -17,15 +17,30 @@ from kristal.rollback import RollbackDecision, RollbackTo, plan_rollback
 from kristal.staging import StagedRelease
 from tasks.runtime import RETRY_DELAYS, domain_context, retry_on_transient
 
-RETRYING = {"retries": len(RETRY_DELAYS), "retry_delay_seconds": RETRY_DELAYS,
-            "retry_condition_fn": retry_on_transient, "cache_policy": NO_CACHE}
+RETRYING = {
+    "retries": len(RETRY_DELAYS),
+    "retry_delay_seconds": RETRY_DELAYS,
+    "retry_condition_fn": retry_on_transient,
+    "cache_policy": NO_CACHE,
+}
 
 
 @task(name="resolve-and-verify", **RETRYING)
-def resolve_and_verify(channel_id: str, release_id: int | None, exchange_id: str | None,
-                       pack_ids: list[str] | None, force: bool) -> ActivationPlan:
-    return activation.plan_activation(domain_context(), channel_id, release_id=release_id,
-                                      exchange_id=exchange_id, pack_ids=pack_ids, force=force)
+def resolve_and_verify(
+    channel_id: str,
+    release_id: int | None,
+    exchange_id: str | None,
+    pack_ids: list[str] | None,
+    force: bool,
+) -> ActivationPlan:
+    return activation.plan_activation(
+        domain_context(),
+        channel_id,
+        release_id=release_id,
+        exchange_id=exchange_id,
+        pack_ids=pack_ids,
+        force=force,
+    )
 
 
 @task(name="stage-release", **RETRYING)
@@ -67,7 +82,13 @@ def quarantine_release(record: ActivationRecord, reason: str) -> None:
 
 
 @task(name="plan-rollback", **RETRYING)
-def decide_rollback(channel_id: str, to: RollbackTo, expected_activation_id: str | None,
-                    kind: str) -> RollbackDecision:
-    return plan_rollback(domain_context(), channel_id, to=to,
-                         expected_activation_id=expected_activation_id, kind=kind)  # type: ignore[arg-type]
+def decide_rollback(
+    channel_id: str, to: RollbackTo, expected_activation_id: str | None, kind: str
+) -> RollbackDecision:
+    return plan_rollback(
+        domain_context(),
+        channel_id,
+        to=to,
+        expected_activation_id=expected_activation_id,
+        kind=kind,
+    )  # type: ignore[arg-type]

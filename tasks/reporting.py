@@ -17,8 +17,9 @@ def _artifact_key(channel_id: str, what: str) -> str:
     return f"{what}-" + channel_id.replace("/", "-")
 
 
-def verification_markdown(plan: ActivationPlan, record: ActivationRecord | None,
-                          checks: CheckRecord | None, outcome: str) -> str:
+def verification_markdown(
+    plan: ActivationPlan, record: ActivationRecord | None, checks: CheckRecord | None, outcome: str
+) -> str:
     release = plan.release
     lines = [
         f"# {plan.kind} `{plan.channel_id}` → release {release.entry.release_id}",
@@ -32,21 +33,33 @@ def verification_markdown(plan: ActivationPlan, record: ActivationRecord | None,
     ]
     lines += [f"- runtime pack `{p.pack_id}`" for p in release.packs]
     if release.entry.federation_id:
-        lines.append(f"- federation root `{release.entry.federation_id}` with "
-                     f"{len(release.shard_exchanges)} shards")
+        lines.append(
+            f"- federation root `{release.entry.federation_id}` with "
+            f"{len(release.shard_exchanges)} shards"
+        )
     lines += [f"- validation report `{rid}`" for rid in release.report_ids]
     if plan.notes:
         lines += ["", "## Notes", *[f"- {n}" for n in plan.notes]]
     if record is not None:
-        lines += ["", "## Record",
-                  f"- sequence {record.sequence}, activation `{record.activation_id}`",
-                  f"- operator {record.operator}; reason: {record.reason}",
-                  f"- correlation id `{record.correlation_id}`"]
+        lines += [
+            "",
+            "## Record",
+            f"- sequence {record.sequence}, activation `{record.activation_id}`",
+            f"- operator {record.operator}; reason: {record.reason}",
+            f"- correlation id `{record.correlation_id}`",
+        ]
     if checks is not None:
-        lines += ["", f"## Post-activation checks: {checks.result}", "",
-                  "| check | expected | measured | passed |", "|---|---|---|---|"]
-        lines += [f"| {o['name']} | {o['expected']} | {o['measured']} | {o['passed']} |"
-                  for o in checks.figures.get("outcomes", [])]
+        lines += [
+            "",
+            f"## Post-activation checks: {checks.result}",
+            "",
+            "| check | expected | measured | passed |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {o['name']} | {o['expected']} | {o['measured']} | {o['passed']} |"
+            for o in checks.figures.get("outcomes", [])
+        ]
         if checks.previous_figures:
             prev = checks.previous_figures
             lines += ["", "| figure | this release | previous release |", "|---|---|---|"]
@@ -62,14 +75,21 @@ def change_rows(plan: ActivationPlan, record: ActivationRecord | None) -> list[d
     for field in ("release_id", "generation", "exchange_id", "runtime_pack_ids", "federation_id"):
         before = getattr(live.active, field) if live else None
         after = getattr(new, field) if new else before
-        rows.append({"field": field, "before": str(before), "after": str(after),
-                     "changed": str(before != after)})
+        rows.append(
+            {
+                "field": field,
+                "before": str(before),
+                "after": str(after),
+                "changed": str(before != after),
+            }
+        )
     return rows
 
 
 @task(name="report-run", cache_policy=NO_CACHE)
-def report_run(plan: ActivationPlan, record: ActivationRecord | None,
-               checks: CheckRecord | None, outcome: str) -> None:
+def report_run(
+    plan: ActivationPlan, record: ActivationRecord | None, checks: CheckRecord | None, outcome: str
+) -> None:
     create_markdown_artifact(
         key=_artifact_key(plan.channel_id, "verification"),
         markdown=verification_markdown(plan, record, checks, outcome),

@@ -39,7 +39,7 @@ def retry_on_transient(task: Any, task_run: Any, state: Any) -> bool:
     """Retry only storage hiccups; a verification failure never gets better by retrying."""
     try:
         exc = state.result(raise_on_failure=False)
-    except Exception:  # noqa: BLE001 - no result means nothing to judge: do not retry
+    except Exception:
         return False
     return isinstance(exc, StorageUnavailable)
 

@@ -35,6 +35,7 @@ def _refused(world: World, release_id: int, code: str) -> KristalError:
 
 def _rewrite_entry(world: World, release_id: int, **changes: Any) -> None:
     """Re-sign the channel index (as the channel authority) with one entry changed."""
+
     def change(index: Any) -> dict[str, Any]:
         body = index_body(index)
         for entry in body["releases"]:
@@ -42,8 +43,14 @@ def _rewrite_entry(world: World, release_id: int, **changes: Any) -> None:
                 entry.update(changes)
         return body
 
-    update_index(world.store, world.channel, world.ctx.trust(world.channel), world.keys.authority,
-                 change, now=world.ctx.now)
+    update_index(
+        world.store,
+        world.channel,
+        world.ctx.trust(world.channel),
+        world.keys.authority,
+        change,
+        now=world.ctx.now,
+    )
 
 
 def test_activate_two_releases_records_chain_and_checks(world: World) -> None:
@@ -68,9 +75,17 @@ def test_activate_two_releases_records_chain_and_checks(world: World) -> None:
 
 def test_failed_check_quarantines_and_rolls_back_to_previous(world: World) -> None:
     world.publish(1)
-    world.publish(2, expect={"row_count": 60, "smoke_queries": [
-        {"pattern": {"s": "entity:001", "p": None, "o": None}, "expect_count": 999}],
-        "latency_p95_ms": 50, "max_rss_mb": 512})
+    world.publish(
+        2,
+        expect={
+            "row_count": 60,
+            "smoke_queries": [
+                {"pattern": {"s": "entity:001", "p": None, "o": None}, "expect_count": 999}
+            ],
+            "latency_p95_ms": 50,
+            "max_rss_mb": 512,
+        },
+    )
     _activate(world, 1)
     with pytest.raises(CheckFailed) as info:
         _activate(world, 2)
@@ -88,8 +103,9 @@ def test_failed_check_quarantines_and_rolls_back_to_previous(world: World) -> No
 
 
 def test_first_activation_failing_its_checks_stays_live_quarantined(world: World) -> None:
-    world.publish(1, expect={"row_count": 61, "smoke_queries": [], "latency_p95_ms": 50,
-                             "max_rss_mb": 512})
+    world.publish(
+        1, expect={"row_count": 61, "smoke_queries": [], "latency_p95_ms": 50, "max_rss_mb": 512}
+    )
     with pytest.raises(CheckFailed, match="no rollback"):
         _activate(world, 1)
     assert world.pointer().record.active.release_id == 1
@@ -110,12 +126,14 @@ def test_exact_ids_must_name_one_index_entry(world: World) -> None:
 
     one = world.publish(1)
     two = world.publish(2)
-    plan = plan_activation(world.ctx, world.channel, exchange_id=one.exchange_id,
-                           pack_ids=one.runtime_pack_ids)
+    plan = plan_activation(
+        world.ctx, world.channel, exchange_id=one.exchange_id, pack_ids=one.runtime_pack_ids
+    )
     assert plan.release.entry.release_id == 1
     with pytest.raises(KristalError) as info:
-        plan_activation(world.ctx, world.channel, exchange_id=one.exchange_id,
-                        pack_ids=two.runtime_pack_ids)
+        plan_activation(
+            world.ctx, world.channel, exchange_id=one.exchange_id, pack_ids=two.runtime_pack_ids
+        )
     assert info.value.code == "release_id_substitution_blocked"
 
 
@@ -225,8 +243,9 @@ def test_failed_validation_report_is_refused(live_one: World) -> None:
         doc.pop(name)
     doc["result"] = "failed"
     doc["findings"][0]["status"] = "failed"
-    signed = sign_document(doc, DocKind.VALIDATION_REPORT, world.keys.validator,
-                           now=world.ctx.now())
+    signed = sign_document(
+        doc, DocKind.VALIDATION_REPORT, world.keys.validator, now=world.ctx.now()
+    )
     world.write_json(layout.validation_report(signed["validation_report_id"]), signed)
     ids = list(world.published[2].validation_report_ids)
     ids[0] = signed["validation_report_id"]

@@ -35,10 +35,17 @@ SAMPLE = REPO_ROOT / "samples" / "triples.jsonl"
 def write_triples(path: Path, count: int, *, tag: str = "t") -> Path:
     with path.open("w") as out:
         for i in range(count):
-            out.write(json.dumps({"statement_id": f"stmt:{tag}:{i:05d}",
-                                  "subject": f"entity:{i % 40:03d}",
-                                  "predicate": f"relation:{i % 3}",
-                                  "object": f"value:{tag}:{i}"}) + "\n")
+            out.write(
+                json.dumps(
+                    {
+                        "statement_id": f"stmt:{tag}:{i:05d}",
+                        "subject": f"entity:{i % 40:03d}",
+                        "predicate": f"relation:{i % 3}",
+                        "object": f"value:{tag}:{i}",
+                    }
+                )
+                + "\n"
+            )
     return path
 
 
@@ -60,17 +67,33 @@ class World:
     def data(self, release_id: int, rows: int = 60) -> Path:
         return write_triples(self.home / f"data-{release_id}.jsonl", rows, tag=f"r{release_id}")
 
-    def publish(self, release_id: int, *, rows: int = 60, generation: int = 1,
-                expect: dict[str, Any] | None = None, shards: int = 0,
-                data: Path | None = None, channel: str | None = None) -> PublishResult:
+    def publish(
+        self,
+        release_id: int,
+        *,
+        rows: int = 60,
+        generation: int = 1,
+        expect: dict[str, Any] | None = None,
+        shards: int = 0,
+        data: Path | None = None,
+        channel: str | None = None,
+    ) -> PublishResult:
         expect_file = None
         if expect is not None:
             expect_file = self.home / f"expect-{release_id}.json"
             expect_file.write_text(json.dumps(expect))
-        result = publish(self.store, self.ctx.trust(channel or self.channel), self.keys,
-                         data=data or self.data(release_id, rows), channel_id=channel or self.channel,
-                         release_id=release_id, generation=generation, expect_file=expect_file,
-                         shards=shards, now=self.ctx.now)
+        result = publish(
+            self.store,
+            self.ctx.trust(channel or self.channel),
+            self.keys,
+            data=data or self.data(release_id, rows),
+            channel_id=channel or self.channel,
+            release_id=release_id,
+            generation=generation,
+            expect_file=expect_file,
+            shards=shards,
+            now=self.ctx.now,
+        )
         self.published[release_id] = result
         return result
 
@@ -121,8 +144,10 @@ class World:
 
     def manifest_key(self, release_id: int, part: str) -> str:
         result = self.published[release_id]
-        return {"exchange": layout.exchange_manifest(result.exchange_id),
-                "pack": layout.pack_manifest(result.runtime_pack_ids[0])}[part]
+        return {
+            "exchange": layout.exchange_manifest(result.exchange_id),
+            "pack": layout.pack_manifest(result.runtime_pack_ids[0]),
+        }[part]
 
 
 def make_world(tmp_path: Path, config: StoreConfig, monkeypatch: pytest.MonkeyPatch) -> World:
@@ -144,9 +169,11 @@ def make_world(tmp_path: Path, config: StoreConfig, monkeypatch: pytest.MonkeyPa
         monkeypatch.setenv(name, value)
     ctx = Context.from_settings(Settings.from_env())
     key_dir = dev_dir / "keys"
-    keys = PublisherKeys(publisher=load_role_key(key_dir, "publisher"),
-                         validator=load_role_key(key_dir, "validator"),
-                         authority=load_role_key(key_dir, "channel-authority"))
+    keys = PublisherKeys(
+        publisher=load_role_key(key_dir, "publisher"),
+        validator=load_role_key(key_dir, "validator"),
+        authority=load_role_key(key_dir, "channel-authority"),
+    )
     channel = f"acme/test/r{uuid.uuid4().hex[:6]}"
     return World(ctx=ctx, home=home, keys=keys, channel=channel, env=env)
 

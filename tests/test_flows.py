@@ -1,0 +1,145 @@
+"""The Prefect surface against a real Prefect server (the test harness): the activate flow end to
+end with its artifacts and concurrency limit, the in-flow automatic rollback, dry runs, and the
+rollback flow's `expected_activation_id` guard.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from world import World
+
+from kristal import pointer as ptr
+from kristal.errors import CheckFailed, KristalError
+
+BROKEN = {
+    "row_count": 60,
+    "smoke_queries": [{"pattern": {"s": "entity:001", "p": None, "o": None}, "expect_count": 999}],
+    "latency_p95_ms": 50,
+    "max_rss_mb": 512,
+}
+
+
+def _request(world: World, release_id: int, **kw: object) -> object:
+    from flows.params import ActivateRequest
+
+    return ActivateRequest(
+        channel_id=world.channel,
+        release_id=release_id,
+        operator="pytest",
+        reason=f"activate {release_id}",
+        **kw,
+    )
+
+
+def _artifacts(key: str) -> list[object]:
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        return client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key]))
+        )
+
+
+def test_activate_flow_switches_checks_and_leaves_artifacts(prefect_api: str, world: World) -> None:
+    from flows.activate import activate
+    from tasks.runtime import lock_name
+
+    world.publish(1)
+    outcome = activate(_request(world, 1, correlation_id="CHG-1"))
+    assert outcome.outcome == "activated" and outcome.check_result == "passed"
+    live = world.pointer().record
+    assert live.active.release_id == 1 and live.correlation_id == "CHG-1"
+    assert live.flow_run_id is not None
+    key_suffix = world.channel.replace("/", "-")
+    markdown = _artifacts(f"verification-{key_suffix}")
+    assert markdown and "activated and checked" in markdown[0].data
+    table = _artifacts(f"changes-{key_suffix}")
+    rows = json.loads(table[0].data) if isinstance(table[0].data, str) else table[0].data
+    assert {"field": "release_id", "before": "None", "after": "1", "changed": "True"} in rows
+
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        limit = client.read_global_concurrency_limit_by_name(lock_name(world.channel))
+    assert limit.limit == 1
+
+
+def test_failed_check_in_flow_rolls_back_and_fails_the_run(prefect_api: str, world: World) -> None:
+    from flows.activate import activate
+
+    world.publish(1)
+    world.publish(2, expect=BROKEN)
+    activate(_request(world, 1))
+    with pytest.raises(CheckFailed, match="release 1 is live again"):
+        activate(_request(world, 2))
+    live = world.pointer().record
+    assert (live.kind, live.active.release_id, live.sequence) == ("auto_rollback", 1, 3)
+    assert ptr.read_checks(world.store, world.channel, 2).result == "failed"
+    assert ptr.read_checks(world.store, world.channel, 3).result == "passed"
+
+
+def test_dry_run_verifies_and_stages_without_switching(prefect_api: str, world: World) -> None:
+    from flows.activate import activate
+
+    world.publish(1)
+    outcome = activate(_request(world, 1, dry_run=True))
+    assert outcome.outcome == "planned" and outcome.plan["target"]["release_id"] == 1
+    assert world.snapshot() == {}
+
+
+def test_refused_activation_fails_the_run_with_its_code(prefect_api: str, world: World) -> None:
+    from flows.activate import activate
+
+    world.publish(1)
+    world.publish(2)
+    activate(_request(world, 2))
+    before = world.snapshot()
+    with pytest.raises(KristalError) as info:
+        activate(_request(world, 1))
+    assert info.value.code == "release_id_downgrade_blocked"
+    assert world.snapshot() == before
+
+
+def test_rollback_flow_guarded_by_expected_activation_id(prefect_api: str, world: World) -> None:
+    from flows.activate import activate
+    from flows.params import RollbackRequest
+    from flows.rollback import rollback
+
+    world.publish(1)
+    world.publish(2)
+    activate(_request(world, 1))
+    activate(_request(world, 2))
+    stale = RollbackRequest(
+        channel_id=world.channel,
+        operator="pytest",
+        reason="late report",
+        expected_activation_id="00000000-0000-0000-0000-000000000000",
+    )
+    assert rollback(stale).outcome == "nothing_to_do"
+    assert world.pointer().record.sequence == 2
+    live_id = world.pointer().record.activation_id
+    done = rollback(
+        RollbackRequest(
+            channel_id=world.channel,
+            operator="pytest",
+            reason="bad data",
+            expected_activation_id=live_id,
+        )
+    )
+    assert done.outcome == "rolled_back" and done.release_id == 1
+    record = world.pointer().record
+    assert record.kind == "rollback" and record.rollback_mode
+    assert record.highest_activated_release_id == 2
+    # The same request again is a no-op: that activation is no longer live.
+    again = rollback(
+        RollbackRequest(
+            channel_id=world.channel,
+            operator="pytest",
+            reason="bad data",
+            expected_activation_id=live_id,
+        )
+    )
+    assert again.outcome == "nothing_to_do" and world.pointer().record.sequence == 3
