@@ -8,6 +8,7 @@ from prefect import flow
 
 from flows.params import ActivateRequest, RunOutcome
 from flows.rollback import rollback_steps, who_of
+from kristal.activation import ActivationPlan, Who
 from kristal.errors import CheckFailed, KristalError
 from tasks.activation import (
     confirm_live_restorable,
@@ -22,62 +23,57 @@ from tasks.reporting import report_run
 from tasks.runtime import channel_lock
 
 
+def go_live(plan: ActivationPlan, who: Who) -> RunOutcome:
+    """Steps D and E for a verified, staged plan; a failed check rolls back and raises."""
+    if plan.resume:
+        record = plan.state.record
+        assert record is not None
+    else:
+        confirm_live_restorable(plan)
+        record = switch_pointer(plan, who)  # D
+    reports = post_activation_checks(record, plan)  # E
+    checks = record_check_outcome(record, reports)
+    if checks.result == "failed":
+        quarantine_release(record, checks.reason)
+        try:
+            back = rollback_steps(
+                plan.channel_id, "previous", record.activation_id, "auto_rollback", who
+            ).message
+        except KristalError as exc:  # e.g. a first activation has nothing to go back to
+            back = f"no automatic rollback: {exc.line()}"
+        report_run(plan, record, checks, f"checks failed; {back}")
+        raise CheckFailed(
+            f"release {record.active.release_id} failed its checks ({checks.reason}); {back}"
+        )
+    report_run(plan, record, checks, f"{plan.kind}: live and checked")
+    return RunOutcome(
+        channel_id=plan.channel_id,
+        outcome="resumed" if plan.resume else
+        ("downgraded" if plan.kind == "downgrade" else "activated"),
+        sequence=record.sequence,
+        activation_id=record.activation_id,
+        release_id=record.active.release_id,
+        check_result=checks.result,
+        message=f"release {record.active.release_id} is live (sequence {record.sequence})",
+    )
+
+
 @flow(name="activate", log_prints=True)
 def activate(request: ActivateRequest) -> RunOutcome:
     who = who_of(request.operator, request.reason, request.correlation_id)
     channel = request.channel_id
     with channel_lock(channel):
         plan = resolve_and_verify(
-            channel,
-            request.release_id,
-            request.exchange_id,
-            request.runtime_pack_ids,
+            channel, request.release_id, request.exchange_id, request.runtime_pack_ids,
             request.force,
         )  # A, B
         if plan.noop:
             report_run(plan, None, None, "already live and checked")
-            return RunOutcome(
-                channel_id=channel,
-                outcome="already_live",
-                release_id=plan.release.entry.release_id,
-                plan=plan.summary(),
-            )
+            return RunOutcome(channel_id=channel, outcome="already_live",
+                              release_id=plan.release.entry.release_id, plan=plan.summary())
         stage_release(plan)  # C
         if request.dry_run:
             report_run(plan, None, None, "dry run: verified and staged, nothing switched")
-            return RunOutcome(
-                channel_id=channel,
-                outcome="planned",
-                plan=plan.summary(),
-                release_id=plan.release.entry.release_id,
-            )
-        if plan.resume:
-            record = plan.state.record
-            assert record is not None
-        else:
-            confirm_live_restorable(plan)
-            record = switch_pointer(plan, who)  # D
-        reports = post_activation_checks(record, plan)  # E
-        checks = record_check_outcome(record, reports)
-        if checks.result == "failed":
-            quarantine_release(record, checks.reason)
-            try:
-                back = rollback_steps(
-                    channel, "previous", record.activation_id, "auto_rollback", who
-                ).message
-            except KristalError as exc:  # e.g. a first activation has nothing to go back to
-                back = f"no automatic rollback: {exc.line()}"
-            report_run(plan, record, checks, f"checks failed; {back}")
-            raise CheckFailed(
-                f"release {record.active.release_id} failed its checks ({checks.reason}); {back}"
-            )
-        report_run(plan, record, checks, "activated and checked")
-        return RunOutcome(
-            channel_id=channel,
-            outcome="resumed" if plan.resume else "activated",
-            sequence=record.sequence,
-            activation_id=record.activation_id,
-            release_id=record.active.release_id,
-            check_result=checks.result,
-            message=f"release {record.active.release_id} is live (sequence {record.sequence})",
-        )
+            return RunOutcome(channel_id=channel, outcome="planned", plan=plan.summary(),
+                              release_id=plan.release.entry.release_id)
+        return go_live(plan, who)

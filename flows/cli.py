@@ -362,6 +362,32 @@ def rollback_command(
     _run_flow(as_json, run)
 
 
+@app.command("downgrade")
+def downgrade_command(
+    channel: Channel,
+    release: Annotated[int, typer.Option("--release")],
+    authorization: Annotated[str, typer.Option("--authorization")],
+    operator: OperatorOpt,
+    reason: ReasonOpt,
+    require_approval: Annotated[bool, typer.Option("--require-approval")] = False,
+    correlation_id: CorrelationOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Move to an older generation, only to a release a rollback authorization blesses."""
+    from flows.params import DowngradeRequest
+
+    request = _model(DowngradeRequest, channel_id=channel, release_id=release,
+                     authorization_id=authorization, require_approval=require_approval,
+                     operator=operator, reason=reason, correlation_id=correlation_id)
+
+    def run() -> Any:
+        from flows.downgrade import downgrade
+
+        return downgrade(request)
+
+    _run_flow(as_json, run)
+
+
 def _model(model: Any, **fields: Any) -> Any:
     from pydantic import ValidationError
 

@@ -50,6 +50,7 @@ class RunOutcome(BaseModel):
 
     channel_id: str
     outcome: Literal[
+        "downgraded",
         "activated",
         "resumed",
         "already_live",
@@ -64,3 +65,12 @@ class RunOutcome(BaseModel):
     check_result: str | None = None
     message: str = ""
     plan: dict | None = None
+
+
+class DowngradeRequest(Operator):
+    channel_id: str = Field(pattern=CHANNEL_PATTERN)
+    release_id: int = Field(ge=1, description="The blessed target release.")
+    authorization_id: str = Field(pattern=ID_PATTERN, description="Its rollback authorization.")
+    require_approval: bool = Field(
+        False, description="Pause for a human approval before switching."
+    )

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kristal import activation, staging
-from kristal.activation import Who
+from kristal.activation import ActivationPlan, Who
 from kristal.context import Context
 from kristal.errors import CheckFailed, KristalError
 from kristal.models import ActivationKind, ActivationRecord, CheckRecord
@@ -32,36 +32,42 @@ def activate_release(
     if plan.noop:
         return PipelineResult(plan.state.record, None, note="already live and checked")
     staging.stage_release(ctx, plan.release)
+    return _switch_and_check(ctx, plan, who)
+
+
+def _switch_and_check(ctx: Context, plan: ActivationPlan, who: Who) -> PipelineResult:
+    """Steps D and E (as the `go_live` part of the flows); a failed check rolls back, raises."""
     if plan.resume:
         record = plan.state.record
         assert record is not None
     else:
         live = plan.state.record
         if live is not None:
-            from kristal.release_io import verify_release
-
-            staging.confirm_restorable(
-                ctx, verify_release(ctx, channel_id, release_id=live.active.release_id)
-            )
+            staging.confirm_restorable(ctx, live.active)
         record = activation.switch(ctx, plan, who)
     checks = activation.record_checks(ctx, record, activation.measure(ctx, record, plan.release))
     if checks.result == "passed":
         return PipelineResult(record, checks)
     activation.quarantine(ctx, record, checks.reason)
+    rid = record.active.release_id
     try:
-        back = rollback_release(
-            ctx,
-            channel_id,
-            "previous",
-            who,
-            kind="auto_rollback",
-            expected_activation_id=record.activation_id,
-        )
+        back = rollback_release(ctx, plan.channel_id, "previous", who, kind="auto_rollback",
+                                expected_activation_id=record.activation_id)
     except KristalError as exc:
         raise CheckFailed(
-            f"release {release_id} failed its checks ({checks.reason}); no rollback: {exc.line()}"
+            f"release {rid} failed its checks ({checks.reason}); no rollback: {exc.line()}"
         ) from None
-    raise CheckFailed(f"release {release_id} failed its checks ({checks.reason}); {back.note}")
+    raise CheckFailed(f"release {rid} failed its checks ({checks.reason}); {back.note}")
+
+
+def downgrade_release(ctx: Context, channel_id: str, release_id: int, authorization_id: str,
+                      who: Who) -> PipelineResult:
+    from kristal.downgrade import plan_downgrade
+
+    plan = plan_downgrade(ctx, channel_id, release_id=release_id,
+                          authorization_id=authorization_id)
+    staging.stage_release(ctx, plan.release)
+    return _switch_and_check(ctx, plan, who)
 
 
 def rollback_release(

@@ -10,14 +10,24 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from kristal import layout
 from kristal.cache import BlobCache
+from kristal.canonical import parse_json
 from kristal.context import Context
-from kristal.errors import FileHashMismatch, FileInventoryMissing
-from kristal.models import FileEntry, ReleaseRef
+from kristal.errors import FileHashMismatch, FileInventoryMissing, KristalError
+from kristal.identity import DocKind, verify_identity
+from kristal.models import (
+    ExchangeManifest,
+    FederationManifest,
+    FileEntry,
+    ReleaseRef,
+    RuntimePackManifest,
+    parse_model,
+)
 from kristal.query import build_index
-from kristal.verify import VerifiedRelease
+from kristal.verify import MAX_MANIFEST_BYTES, VerifiedRelease
 
 TRIPLES_PATH = "data/triples.jsonl"
 DOWNLOAD_WORKERS = 4
@@ -101,7 +111,35 @@ def recheck_cached(ctx: Context, release: VerifiedRelease) -> int:
     return total
 
 
-def confirm_restorable(ctx: Context, release: VerifiedRelease) -> None:
+def record_inventory(ctx: Context, ref: ReleaseRef) -> list[tuple[str, FileEntry]]:
+    """The payload inventory of a release named by a record, read from its manifests by ID.
+
+    No policy here (the release may be revoked since): only that the manifests hash to the IDs
+    the record names, so the inventory is the one that was live.
+    """
+    def manifest(key: str, kind: DocKind, model: type[Any]) -> Any:
+        raw = parse_json(ctx.store.get_bytes(key, max_bytes=MAX_MANIFEST_BYTES)[0], what=key)
+        verify_identity(raw, kind)
+        return parse_model(model, raw, what=key)
+
+    exchange = manifest(layout.exchange_manifest(ref.exchange_id), DocKind.EXCHANGE,
+                        ExchangeManifest)
+    items = [(layout.exchange_blob(ref.exchange_id, b.path), b) for b in exchange.blobs()]
+    if ref.federation_id:
+        root = manifest(layout.federation_manifest(ref.federation_id), DocKind.FEDERATION,
+                        FederationManifest)
+        for shard_ref in root.shards:
+            shard = manifest(layout.exchange_manifest(shard_ref.shard_manifest_hash),
+                             DocKind.EXCHANGE, ExchangeManifest)
+            items += [(layout.exchange_blob(shard_ref.shard_manifest_hash, b.path), b)
+                      for b in shard.blobs()]
+    for pack_id in ref.runtime_pack_ids:
+        pack = manifest(layout.pack_manifest(pack_id), DocKind.RUNTIME_PACK, RuntimePackManifest)
+        items += [(layout.pack_file(pack_id, e.path), e) for e in pack.files]
+    return items
+
+
+def confirm_restorable(ctx: Context, ref: ReleaseRef) -> None:
     """The objects of a release (the one live now) are still in the bucket with their sizes."""
 
     def head(item: tuple[str, FileEntry]) -> str | None:
@@ -113,11 +151,17 @@ def confirm_restorable(ctx: Context, release: VerifiedRelease) -> None:
             return f"{key} is {info.size} bytes, its manifest says {entry.size_bytes}"
         return None
 
+    try:
+        inventory = record_inventory(ctx, ref)
+    except KristalError as exc:
+        raise FileInventoryMissing(
+            f"release {ref.release_id} (live now) is no longer restorable: {exc.line()}"
+        ) from None
     with ThreadPoolExecutor(max_workers=8) as pool:
-        problems = [p for p in pool.map(head, _inventory(release)) if p]
+        problems = [p for p in pool.map(head, inventory) if p]
     if problems:
         raise FileInventoryMissing(
-            f"release {release.entry.release_id} (live now) is no longer restorable: "
+            f"release {ref.release_id} (live now) is no longer restorable: "
             + "; ".join(problems[:3])
         )
 

@@ -53,11 +53,7 @@ def confirm_live_restorable(plan: ActivationPlan) -> str:
     live = plan.state.record
     if live is None:
         return "no release is live: nothing to keep restorable"
-    from kristal.release_io import verify_release
-
-    ctx = domain_context()
-    current = verify_release(ctx, plan.channel_id, release_id=live.active.release_id)
-    staging.confirm_restorable(ctx, current)
+    staging.confirm_restorable(domain_context(), live.active)
     return f"release {live.active.release_id} (live) is restorable"
 
 
@@ -92,3 +88,11 @@ def decide_rollback(
         expected_activation_id=expected_activation_id,
         kind=kind,
     )  # type: ignore[arg-type]
+
+
+@task(name="plan-downgrade", **RETRYING)
+def plan_downgrade_task(channel_id: str, release_id: int, authorization_id: str) -> ActivationPlan:
+    from kristal.downgrade import plan_downgrade
+
+    return plan_downgrade(domain_context(), channel_id, release_id=release_id,
+                          authorization_id=authorization_id)

@@ -6,6 +6,8 @@ rollback flow's `expected_activation_id` guard.
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 import pytest
 from world import World
@@ -143,3 +145,78 @@ def test_rollback_flow_guarded_by_expected_activation_id(prefect_api: str, world
         )
     )
     assert again.outcome == "nothing_to_do" and world.pointer().record.sequence == 3
+
+
+def _resume_when_paused(answer: dict[str, object]) -> threading.Thread:
+    """Act as the approver: wait for a paused downgrade run, then answer its form."""
+
+    def approver() -> None:
+        from prefect import get_client
+        from prefect.client.schemas.filters import (
+            FlowRunFilter,
+            FlowRunFilterState,
+            FlowRunFilterStateType,
+        )
+        from prefect.client.schemas.objects import StateType
+        from prefect.flow_runs import resume_flow_run
+
+        deadline = time.monotonic() + 60
+        with get_client(sync_client=True) as client:
+            while time.monotonic() < deadline:
+                paused = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))))
+                if paused:
+                    resume_flow_run(paused[0].id, run_input=answer)
+                    return
+                time.sleep(0.5)
+
+    thread = threading.Thread(target=approver, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_downgrade_flow_pauses_for_approval_and_records_the_approver(
+    prefect_api: str, world: World
+) -> None:
+    from flows.activate import activate
+    from flows.downgrade import downgrade
+    from flows.params import DowngradeRequest
+    from kristal.governance import authorize
+
+    world.publish(1, generation=1)
+    world.publish(2, generation=2)
+    activate(_request(world, 1))
+    activate(_request(world, 2))
+    auth = authorize(world.ctx, world.keys.authority, world.channel, 1, "incident", "1h")
+    thread = _resume_when_paused({"approver": "bob", "approve": True, "comment": "ok"})
+    outcome = downgrade(DowngradeRequest(
+        channel_id=world.channel, release_id=1, authorization_id=auth["authorization_id"],
+        require_approval=True, operator="alice", reason="incident 42"))
+    thread.join(5)
+    assert outcome.outcome == "downgraded" and outcome.release_id == 1
+    record = world.pointer().record
+    assert record.kind == "downgrade" and record.evidence["approved_by"] == "bob"
+
+
+def test_downgrade_flow_rejected_by_approver_changes_nothing(
+    prefect_api: str, world: World
+) -> None:
+    from flows.activate import activate
+    from flows.downgrade import downgrade
+    from flows.params import DowngradeRequest
+    from kristal.governance import authorize
+
+    world.publish(1, generation=1)
+    world.publish(2, generation=2)
+    activate(_request(world, 1))
+    activate(_request(world, 2))
+    auth = authorize(world.ctx, world.keys.authority, world.channel, 1, "incident", "1h")
+    before = world.snapshot()
+    thread = _resume_when_paused({"approver": "carol", "approve": False})
+    with pytest.raises(KristalError) as info:
+        downgrade(DowngradeRequest(
+            channel_id=world.channel, release_id=1, authorization_id=auth["authorization_id"],
+            require_approval=True, operator="alice", reason="incident 42"))
+    thread.join(5)
+    assert info.value.code == "activation_aborted" and "carol" in info.value.message
+    assert world.snapshot() == before

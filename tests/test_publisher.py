@@ -9,7 +9,6 @@ import hashlib
 import json
 import threading
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -195,7 +194,7 @@ def test_pack_follows_the_upstream_v5_model_with_14_required_fields(world: World
     pack = _doc(world, layout.pack_manifest(result.runtime_pack_ids[0]))
     required = {n for n, f in RuntimePackManifest.model_fields.items() if f.is_required()}
     assert required == UPSTREAM_PACK_REQUIRED and len(required) == 14
-    assert UPSTREAM_PACK_REQUIRED <= set(pack)
+    assert set(pack) >= UPSTREAM_PACK_REQUIRED
     for name in sorted(UPSTREAM_PACK_REQUIRED):
         broken = {k: v for k, v in pack.items() if k != name}
         with pytest.raises(KristalError) as info:
@@ -347,14 +346,17 @@ def test_duplicate_statement_id_names_its_input_line_numbers(
     assert list(world.store.list_keys("")) == []
 
 
-@pytest.mark.parametrize("channel", [
+BAD_CHANNELS = [
     "Acme/test/eu", "acme/test", "acme/test/eu/x", "acme/-test/eu", "acme/te_st/eu",
-    "acme/test/" + "e" * 64, "acme//eu", "../test/eu", "acme/test/eu\n",
-])
-def test_channel_id_failing_its_pattern_is_path_invalid(world: World, channel: str) -> None:
-    with pytest.raises(KristalError) as info:
-        world.publish(1, channel=channel)
-    assert info.value.code == "path_invalid"
+    "acme/test/" + "e" * 64, "acme//eu", "../test/eu", "acme/test/eu\n", "acme/test/\u0661",
+]
+
+
+def test_channel_id_failing_its_pattern_is_path_invalid(world: World) -> None:
+    for channel in BAD_CHANNELS:
+        with pytest.raises(KristalError) as info:
+            world.publish(1, channel=channel)
+        assert info.value.code == "path_invalid", channel
     assert list(world.store.list_keys("")) == []
 
 
@@ -409,7 +411,7 @@ def _race(world: World, first: int, second: int) -> dict[int, Any]:
                 stores[release_id], world.ctx.trust(world.channel), world.keys,
                 data=world.data(release_id), channel_id=world.channel, release_id=release_id,
                 generation=1, now=world.ctx.now)
-        except BaseException as exc:  # noqa: BLE001 - reported by the test
+        except BaseException as exc:
             outcomes[release_id] = exc
         finally:
             if release_id == first:
@@ -523,7 +525,7 @@ def test_authorize_with_bad_expiry_leaves_the_index_alone(world: World) -> None:
     assert read_index_bytes(world.store, world.channel) == before
 
 
-def test_written_data_file_is_unchanged_input(world: World, tmp_path: Path) -> None:
+def test_written_data_file_is_unchanged_input(world: World) -> None:
     """Publishing never rewrites the operator's data file (it sorts a copy)."""
     data = world.data(1)
     before = data.read_bytes()

@@ -1,0 +1,285 @@
+"""The real `kristalctl` in a subprocess (DESIGN §9): IDs and canonical bytes of the upstream
+vectors, key generation, the one-line error contract with its exit statuses, and publish /
+status / history / revoke / floor / authorize end to end against SeaweedFS.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from world import World
+
+from kristal import layout
+from kristal.channel_index import read_index_bytes
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+VECTORS = Path(__file__).resolve().parents[2] / "shared" / "vectors"
+
+
+def kristalctl(*args: str, env: dict[str, str] | None = None,
+               timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    full_env.pop("KRISTAL_VERBOSE", None)
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=REPO_ROOT,
+                          env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def kristalctl_bytes(*args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=REPO_ROOT,
+                          capture_output=True, timeout=60)
+
+
+def _refused(proc: subprocess.CompletedProcess[str], code: str, status: int) -> str:
+    """Exactly one stderr line `error: <code>: ...`, no traceback, the §9 exit status."""
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"error: {code}: "), proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert proc.returncode == status, (proc.returncode, proc.stderr)
+    return lines[0]
+
+
+def _vector_params(name: str) -> list[Any]:
+    path = VECTORS / name
+    if not path.is_file():
+        return [pytest.param(None, id=f"{name}-missing")]
+    return [pytest.param(v, id=v["id"]) for v in json.loads(path.read_text("utf-8"))["vectors"]]
+
+
+def _need(vector: Any) -> dict[str, Any]:
+    if vector is None:
+        pytest.fail(f"vector file missing under {VECTORS}")
+    return vector
+
+
+# --- id and canon --------------------------------------------------------------------------------
+@pytest.mark.parametrize("vector", _vector_params("exchange.json"))
+def test_id_exchange_prints_each_vectors_recomputed_id(
+        vector: Any, vectors_dir: Path, tmp_path: Path) -> None:
+    vector = _need(vector)
+    path = tmp_path / "doc.json"
+    path.write_text(json.dumps(vector["input"], indent=1))
+    proc = kristalctl("id", "exchange", str(path))
+    assert proc.returncode == 0, proc.stderr
+    # EX-004 declares another ID: the printed one is the recomputed one.
+    assert proc.stdout == vector["expected_kristal_id"] + "\n"
+    if vector["id"] == "EX-004":
+        assert vector["input"]["kristal_id"] != vector["expected_kristal_id"]
+
+
+@pytest.mark.parametrize("vector", _vector_params("runtime-pack.json"))
+def test_id_runtime_pack_prints_each_vectors_id(vector: Any, tmp_path: Path) -> None:
+    vector = _need(vector)
+    path = tmp_path / "doc.json"
+    path.write_text(json.dumps(vector["input"]))
+    proc = kristalctl("id", "runtime-pack", str(path), "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {"kind": "runtime-pack",
+                                       "id": vector["expected_runtime_pack_id"]}
+
+
+@pytest.mark.parametrize("vector", _vector_params("jcs.json"))
+def test_canon_prints_exact_jcs_bytes_without_newline(vector: Any, tmp_path: Path) -> None:
+    vector = _need(vector)
+    path = tmp_path / "in.json"
+    path.write_text(vector["input_json"])
+    proc = kristalctl_bytes("canon", str(path))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == vector["expected_canonical"].encode("utf-8")
+
+
+@pytest.mark.parametrize("vector", _vector_params("exchange.json"))
+def test_canon_of_an_exchange_hash_target_prints_the_vectors_canonical_bytes(
+        vector: Any, tmp_path: Path) -> None:
+    vector = _need(vector)
+    target = json.loads(vector["expected_canonical"])
+    # Re-serialized with reversed key order and indentation: canon must undo both.
+    def reverse(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: reverse(value[k]) for k in reversed(list(value))}
+        if isinstance(value, list):
+            return [reverse(v) for v in value]
+        return value
+
+    path = tmp_path / "target.json"
+    path.write_text(json.dumps(reverse(target), indent=3, ensure_ascii=True))
+    proc = kristalctl_bytes("canon", str(path))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == vector["expected_canonical"].encode("utf-8")
+
+
+def test_canon_json_is_one_document_with_the_digest(tmp_path: Path) -> None:
+    path = tmp_path / "in.json"
+    path.write_text('{ "b": 2, "a": 1 }')
+    proc = kristalctl("canon", str(path), "--json")
+    assert proc.returncode == 0
+    doc = json.loads(proc.stdout)
+    assert doc["canonical"] == '{"a":1,"b":2}'
+    assert doc["sha256"] == ("sha256:43258cff783fe7036d8a43033f830adfc60ec037382473548ac742b"
+                             "888292777")
+
+
+# --- keys ----------------------------------------------------------------------------------------
+def test_keys_generate_writes_0600_pem_and_pub_json_and_refuses_to_overwrite(
+        tmp_path: Path) -> None:
+    out = tmp_path / "keys"
+    proc = kristalctl("keys", "generate", "--role", "publisher", "--key-id", "pub-1",
+                      "--out", str(out), "--json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["key_id"] == "pub-1" and doc["roles"] == ["publisher"]
+    pem = out / "pub-1.pem"
+    assert stat.S_IMODE(pem.stat().st_mode) == 0o600
+    assert pem.read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
+    pub = json.loads((out / "pub-1.pub.json").read_text())
+    assert pub == {"key_id": "pub-1", "public_key": doc["public_key"], "roles": ["publisher"]}
+    before = pem.read_bytes()
+    again = kristalctl("keys", "generate", "--role", "publisher", "--key-id", "pub-1",
+                       "--out", str(out))
+    _refused(again, "usage_invalid", 2)
+    assert pem.read_bytes() == before
+
+
+# --- the error contract --------------------------------------------------------------------------
+@pytest.mark.parametrize("case, args, code, status", [
+    ("malformed_json", ("id", "exchange", "{bad}"), "manifest_schema_invalid", 1),
+    ("duplicate_keys", ("canon", "{dup}"), "manifest_schema_invalid", 1),
+    ("missing_file", ("id", "exchange", "{missing}"), "usage_invalid", 2),
+    ("unknown_kind", ("id", "bogus", "{good}"), "usage_invalid", 2),
+    ("not_an_object", ("id", "exchange", "{array}"), "manifest_schema_invalid", 1),
+    ("bad_role", ("keys", "generate", "--role", "admin", "--key-id", "k", "--out", "{dir}"),
+     "usage_invalid", 2),
+], ids=lambda v: v if isinstance(v, str) and "_" in v else None)
+def test_refusal_prints_one_error_line_and_its_exit_status(
+        tmp_path: Path, case: str, args: tuple[str, ...], code: str, status: int) -> None:
+    files = {"bad": tmp_path / "bad.json", "dup": tmp_path / "dup.json",
+             "missing": tmp_path / "missing.json", "good": tmp_path / "good.json",
+             "array": tmp_path / "array.json", "dir": tmp_path / "keys"}
+    files["bad"].write_text('{"a": ')
+    files["dup"].write_text('{"a": 1, "a": 2}')
+    files["good"].write_text("{}")
+    files["array"].write_text("[1, 2]")
+    argv = [a.format(**{k: str(v) for k, v in files.items()}) for a in args]
+    _refused(kristalctl(*argv), code, status)
+
+
+def test_bad_channel_id_is_path_invalid(world: World) -> None:
+    _refused(kristalctl("status", "Bad/Channel", env=world.env), "path_invalid", 1)
+
+
+def test_unreachable_endpoint_is_storage_unavailable_exit_4(world: World) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed again before the CLI runs: nothing listens
+    env = {**world.env, "KRISTAL_S3_ENDPOINT": f"http://127.0.0.1:{port}"}
+    _refused(kristalctl("status", world.channel, env=env), "storage_unavailable", 4)
+
+
+@pytest.mark.parametrize("args", [
+    ("canon", "--no-such-option"),
+    ("publish", "--channel", "acme/test/eu"),  # required options missing
+    ("keys", "generate", "--role"),  # option without its value
+], ids=["unknown_option", "missing_required_option", "option_without_value"])
+def test_command_line_usage_error_is_usage_invalid_exit_2(args: tuple[str, ...]) -> None:
+    _refused(kristalctl(*args), "usage_invalid", 2)
+
+
+# --- end to end against SeaweedFS ----------------------------------------------------------------
+def test_publish_status_history_end_to_end(world: World) -> None:
+    data = world.data(1, rows=50)
+    proc = kristalctl("publish", "--data", str(data), "--channel", world.channel,
+                      "--release-id", "1", "--generation", "3", "--json", env=world.env)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert (result["release_id"], result["generation"], result["row_count"]) == (1, 3, 50)
+    assert result["index_version"] == 1 and result["failed_profiles"] == []
+    assert world.store.head(layout.exchange_manifest(result["exchange_id"])) is not None
+
+    human = kristalctl("publish", "--data", str(world.data(2)), "--channel", world.channel,
+                       "--release-id", "2", "--generation", "3", env=world.env)
+    assert human.returncode == 0, human.stderr
+    assert "published release 2" in human.stdout and "index v2" in human.stdout
+
+    again = kristalctl("publish", "--data", str(data), "--channel", world.channel,
+                       "--release-id", "2", "--generation", "3", env=world.env)
+    _refused(again, "release_id_substitution_blocked", 1)
+
+    status = kristalctl("status", world.channel, "--json", env=world.env)
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout) == {"channel_id": world.channel, "active": None}
+    assert "nothing is live" in kristalctl("status", world.channel, env=world.env).stdout
+
+    # A live record (made in-process: activate needs Prefect) shows in status and history.
+    from kristal.pipeline import activate_release
+
+    activate_release(world.ctx, world.channel, 1, world.who("cli test"))
+    status = kristalctl("status", world.channel, "--json", env=world.env)
+    assert status.returncode == 0, status.stderr
+    live = json.loads(status.stdout)
+    assert live["active"]["release_id"] == 1 and live["sequence"] == 1
+    assert live["checks"]["result"] == "passed"
+    history = kristalctl("history", world.channel, "--json", env=world.env)
+    assert history.returncode == 0, history.stderr
+    rows = json.loads(history.stdout)
+    assert [(r["sequence"], r["release_id"], r["checks"]) for r in rows] == [(1, 1, "passed")]
+    table = kristalctl("history", world.channel, env=world.env)
+    assert table.returncode == 0 and "cli test" in table.stdout
+
+
+def test_publish_with_bad_data_is_refused_with_one_line(world: World) -> None:
+    data = world.home / "bad.jsonl"
+    world.home.mkdir(parents=True, exist_ok=True)
+    data.write_text('{"statement_id": "s", "subject": "a"}\n')
+    proc = kristalctl("publish", "--data", str(data), "--channel", world.channel,
+                      "--release-id", "1", "--generation", "1", env=world.env)
+    line = _refused(proc, "manifest_schema_invalid", 1)
+    assert "line 1" in line
+    assert read_index_bytes(world.store, world.channel) is None
+
+
+def test_revoke_floor_and_authorize_print_what_they_did(world: World) -> None:
+    world.publish(1)
+    world.publish(2)
+    auth = kristalctl("authorize", world.channel, "--release", "1", "--reason", "rb",
+                      "--expires-in", "7d", env=world.env)
+    assert auth.returncode == 0, auth.stderr
+    auth_id = auth.stdout.strip()
+    index = world.read_json(layout.channel_index(world.channel))
+    assert [a["authorization_id"] for a in index["rollback_authorizations"]] == [auth_id]
+    assert index["index_version"] == 3
+
+    auth_json = kristalctl("authorize", world.channel, "--release", "2", "--reason", "rb",
+                           "--expires-in", "P1D", "--json", env=world.env)
+    assert auth_json.returncode == 0, auth_json.stderr
+    doc = json.loads(auth_json.stdout)
+    assert doc["target_release_id"] == 2 and doc["authorization_id"].startswith("sha256:")
+
+    revoke = kristalctl("revoke", world.channel, "--release", "2", "--reason", "bad-data",
+                        env=world.env)
+    assert revoke.returncode == 0, revoke.stderr
+    assert "release 2 revoked" in revoke.stdout and "index v5" in revoke.stdout
+
+    floor = kristalctl("floor", world.channel, "--release", "2", "--json", env=world.env)
+    assert floor.returncode == 0, floor.stderr
+    assert json.loads(floor.stdout) == {"channel_id": world.channel,
+                                        "minimum_allowed_release_id": 2, "index_version": 6}
+    floor_human = kristalctl("floor", world.channel, "--release", "1", env=world.env)
+    assert "floor is release 1" in floor_human.stdout
+
+    bad = kristalctl("authorize", world.channel, "--release", "1", "--reason", "rb",
+                     "--expires-in", "forever", env=world.env)
+    _refused(bad, "usage_invalid", 2)
+    missing = kristalctl("revoke", world.channel, "--release", "9", "--reason", "x",
+                         "--json", env=world.env)
+    _refused(missing, "rollback_target_missing", 1)
+    index = world.read_json(layout.channel_index(world.channel))
+    assert index["index_version"] == 7
