@@ -244,7 +244,8 @@ def report(f: dict[str, Any]) -> None:
     ]))
     print()
     print("where the time goes to the switch (medians, s)")
-    print(table(("rollback", "quarantine", "plan_rollback", "stage_release", "commit"), [
+    print(table(("rollback", "quarantine", "plan_rollback", "stage_release",
+                 "switch: record + PUT"), [
         ("auto (fast path: target staged)", a["quarantine"], a["plan"], a["stage"],
          a["to_commit"] - a["quarantine"] - a["plan"] - a["stage"]),
         ("manual (fast path: target staged)", None, m["plan"], m["stage"],

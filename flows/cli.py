@@ -471,6 +471,46 @@ def history_command(channel: Channel, as_json: JsonOpt = False) -> None:
     _emit(as_json, rows, human)
 
 
+@app.command("report-failure")
+def report_failure_command(channel: Channel, reason: ReasonOpt, as_json: JsonOpt = False) -> None:
+    """Emit kristal.check.failed for the live activation (a monitor's report)."""
+    from kristal import pointer as ptr
+
+    ctx = _ctx()
+    live = ptr.read_pointer(ctx.store, channel).record
+    if live is None:
+        from kristal.errors import RollbackTargetMissing
+
+        raise RollbackTargetMissing(f"{channel} has no live activation to report on")
+    _quiet_prefect()
+    from prefect.events import emit_event
+    from prefect.events.worker import EventsWorker
+
+    from tasks.followup import channel_resource_id
+
+    event = emit_event(
+        event="kristal.check.failed",
+        resource={"prefect.resource.id": channel_resource_id(channel),
+                  "prefect.resource.name": channel},
+        payload={"channel_id": channel, "activation_id": live.activation_id, "reason": reason,
+                 "release_id": live.active.release_id, "sequence": live.sequence},
+    )
+    EventsWorker.drain_all()
+    doc = {"event": "kristal.check.failed", "event_id": str(event.id) if event else None,
+           "channel_id": channel, "activation_id": live.activation_id, "reason": reason}
+    _emit(as_json, doc, f"reported a failed check of activation {live.activation_id} "
+                        f"(release {live.active.release_id}) in {channel}")
+
+
+@app.command("serve")
+def serve_command() -> None:
+    """Serve every deployment and apply the automations (blocks until stopped)."""
+    _quiet_prefect()
+    from deployments.serve import serve_all
+
+    serve_all()
+
+
 @app.command("demo")
 def demo_command(as_json: JsonOpt = False) -> None:
     """The main job end to end on the local stack (the README's first command)."""

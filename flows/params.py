@@ -43,6 +43,16 @@ class RollbackRequest(Operator):
     expected_activation_id: str | None = Field(
         None, description="Only roll back if this activation is still live (no double rollback)."
     )
+    failed_flow_run_id: str | None = Field(
+        None,
+        description="Automations: roll back only if the live record was switched by this failed "
+        "activate/downgrade run (its activation becomes the expected one).",
+    )
+    automatic: bool = Field(
+        False,
+        description="A failed check reported after the fact: go to the record's previous release "
+        "(even across generations) and quarantine the failed one.",
+    )
 
 
 class RunOutcome(BaseModel):

@@ -14,10 +14,13 @@ from kristal.rollback import RollbackTo
 from tasks.activation import (
     decide_rollback,
     post_activation_checks,
+    quarantine_live,
     record_check_outcome,
     stage_release,
     switch_pointer,
+    switched_by_run,
 )
+from tasks.followup import open_follow_up
 from tasks.reporting import report_run
 from tasks.runtime import channel_lock
 
@@ -41,6 +44,7 @@ def rollback_steps(
     reports = post_activation_checks(record, plan)
     checks = record_check_outcome(record, reports)
     report_run(plan, record, checks, f"rolled back to release {record.active.release_id}")
+    open_follow_up(record, checks, who.reason)
     return RunOutcome(
         channel_id=channel_id,
         outcome="rolled_back",
@@ -65,7 +69,19 @@ def who_of(operator: str, reason: str, correlation_id: str | None) -> Who:
 @flow(name="rollback", log_prints=True)
 def rollback(request: RollbackRequest) -> RunOutcome:
     who = who_of(request.operator, request.reason, request.correlation_id)
-    with channel_lock(request.channel_id):
-        return rollback_steps(
-            request.channel_id, request.to, request.expected_activation_id, "rollback", who
-        )
+    channel = request.channel_id
+    with channel_lock(channel):
+        expected = request.expected_activation_id
+        if request.failed_flow_run_id is not None:
+            expected = switched_by_run(channel, request.failed_flow_run_id)
+            if expected is None:
+                return RunOutcome(
+                    channel_id=channel, outcome="nothing_to_do",
+                    message=f"the live record of {channel} was not switched by run "
+                    f"{request.failed_flow_run_id}; nothing rolled back",
+                )
+        if request.automatic or request.failed_flow_run_id is not None:
+            if expected is not None:
+                quarantine_live(channel, expected, request.reason)
+            return rollback_steps(channel, "previous", expected, "auto_rollback", who)
+        return rollback_steps(channel, request.to, expected, "rollback", who)

@@ -96,3 +96,27 @@ def plan_downgrade_task(channel_id: str, release_id: int, authorization_id: str)
 
     return plan_downgrade(domain_context(), channel_id, release_id=release_id,
                           authorization_id=authorization_id)
+
+
+@task(name="find-run-activation", **RETRYING)
+def switched_by_run(channel_id: str, flow_run_id: str) -> str | None:
+    """The live activation if the given run switched it forward (activate or downgrade)."""
+    from kristal import pointer as ptr
+
+    live = ptr.read_pointer(domain_context().store, channel_id).record
+    if live is None or live.flow_run_id != flow_run_id:
+        return None
+    if live.kind not in ("activate", "downgrade"):
+        return None
+    return live.activation_id
+
+
+@task(name="quarantine-live", **RETRYING)
+def quarantine_live(channel_id: str, activation_id: str, reason: str) -> None:
+    """Quarantine the live release if `activation_id` is still the live one (else do nothing)."""
+    from kristal import pointer as ptr
+
+    ctx = domain_context()
+    live = ptr.read_pointer(ctx.store, channel_id).record
+    if live is not None and live.activation_id == activation_id:
+        activation.quarantine(ctx, live, reason)
