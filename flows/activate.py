@@ -9,6 +9,7 @@ from prefect import flow
 from flows.params import ActivateRequest, RunOutcome
 from flows.rollback import rollback_steps, who_of
 from kristal.activation import ActivationPlan, Who
+from kristal.crashpoints import crash_point
 from kristal.errors import CheckFailed, KristalError
 from tasks.activation import (
     confirm_live_restorable,
@@ -25,14 +26,15 @@ from tasks.runtime import channel_lock
 
 def go_live(plan: ActivationPlan, who: Who) -> RunOutcome:
     """Steps D and E for a verified, staged plan; a failed check rolls back and raises."""
-    if plan.resume:
+    if plan.resume or plan.failed_checks is not None:
         record = plan.state.record
         assert record is not None
     else:
         confirm_live_restorable(plan)
         record = switch_pointer(plan, who)  # D
-    reports = post_activation_checks(record, plan)  # E
-    checks = record_check_outcome(record, reports)
+    checks = plan.failed_checks or record_check_outcome(
+        record, post_activation_checks(record, plan)  # E
+    )
     if checks.result == "failed":
         quarantine_release(record, checks.reason)
         try:
@@ -45,7 +47,8 @@ def go_live(plan: ActivationPlan, who: Who) -> RunOutcome:
         raise CheckFailed(
             f"release {record.active.release_id} failed its checks ({checks.reason}); {back}"
         )
-    report_run(plan, record, checks, f"{plan.kind}: live and checked")
+    done = "downgraded" if plan.kind == "downgrade" else "activated"
+    report_run(plan, record, checks, f"{done} and checked")
     return RunOutcome(
         channel_id=plan.channel_id,
         outcome="resumed" if plan.resume else
@@ -67,11 +70,14 @@ def activate(request: ActivateRequest) -> RunOutcome:
             channel, request.release_id, request.exchange_id, request.runtime_pack_ids,
             request.force,
         )  # A, B
+        crash_point("after_verify")
         if plan.noop:
             report_run(plan, None, None, "already live and checked")
             return RunOutcome(channel_id=channel, outcome="already_live",
                               release_id=plan.release.entry.release_id, plan=plan.summary())
-        stage_release(plan)  # C
+        if plan.failed_checks is None:
+            stage_release(plan)  # C
+            crash_point("after_stage")
         if request.dry_run:
             report_run(plan, None, None, "dry run: verified and staged, nothing switched")
             return RunOutcome(channel_id=channel, outcome="planned", plan=plan.summary(),

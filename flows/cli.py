@@ -471,6 +471,31 @@ def history_command(channel: Channel, as_json: JsonOpt = False) -> None:
     _emit(as_json, rows, human)
 
 
+@app.command("reverify")
+def reverify_command(
+    channels: Annotated[list[str] | None, typer.Argument(help="Channels (default: all).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Re-verify live stores: chain, signatures, expiry, objects, local index, checks."""
+    from flows.reverify import ReverifyRequest
+
+    request = _model(ReverifyRequest, channel_ids=list(channels) if channels else None)
+    _quiet_prefect()
+    from flows.reverify import reverify
+
+    result = reverify(request)
+    doc = result.model_dump(mode="json")
+    _emit(as_json, doc, lambda: _print_reverify(doc))
+
+
+def _print_reverify(doc: dict[str, Any]) -> None:
+    for channel in doc.get("channels", []):
+        typer.echo(f"{channel.get('channel_id')}: {'ok' if channel.get('ok') else 'FAILED'}")
+        for row in channel.get("rows", []):
+            typer.echo(f"  {'ok ' if row.get('ok') else 'BAD'} {row.get('name')}: "
+                       f"{row.get('detail')}")
+
+
 @app.command("report-failure")
 def report_failure_command(channel: Channel, reason: ReasonOpt, as_json: JsonOpt = False) -> None:
     """Emit kristal.check.failed for the live activation (a monitor's report)."""
@@ -531,14 +556,26 @@ def main() -> None:
         typer.echo("error: activation_aborted: interrupted", err=True)
         sys.exit(1)
     except Exception as exc:
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(EXIT_USAGE if isinstance(exc, click.UsageError) else 1)
+        usage = _usage_error(exc)
+        if usage is not None:
+            typer.echo(f"error: usage_invalid: {usage}", err=True)
+            sys.exit(EXIT_USAGE)
         ref = uuid.uuid4().hex[:8]
         typer.echo(f"error: internal_error: {type(exc).__name__}: {exc} (ref {ref})", err=True)
         sys.exit(4)
+
+
+def _usage_error(exc: Exception) -> str | None:
+    """The message of a command-line usage error (typer bundles its own click)."""
+    kinds: list[type[Exception]] = []
+    for module in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            kinds.append(__import__(module, fromlist=["ClickException"]).ClickException)
+        except ImportError:
+            continue
+    if isinstance(exc, tuple(kinds)):
+        return " ".join(exc.format_message().split())  # type: ignore[attr-defined]
+    return None
 
 
 if __name__ == "__main__":

@@ -54,6 +54,7 @@ class ActivationPlan:
     kind: ActivationKind
     forced: bool
     resume: bool = False  # the live record is this release with checks pending: only check
+    failed_checks: CheckRecord | None = None  # live, checks failed, rollback never happened
     noop: bool = False  # already live and checked
     repaired_history: bool = False
     notes: list[str] = field(default_factory=list)
@@ -114,9 +115,14 @@ def plan_activation(
                 )
             checks = ptr.read_checks(ctx.store, channel_id, live.sequence)
             plan.resume = checks is None
-            plan.noop = checks is not None
+            plan.noop = checks is not None and checks.result == "passed"
+            if checks is not None and checks.result != "passed":
+                # A crash between the failed checks and the rollback: finish the rollback.
+                plan.failed_checks = checks
             plan.notes.append(
-                "resuming at the checks" if plan.resume else "already live and checked"
+                "resuming at the checks" if plan.resume
+                else "already live and checked" if plan.noop
+                else "checks had failed: finishing quarantine and rollback"
             )
             return plan
         quarantined = ptr.read_quarantine(ctx.store, channel_id, target.release_id)

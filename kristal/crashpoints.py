@@ -2,6 +2,8 @@
 
 Setting `KRISTAL_CRASH_AT=<name>` makes the process SIGKILL itself when it reaches that point,
 exactly as an OOM kill or a lost node would: no cleanup, no `finally`, no flushed buffers.
+With `KRISTAL_CRASH_ARMED_FILE=<path>` it crashes only while that file exists, and removes it
+(so a test can arm one crash in a long-running server).
 """
 
 from __future__ import annotations
@@ -23,5 +25,12 @@ POINTS = (
 def crash_point(name: str) -> None:
     if name not in POINTS:
         raise ValueError(f"unknown crash point {name!r}")
-    if os.environ.get("KRISTAL_CRASH_AT") == name:
-        os.kill(os.getpid(), signal.SIGKILL)
+    if os.environ.get("KRISTAL_CRASH_AT") != name:
+        return
+    armed = os.environ.get("KRISTAL_CRASH_ARMED_FILE")
+    if armed:
+        try:
+            os.unlink(armed)  # atomic: exactly one process consumes an armed crash
+        except FileNotFoundError:
+            return
+    os.kill(os.getpid(), signal.SIGKILL)

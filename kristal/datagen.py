@@ -12,6 +12,7 @@ import heapq
 import json
 import os
 import random
+import sqlite3
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -195,15 +196,35 @@ def sort_triples_file(
     partial = dst.with_name(f".{dst.name}.{os.getpid()}.partial")
     try:
         chunk: list[tuple[tuple[str, str, str], bytes]] = []
+        # statement_id uniqueness with the input's line numbers, in bounded memory (on disk).
+        seen = sqlite3.connect(os.path.join(work, "ids.sqlite"), isolation_level=None)
+        seen.execute("PRAGMA journal_mode=OFF")
+        seen.execute("PRAGMA synchronous=OFF")
+        seen.execute(
+            "CREATE TABLE ids (statement_id TEXT PRIMARY KEY, lineno INTEGER) WITHOUT ROWID"
+        )
+        seen.execute("BEGIN")
         with open(src, "rb") as source:
             for lineno, raw in enumerate(source, 1):
                 if not raw.strip():
                     continue
                 row = parse_row(raw.rstrip(b"\r\n"), lineno)
+                try:
+                    seen.execute("INSERT INTO ids VALUES (?, ?)", (row["statement_id"], lineno))
+                except sqlite3.IntegrityError:
+                    first = seen.execute("SELECT lineno FROM ids WHERE statement_id = ?",
+                                         (row["statement_id"],)).fetchone()[0]
+                    seen.close()
+                    raise ManifestSchemaInvalid(
+                        f"triples file line {lineno}: duplicate statement_id "
+                        f"{row['statement_id']!r} (also on line {first})"
+                    ) from None
                 chunk.append((row_key(row), row_line(row)))
                 if len(chunk) >= chunk_rows:
                     runs.append(_write_run(chunk, work))
                     chunk = []
+        seen.close()
+        os.unlink(os.path.join(work, "ids.sqlite"))
         if chunk:
             runs.append(_write_run(chunk, work))
         del chunk

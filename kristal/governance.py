@@ -16,12 +16,14 @@ from kristal.identity import DocKind
 from kristal.models import ChannelIndex, validate_channel_id
 from kristal.signing import SigningKey, sign_document
 
-_SHORT = re.compile(r"^(\d+)([smhd])$")
-_ISO = re.compile(r"^P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+)S)?)?$")
+_SHORT = re.compile(r"^([0-9]+)([smhd])$")
+_ISO = re.compile(r"^P(?:([0-9]+)D)?(?:T(?:([0-9]+)H)?(?:([0-9]+)M)?(?:([0-9]+)S)?)?$")
 
 
 def parse_duration(text: str) -> timedelta:
     """`30m`, `24h`, `7d`, or ISO 8601 (`P7D`, `PT12H`, `P1DT2H30M`)."""
+    if not text.isascii():
+        raise UsageInvalid(f"duration {text!r} must be written in ASCII")
     if match := _SHORT.fullmatch(text.strip()):
         value, unit = int(match.group(1)), match.group(2)
         delta = {

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from kristal import activation, staging
 from kristal.activation import ActivationPlan, Who
 from kristal.context import Context
+from kristal.crashpoints import crash_point
 from kristal.errors import CheckFailed, KristalError
 from kristal.models import ActivationKind, ActivationRecord, CheckRecord
 from kristal.rollback import RollbackTo, plan_rollback
@@ -29,15 +30,18 @@ def activate_release(
     ctx: Context, channel_id: str, release_id: int, who: Who, *, force: bool = False
 ) -> PipelineResult:
     plan = activation.plan_activation(ctx, channel_id, release_id=release_id, force=force)
+    crash_point("after_verify")
     if plan.noop:
         return PipelineResult(plan.state.record, None, note="already live and checked")
-    staging.stage_release(ctx, plan.release)
+    if plan.failed_checks is None:
+        staging.stage_release(ctx, plan.release)
+        crash_point("after_stage")
     return _switch_and_check(ctx, plan, who)
 
 
 def _switch_and_check(ctx: Context, plan: ActivationPlan, who: Who) -> PipelineResult:
     """Steps D and E (as the `go_live` part of the flows); a failed check rolls back, raises."""
-    if plan.resume:
+    if plan.resume or plan.failed_checks is not None:
         record = plan.state.record
         assert record is not None
     else:
@@ -45,7 +49,9 @@ def _switch_and_check(ctx: Context, plan: ActivationPlan, who: Who) -> PipelineR
         if live is not None:
             staging.confirm_restorable(ctx, live.active)
         record = activation.switch(ctx, plan, who)
-    checks = activation.record_checks(ctx, record, activation.measure(ctx, record, plan.release))
+    checks = plan.failed_checks or activation.record_checks(
+        ctx, record, activation.measure(ctx, record, plan.release)
+    )
     if checks.result == "passed":
         return PipelineResult(record, checks)
     activation.quarantine(ctx, record, checks.reason)

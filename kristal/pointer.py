@@ -63,6 +63,8 @@ def read_pointer(store: ObjectStore, channel_id: str) -> PointerState:
         data, etag = store.get_bytes(layout.pointer(channel_id), max_bytes=MAX_RECORD_BYTES)
     except ObjectNotFound:
         return PointerState(None, None, None)
+    except ManifestSchemaInvalid as exc:  # oversize: refused while streaming
+        raise PointerInvalid(f"active pointer: {exc.message}") from None
     record, raw = parse_record(data, channel_id, what="active pointer")
     return PointerState(record, etag, raw)
 
@@ -103,6 +105,11 @@ def commit(store: ObjectStore, record: ActivationRecord, expected: PointerState)
         if now.record is not None and now.record.activation_id == record.activation_id:
             return now
         if now.etag != expected.etag:
+            if now.sequence > record.sequence:
+                # Our write may have landed and been built upon since: history knows.
+                landed = read_history(store, record.channel_id, record.sequence)
+                if landed is not None and landed.activation_id == record.activation_id:
+                    return PointerState(record, None, raw)
             holder = now.record.activation_id if now.record else "nothing"
             raise PointerConflict(
                 f"pointer of {record.channel_id} moved to sequence {now.sequence} ({holder}) "
@@ -150,6 +157,8 @@ def read_history(store: ObjectStore, channel_id: str, sequence: int) -> Activati
         )
     except ObjectNotFound:
         return None
+    except ManifestSchemaInvalid as exc:
+        raise PointerInvalid(f"history record {sequence}: {exc.message}") from None
     record, _raw = parse_record(data, channel_id, what=f"history record {sequence}")
     if record.sequence != sequence:
         raise PointerInvalid(f"history object {sequence} holds sequence {record.sequence}")

@@ -12,7 +12,10 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
+from kristal import layout
 from kristal import pointer as ptr
+from kristal.canonical import canonical_sha256
+from kristal.errors import PointerInvalid
 from kristal.models import ActivationKind, ActivationRecord, LastKnownGood, ReleaseRef
 from kristal.objectstore import ObjectStore
 
@@ -100,12 +103,22 @@ def last_known_good_for(
 
 
 def history(store: ObjectStore, channel_id: str) -> list[ActivationRecord]:
-    """Every record, oldest first (for `kristalctl history`; not on any hot path)."""
+    """Every record, oldest first, each checked against its predecessor's hash (for
+    `kristalctl history`; not on any hot path). A broken chain raises `PointerInvalid`."""
     records: list[ActivationRecord] = []
-    for key in sorted(store.list_keys(f"channels/{channel_id}/activations/")):
+    previous_raw: dict[str, Any] | None = None
+    for key in sorted(store.list_keys(layout.history_prefix(channel_id))):
         name = key.rsplit("/", 1)[-1].removesuffix(".json")
-        if name.isdigit():
-            record = ptr.read_history(store, channel_id, int(name))
-            if record is not None:
-                records.append(record)
+        if not name.isdigit():
+            continue
+        data, _etag = store.get_bytes(key, max_bytes=ptr.MAX_RECORD_BYTES)
+        record, raw = ptr.parse_record(data, channel_id, what=f"history record {int(name)}")
+        expected = canonical_sha256(previous_raw) if previous_raw is not None else None
+        if record.sequence != len(records) + 1 or record.prev_record_sha256 != expected:
+            raise PointerInvalid(
+                f"history of {channel_id} breaks at record {record.sequence}: it does not follow "
+                f"record {len(records)} (sequence gap or prev_record_sha256 mismatch)"
+            )
+        records.append(record)
+        previous_raw = raw
     return records

@@ -19,6 +19,9 @@ from kristal.errors import StorageUnavailable
 _contexts: dict[tuple[Any, ...], Context] = {}
 RETRY_DELAYS = [1, 2, 4]
 CHANNEL_LOCK_TIMEOUT_S = 600.0
+# A holder renews its lease while alive; a holder killed with -9 (a Crashed run) frees the
+# channel once its lease expires and the server's repossessor notices.
+CHANNEL_LOCK_LEASE_S = 60.0  # the server refuses shorter leases
 
 
 def domain_context() -> Context:
@@ -55,5 +58,6 @@ def channel_lock(channel_id: str) -> Iterator[None]:
     name = lock_name(channel_id)
     with get_client(sync_client=True) as client:
         client.upsert_global_concurrency_limit_by_name(name, 1)
-    with concurrency(name, occupy=1, timeout_seconds=CHANNEL_LOCK_TIMEOUT_S, strict=True):
+    with concurrency(name, occupy=1, timeout_seconds=CHANNEL_LOCK_TIMEOUT_S, strict=True,
+                     lease_duration=CHANNEL_LOCK_LEASE_S):
         yield

@@ -147,7 +147,7 @@ def test_sort_refuses_exact_duplicate_key(tmp_path: Path) -> None:
     good = b'{"statement_id":"s0","subject":"a","predicate":"p","object":"o"}\n'
     src = tmp_path / "in.jsonl"
     src.write_bytes(good + good.replace(b'"o"', b'"o2"'))
-    with pytest.raises(ManifestSchemaInvalid, match="repeated"):
+    with pytest.raises(ManifestSchemaInvalid, match=r"line \d+: duplicate statement_id"):
         sort_triples_file(src, tmp_path / "out.jsonl", chunk_rows=1)
 
 

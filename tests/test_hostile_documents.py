@@ -397,10 +397,6 @@ def test_history_written_by_activation_forms_an_intact_chain(live: World) -> Non
     assert _chain_breaks(world) == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "DESIGN §6: a history object with a broken chain is refused. kristal.pointer.read_history "
-    "and kristal.records.history only check the sequence number, and no chain-check helper "
-    "exists yet (reverify is not written): the broken record is returned as valid."))
 def test_history_record_breaking_the_chain_is_refused(live: World) -> None:
     world = live
     first = world.read_json(layout.history(world.channel, 1))
@@ -444,7 +440,7 @@ json_values = st.recursive(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=120, deadline=None)
 @given(json_values)
 def test_canonical_bytes_round_trip_through_the_strict_parser(value: Any) -> None:
     try:
@@ -457,7 +453,7 @@ def test_canonical_bytes_round_trip_through_the_strict_parser(value: Any) -> Non
 path_alphabet = st.sampled_from([*"ab./\\\x00\x01\x1f\x7f\x85 -_:C", "..", "é"])
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(st.lists(path_alphabet, max_size=12).map("".join))
 def test_validate_relative_path_never_accepts_a_dangerous_path(path: str) -> None:
     try:

@@ -102,8 +102,8 @@ def test_rollback_guard_makes_a_second_request_a_no_op(three_live: World) -> Non
 def test_rollback_fast_path_uses_the_cache_and_rehashes(three_live: World) -> None:
     world = three_live
     # Corrupt the cached copy of release 2's pack: the fast path must notice and re-download.
-    from kristal.staging import _inventory
     from kristal.release_io import verify_release
+    from kristal.staging import _inventory
 
     release = verify_release(world.ctx, world.channel, release_id=2)
     key, entry = next((k, e) for k, e in _inventory(release) if k.endswith("triples.jsonl"))
