@@ -125,7 +125,6 @@ def test_deployments_automations_and_follow_ups_end_to_end(
     world.publish(1)
     world.publish(2, expect=BROKEN)
     world.publish(3)
-    before_runs = {r.id for r in _rollback_runs()}
 
     # 1. Activate 1 through the deployment, then 3 with one crash armed right after its switch:
     #    the run dies (Crashed) with 3 live and its checks pending; the automation's rollback

@@ -106,7 +106,7 @@ def test_rollback_fast_path_uses_the_cache_and_rehashes(three_live: World) -> No
     from kristal.staging import _inventory
 
     release = verify_release(world.ctx, world.channel, release_id=2)
-    key, entry = next((k, e) for k, e in _inventory(release) if k.endswith("triples.jsonl"))
+    entry = next(e for k, e in _inventory(release) if k.endswith("triples.jsonl"))
     cached = world.ctx.cache.path_for(entry.sha256)
     cached.chmod(0o600)
     cached.write_bytes(b"corrupt" + cached.read_bytes()[7:])
