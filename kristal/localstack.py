@@ -227,6 +227,10 @@ def start_prefect_server(
         **os.environ,
         "PREFECT_HOME": str(prefect_home),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        # The UI is a single-page app that calls the API from the browser: tell it where.
+        "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api",
+        "PREFECT_SERVER_API_HOST": "127.0.0.1",
+        "PREFECT_SERVER_API_PORT": str(port),
     }
     # A client-side API URL inherited from the caller's shell means nothing to the server.
     env.pop("PREFECT_API_URL", None)
