@@ -24,11 +24,10 @@ from typing import Any
 from kristal.activation import Who
 from kristal.config import Settings
 from kristal.context import Context
-from kristal.devstack import ensure_dev_keys
-from kristal.keys import load_role_key
+from kristal.devstack import dev_env
 from kristal.localstack import SeaweedProcess, start_seaweed, stop_seaweed
 from kristal.objectstore import ObjectStore, StoreConfig
-from kristal.publisher import PublisherKeys, PublishResult, publish
+from kristal.publisher import PublisherKeys, PublishResult, load_publisher_keys, publish
 
 BENCH_ACCESS_KEY = "kristal-bench"
 BENCH_SECRET_KEY = "kristal-bench-secret"
@@ -115,26 +114,11 @@ class BenchWorld:
 
 def make_world(home: Path, config: StoreConfig) -> BenchWorld:
     """Dev keys + trust file under `home`, KRISTAL_* in os.environ, a Context, a fresh channel."""
-    dev_dir = home / "dev"
-    trust_file = ensure_dev_keys(dev_dir)
-    env = {
-        "KRISTAL_HOME": str(home),
-        "KRISTAL_S3_ENDPOINT": config.endpoint_url or "",
-        "KRISTAL_S3_BUCKET": config.bucket,
-        "KRISTAL_S3_PREFIX": config.prefix,
-        "KRISTAL_TRUST_FILE": str(trust_file),
-        "KRISTAL_KEY_DIR": str(dev_dir / "keys"),
-        "KRISTAL_CACHE_DIR": str(home / "cache"),
-        "AWS_ACCESS_KEY_ID": config.access_key or "",
-        "AWS_SECRET_ACCESS_KEY": config.secret_key or "",
-    }
+    env = dev_env(home, config)
     os.environ.update(env)
     ctx = Context.from_settings(Settings.from_env())
     ctx.store.ensure_bucket()
-    key_dir = dev_dir / "keys"
-    keys = PublisherKeys(publisher=load_role_key(key_dir, "publisher"),
-                         validator=load_role_key(key_dir, "validator"),
-                         authority=load_role_key(key_dir, "channel-authority"))
+    keys = load_publisher_keys(Path(env["KRISTAL_KEY_DIR"]))
     channel = f"acme/bench/r{uuid.uuid4().hex[:6]}"
     return BenchWorld(ctx=ctx, home=home, keys=keys, channel=channel, env=env)
 

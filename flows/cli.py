@@ -170,15 +170,9 @@ def _shell_quote(value: str) -> str:
 # --- publishing and the channel index -----------------------------------------------------------
 def _publisher_keys() -> Any:
     from kristal.config import Settings
-    from kristal.keys import load_role_key
-    from kristal.publisher import PublisherKeys
+    from kristal.publisher import load_publisher_keys
 
-    key_dir = Settings.from_env().key_dir
-    return PublisherKeys(
-        publisher=load_role_key(key_dir, "publisher"),
-        validator=load_role_key(key_dir, "validator"),
-        authority=load_role_key(key_dir, "channel-authority"),
-    )
+    return load_publisher_keys(Settings.from_env().key_dir)
 
 
 @app.command("publish")

@@ -22,7 +22,10 @@ from tasks.activation import (
 )
 from tasks.followup import open_follow_up
 from tasks.reporting import report_run
-from tasks.runtime import channel_lock
+from tasks.runtime import CHANNEL_LOCK_TIMEOUT_S, channel_lock
+
+# A guarded rollback does not wait for a crashed run's lease to expire (up to ~75 s).
+AUTOMATED_LOCK_WAIT_S = 10.0
 
 
 def rollback_steps(
@@ -70,7 +73,9 @@ def who_of(operator: str, reason: str, correlation_id: str | None) -> Who:
 def rollback(request: RollbackRequest) -> RunOutcome:
     who = who_of(request.operator, request.reason, request.correlation_id)
     channel = request.channel_id
-    with channel_lock(channel):
+    guarded = request.expected_activation_id is not None or request.failed_flow_run_id is not None
+    with channel_lock(channel, wait_s=AUTOMATED_LOCK_WAIT_S if guarded else CHANNEL_LOCK_TIMEOUT_S,
+                      proceed_without=guarded):
         expected = request.expected_activation_id
         if request.failed_flow_run_id is not None:
             expected = switched_by_run(channel, request.failed_flow_run_id)

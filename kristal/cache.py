@@ -1,6 +1,7 @@
 """Content-addressed local blob cache: `<root>/blobs/sha256/<hex>`.
 
-Rules: a blob is only ever placed by an atomic rename of a fully written, fsynced temp file;
+Rules: a blob is only ever placed by an atomic rename of a fully written temp file (flushed to
+disk by `flush` before a release that uses it goes live);
 nothing under the cache is read through a symlink (a planted one is removed); an entry is
 trusted only after its size and sha256 are re-checked, and a corrupt entry is deleted.
 """
@@ -169,12 +170,11 @@ class BlobCache:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)
                 raise
-            self._fsync_dir(self._blobs)
         return final
 
     @staticmethod
     def _seal(tmp: Path, size: int, sha256_hex: str) -> None:
-        """Flush the downloaded file to disk and re-check what is cheap to re-check (size)."""
+        """Re-check what is cheap to re-check (size, regular file) before the rename."""
         fd = os.open(tmp, os.O_RDWR | os.O_NOFOLLOW)
         try:
             st = os.fstat(fd)
@@ -182,9 +182,19 @@ class BlobCache:
                 raise FileHashMismatch(
                     f"blob {sha256_hex}: downloaded {st.st_size} bytes, expected {size}"
                 )
-            os.fsync(fd)
         finally:
             os.close(fd)
+
+    def flush(self, paths: list[Path]) -> None:
+        """Make blobs durable (fsync each, then the directory): before a switch relies on them."""
+        for path in paths:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        if paths:
+            self._fsync_dir(self._blobs)
 
     @staticmethod
     def _fsync_dir(directory: Path) -> None:

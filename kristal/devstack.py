@@ -108,6 +108,23 @@ def ensure_dev_keys(dev_dir: Path) -> Path:
     return trust_path
 
 
+def dev_env(home: Path, config: StoreConfig) -> dict[str, str]:
+    """The KRISTAL_*/AWS_* settings of a development home on a given store (keys + trust made)."""
+    dev_dir = home / "dev"
+    trust_file = ensure_dev_keys(dev_dir)
+    return {
+        "KRISTAL_HOME": str(home),
+        "KRISTAL_S3_ENDPOINT": config.endpoint_url or "",
+        "KRISTAL_S3_BUCKET": config.bucket,
+        "KRISTAL_S3_PREFIX": config.prefix,
+        "KRISTAL_TRUST_FILE": str(trust_file),
+        "KRISTAL_KEY_DIR": str(dev_dir / "keys"),
+        "KRISTAL_CACHE_DIR": str(home / "cache"),
+        "AWS_ACCESS_KEY_ID": config.access_key or "",
+        "AWS_SECRET_ACCESS_KEY": config.secret_key or "",
+    }
+
+
 def dev_up(home: Path) -> DevStack:
     home = home.expanduser().resolve()
     dev_dir = home / "dev"

@@ -392,7 +392,8 @@ class ObjectStore:
                 raise FileHashMismatch(
                     f"{self._full(key)} has sha256 {digest}, declared {expected}"
                 )
-            os.fsync(fd)
+            # No fsync here: durability is the stager's call (kristal.staging flushes what it
+            # staged before anything can switch to it), so this is download + verify only.
             ok = True
         finally:
             os.close(fd)

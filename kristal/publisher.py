@@ -66,6 +66,15 @@ class PublisherKeys:
     authority: SigningKey
 
 
+def load_publisher_keys(key_dir: Path) -> PublisherKeys:
+    """The three signing keys `publish` needs, one per role, from `KRISTAL_KEY_DIR`."""
+    from kristal.keys import load_role_key
+
+    return PublisherKeys(publisher=load_role_key(key_dir, "publisher"),
+                         validator=load_role_key(key_dir, "validator"),
+                         authority=load_role_key(key_dir, "channel-authority"))
+
+
 @dataclass(frozen=True)
 class PublishResult:
     channel_id: str

@@ -84,10 +84,15 @@ def stage_release(ctx: Context, release: VerifiedRelease) -> StagedRelease:
     staged = StagedRelease(release_id=release.entry.release_id, pack_dbs={})
     with ThreadPoolExecutor(max_workers=DOWNLOAD_WORKERS) as pool:
         futures = {key: pool.submit(_fetch_one, ctx, ctx.cache, key, entry) for key, entry in items}
+        fresh: list[Path] = []
         for key, future in futures.items():
             path, downloaded = future.result()
             staged.files[key] = path
             staged.downloaded += int(downloaded)
+            if downloaded:
+                fresh.append(path)
+    # Durable before anything can switch to it (the downloads themselves do not fsync).
+    ctx.cache.flush(fresh)
     staged.bytes_total = sum(entry.size_bytes for _key, entry in items)
     for pack in release.packs:
         triples = next((e for e in pack.manifest.files if e.path == TRIPLES_PATH), None)

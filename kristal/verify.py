@@ -149,6 +149,20 @@ class ReleaseVerifier:
             raise ActivationAborted(f"verification step {to.name} called after {self._step.name}")
         self._step = to
 
+    def _publisher_doc(
+        self, raw: bytes, kind: DocKind, model: type[Any], expected_id: str, what: str,
+        named_by: str = "the index",
+    ) -> tuple[Any, str]:
+        """A publisher-signed document that must hash to the ID the signed index (or root) names."""
+        parsed, _doc, artifact_id = parse_signed(
+            raw, kind, model, self.trust, "publisher", now=self.now, what=what
+        )
+        if artifact_id != expected_id:
+            raise ReleaseIdSubstitutionBlocked(
+                f"{what} hashes to {artifact_id}, {named_by} names {expected_id}"
+            )
+        return parsed, artifact_id
+
     # 1 ---------------------------------------------------------------------------------------
     def update_index(self, raw: bytes) -> ChannelIndex:
         self._advance(_Step.START, _Step.INDEX)
@@ -199,20 +213,9 @@ class ReleaseVerifier:
     def update_exchange(self, raw: bytes) -> ExchangeManifest:
         self._advance(_Step.RELEASE, _Step.EXCHANGE)
         assert self.entry is not None
-        exchange, _doc, exchange_id = parse_signed(
-            raw,
-            DocKind.EXCHANGE,
-            ExchangeManifest,
-            self.trust,
-            "publisher",
-            now=self.now,
-            what="exchange manifest",
+        exchange, exchange_id = self._publisher_doc(
+            raw, DocKind.EXCHANGE, ExchangeManifest, self.entry.exchange_id, "exchange manifest"
         )
-        if exchange_id != self.entry.exchange_id:
-            raise ReleaseIdSubstitutionBlocked(
-                f"exchange manifest hashes to {exchange_id}, the index names "
-                f"{self.entry.exchange_id}"
-            )
         _require_generation("exchange", exchange.generation(), self.entry.generation)
         if exchange.federation_id() != self.entry.federation_id:
             raise ReleaseIdSubstitutionBlocked(
@@ -235,20 +238,10 @@ class ReleaseVerifier:
             return
         if raw_root is None:
             raise ManifestSchemaInvalid("release names a federation root that was not supplied")
-        root, _doc, federation_id = parse_signed(
-            raw_root,
-            DocKind.FEDERATION,
-            FederationManifest,
-            self.trust,
-            "publisher",
-            now=self.now,
-            what="federation root",
+        root, federation_id = self._publisher_doc(
+            raw_root, DocKind.FEDERATION, FederationManifest, self.entry.federation_id,
+            "federation root",
         )
-        if federation_id != self.entry.federation_id:
-            raise ReleaseIdSubstitutionBlocked(
-                f"federation root hashes to {federation_id}, the index names "
-                f"{self.entry.federation_id}"
-            )
         _require_generation("federation root", root.generation(), self.entry.generation)
         if len(raw_shards) != len(root.shards):
             raise ManifestSchemaInvalid(
@@ -257,20 +250,10 @@ class ReleaseVerifier:
         root_major = _major(root.schema_version)
         shards: list[ExchangeManifest] = []
         for ref, raw in zip(root.shards, raw_shards, strict=True):
-            shard, _sdoc, shard_id = parse_signed(
-                raw,
-                DocKind.EXCHANGE,
-                ExchangeManifest,
-                self.trust,
-                "publisher",
-                now=self.now,
-                what=f"shard exchange {ref.shard_id}",
+            shard, _shard_id = self._publisher_doc(
+                raw, DocKind.EXCHANGE, ExchangeManifest, ref.shard_manifest_hash,
+                f"shard exchange {ref.shard_id}", named_by="the federation root",
             )
-            if shard_id != ref.shard_manifest_hash:
-                raise ReleaseIdSubstitutionBlocked(
-                    f"shard {ref.shard_id} hashes to {shard_id}, the root names "
-                    f"{ref.shard_manifest_hash}"
-                )
             if _major(shard.schema_version) != root_major:
                 raise GenerationMismatch(
                     f"shard {ref.shard_id} has schema {shard.schema_version}, the root "
@@ -291,19 +274,9 @@ class ReleaseVerifier:
             raise ManifestSchemaInvalid("not every runtime pack of the release was supplied")
         verified: list[VerifiedPack] = []
         for expected_id, raw in zip(self.entry.runtime_pack_ids, raw_packs, strict=True):
-            pack, _doc, pack_id = parse_signed(
-                raw,
-                DocKind.RUNTIME_PACK,
-                RuntimePackManifest,
-                self.trust,
-                "publisher",
-                now=self.now,
-                what="runtime pack manifest",
+            pack, pack_id = self._publisher_doc(
+                raw, DocKind.RUNTIME_PACK, RuntimePackManifest, expected_id, "runtime pack manifest"
             )
-            if pack_id != expected_id:
-                raise ReleaseIdSubstitutionBlocked(
-                    f"runtime pack hashes to {pack_id}, the index names {expected_id}"
-                )
             ref = pack.source_exchange_ref
             if ref.exchange_id != self.entry.exchange_id:
                 raise SourceExchangeMismatch(

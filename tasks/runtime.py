@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 from prefect import get_client
@@ -53,11 +53,42 @@ def lock_name(channel_id: str) -> str:
 
 
 @contextmanager
-def channel_lock(channel_id: str) -> Iterator[None]:
-    """Hold the channel's global concurrency limit (upserted first: strict needs it to exist)."""
+def channel_lock(channel_id: str, *, wait_s: float = CHANNEL_LOCK_TIMEOUT_S,
+                 proceed_without: bool = False) -> Iterator[bool]:
+    """Hold the channel's global concurrency limit (upserted first: strict needs it to exist).
+
+    Yields whether the lock is held. With `proceed_without`, a lock still held after `wait_s`
+    (typically by a run that was killed: its lease outlives it by up to a minute) is skipped:
+    only for operations guarded by `expected_activation_id`, whose conditional write is safe on
+    its own (DESIGN §6: the conditional write is the only lock correctness relies on).
+    """
     name = lock_name(channel_id)
     with get_client(sync_client=True) as client:
         client.upsert_global_concurrency_limit_by_name(name, 1)
-    with concurrency(name, occupy=1, timeout_seconds=CHANNEL_LOCK_TIMEOUT_S, strict=True,
-                     lease_duration=CHANNEL_LOCK_LEASE_S):
-        yield
+    held = ExitStack()
+    try:
+        held.enter_context(concurrency(name, occupy=1, timeout_seconds=wait_s, strict=True,
+                                       lease_duration=CHANNEL_LOCK_LEASE_S))
+    except TimeoutError:
+        if not proceed_without:
+            raise
+        get_run_logger_safe().warning(
+            f"channel lock {name} still held after {wait_s:.0f} s (a crashed run's lease?); "
+            "proceeding on the conditional write alone"
+        )
+        yield False
+        return
+    with held:
+        yield True
+
+
+def get_run_logger_safe() -> Any:
+    import logging
+
+    from prefect.exceptions import MissingContextError
+    from prefect.logging import get_run_logger
+
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger("kristal")

@@ -22,11 +22,11 @@ from kristal.activation import Who
 from kristal.canonical import canonical_bytes, parse_json
 from kristal.config import Settings
 from kristal.context import Context
-from kristal.devstack import ensure_dev_keys
-from kristal.keys import generate_key, load_role_key
+from kristal.devstack import dev_env
+from kristal.keys import generate_key
 from kristal.localstack import SeaweedProcess
 from kristal.objectstore import ObjectStore, StoreConfig
-from kristal.publisher import PublisherKeys, PublishResult, publish
+from kristal.publisher import PublisherKeys, PublishResult, load_publisher_keys, publish
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = REPO_ROOT / "samples" / "triples.jsonl"
@@ -152,28 +152,11 @@ class World:
 
 def make_world(tmp_path: Path, config: StoreConfig, monkeypatch: pytest.MonkeyPatch) -> World:
     home = tmp_path / "kristal-home"
-    dev_dir = home / "dev"
-    trust_file = ensure_dev_keys(dev_dir)
-    env = {
-        "KRISTAL_HOME": str(home),
-        "KRISTAL_S3_ENDPOINT": config.endpoint_url or "",
-        "KRISTAL_S3_BUCKET": config.bucket,
-        "KRISTAL_S3_PREFIX": config.prefix,
-        "KRISTAL_TRUST_FILE": str(trust_file),
-        "KRISTAL_KEY_DIR": str(dev_dir / "keys"),
-        "KRISTAL_CACHE_DIR": str(home / "cache"),
-        "AWS_ACCESS_KEY_ID": config.access_key or "",
-        "AWS_SECRET_ACCESS_KEY": config.secret_key or "",
-    }
+    env = dev_env(home, config)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     ctx = Context.from_settings(Settings.from_env())
-    key_dir = dev_dir / "keys"
-    keys = PublisherKeys(
-        publisher=load_role_key(key_dir, "publisher"),
-        validator=load_role_key(key_dir, "validator"),
-        authority=load_role_key(key_dir, "channel-authority"),
-    )
+    keys = load_publisher_keys(Path(env["KRISTAL_KEY_DIR"]))
     channel = f"acme/test/r{uuid.uuid4().hex[:6]}"
     return World(ctx=ctx, home=home, keys=keys, channel=channel, env=env)
 

@@ -1,0 +1,305 @@
+"""kill -9 of rollback and downgrade at every crash point on their path (DESIGN §6 invariant 5),
+mirroring tests/test_crash.py for activate.
+
+A worker process (this module run as a script, see `worker_main`) runs
+`kristal.pipeline.rollback_release` or `downgrade_release` and SIGKILLs itself at the point
+named by `KRISTAL_CRASH_AT`. Then:
+
+- before the switch (`before_switch`): the channel is exactly as it was, and re-running the same
+  operation completes;
+- after it (`after_switch`, `after_history`, `after_checks`): the new record is live with its
+  checks pending. Re-running the rollback with the same `expected_activation_id` is a no-op
+  (invariant 7: that activation is no longer live) that still repairs a missing history record
+  (invariant 4); a downgrade re-run is refused (already live). `reverify` reports the checks
+  pending within its timeout and failed past it (timeout 0). What converges is re-running the
+  checks of the live record: `activate_release(force=True)` of the live release resumes at the
+  checks, keeps the record (same activation, same sequence) and ends checked-and-live;
+- between failed checks and the rollback (`before_rollback`, downgrade to a failing release):
+  the forced re-run finishes the job: quarantine, automatic rollback to the record's previous
+  release (across generations: it was live a moment ago).
+
+Crash points that are not on an operation's path (`after_verify`, `after_stage`: activate only)
+are checked to be unreached: the worker completes.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+WORKER = Path(__file__).resolve()
+
+# --- the worker (python tests/test_crash_rollback.py OP ...) -------------------------------------
+
+
+def worker_main(argv: list[str]) -> int:
+    """`rollback CHANNEL EXPECTED_ACTIVATION_ID` or `downgrade CHANNEL RELEASE AUTHORIZATION`:
+    one JSON line on stdout (outcome or error code), nothing if killed."""
+    from kristal.activation import Who
+    from kristal.context import Context
+    from kristal.errors import KristalError
+    from kristal.pipeline import downgrade_release, rollback_release
+
+    op, channel, *rest = argv
+    ctx = Context.from_settings()
+    who = Who(operator="crash-worker", reason="reliability test",
+              correlation_id=f"crash-{uuid.uuid4().hex[:8]}")
+    out: dict[str, Any] = {"op": op}
+    try:
+        if op == "rollback":
+            result = rollback_release(ctx, channel, "last-known-good", who,
+                                      expected_activation_id=rest[0])
+        elif op == "downgrade":
+            result = downgrade_release(ctx, channel, int(rest[0]), rest[1], who)
+        else:
+            raise SystemExit(f"unknown op {op}")
+    except KristalError as exc:
+        out.update(ok=False, code=exc.code, message=exc.message)
+    else:
+        out.update(ok=True, sequence=result.record.sequence if result.record else None,
+                   checks=result.checks.result if result.checks else None, note=result.note)
+    sys.stdout.write(json.dumps(out) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(worker_main(sys.argv[1:]))
+
+# --- the tests -----------------------------------------------------------------------------------
+import pytest  # noqa: E402
+from activation_worker import (  # noqa: E402
+    REPO_ROOT,
+    assert_history_complete,
+    parse_outcome,
+    worker_env,
+)
+from invariants import check_channel  # noqa: E402
+from world import World  # noqa: E402
+
+from kristal import pointer as ptr  # noqa: E402
+from kristal.crashpoints import POINTS  # noqa: E402
+from kristal.errors import CheckFailed, KristalError  # noqa: E402
+from kristal.governance import authorize  # noqa: E402
+from kristal.pipeline import activate_release, downgrade_release, rollback_release  # noqa: E402
+from kristal.reverify import CHECKS_RECORD, reverify_channel  # noqa: E402
+
+BEFORE_SWITCH = ("before_switch",)
+AFTER_SWITCH = ("after_switch", "after_history", "after_checks")
+FAILED_CHECKS = ("before_rollback",)  # downgrade only: its checks can fail
+NOT_ON_PATH = ("after_verify", "after_stage")  # activate only
+WORKER_TIMEOUT_S = 120
+
+FAILING_EXPECT: dict[str, Any] = {
+    "row_count": 60,
+    "smoke_queries": [{"pattern": {"s": "entity:001", "p": None, "o": None}, "expect_count": 999}],
+    "latency_p95_ms": 50,
+    "max_rss_mb": 512,
+}
+
+
+def test_every_crash_point_has_an_expected_outcome() -> None:
+    assert sorted(POINTS) == sorted(BEFORE_SWITCH + AFTER_SWITCH + FAILED_CHECKS + NOT_ON_PATH)
+
+
+def _run_worker(world: World, args: list[str], point: str | None) -> subprocess.CompletedProcess:
+    extra = {"KRISTAL_CRASH_AT": point} if point else {}
+    return subprocess.run(
+        [sys.executable, str(WORKER), *args], env=worker_env(world.env, **extra), cwd=REPO_ROOT,
+        capture_output=True, text=True, timeout=WORKER_TIMEOUT_S, check=False,
+    )
+
+
+def _kill_at(world: World, args: list[str], point: str) -> None:
+    proc = _run_worker(world, args, point)
+    assert proc.returncode == -signal.SIGKILL, (
+        f"the worker was not killed at {point!r} (returncode {proc.returncode}, outcome "
+        f"{parse_outcome(proc.stdout)}): is crash_point({point!r}) on the {args[0]} path?\n"
+        f"{proc.stderr[-2000:]}")
+    assert parse_outcome(proc.stdout) is None
+
+
+def _reverify_checks_row(world: World, timeout_s: float) -> Any:
+    report = reverify_channel(world.ctx, world.channel, checks_timeout_s=timeout_s)
+    return next(r for r in report.rows if r.name == CHECKS_RECORD)
+
+
+def _resume_checks(world: World, crashed: Any) -> None:
+    """What converges after a crash past the switch: the live record's checks, resumed by the
+    forced re-activation of the live release (same record, no new sequence)."""
+    # Within the timeout the missing checks are pending; past it they count as failed.
+    assert _reverify_checks_row(world, 3600).ok
+    overdue = _reverify_checks_row(world, 0)
+    assert not overdue.ok and overdue.code == "check_failed"
+
+    result = activate_release(world.ctx, world.channel, crashed.active.release_id, world.who(),
+                              force=True)
+    assert result.record.activation_id == crashed.activation_id
+    assert result.checks is not None and result.checks.result == "passed"
+    assert world.pointer().record == crashed
+    checks = ptr.read_checks(world.store, world.channel, crashed.sequence)
+    assert checks.result == "passed" and checks.activation_id == crashed.activation_id
+    assert reverify_channel(world.ctx, world.channel, checks_timeout_s=0).ok
+
+    # Converged: once more is a no-op.
+    snapshot = world.snapshot()
+    again = activate_release(world.ctx, world.channel, crashed.active.release_id, world.who(),
+                             force=True)
+    assert again.note == "already live and checked"
+    assert world.snapshot() == snapshot
+
+
+def _assert_crashed_after_switch(world: World, point: str, sequence: int, release_id: int,
+                                 kind: str) -> Any:
+    crashed = world.pointer().record
+    assert (crashed.sequence, crashed.active.release_id, crashed.kind) == (
+        sequence, release_id, kind)
+    assert ptr.read_checks(world.store, world.channel, sequence) is None
+    history = ptr.read_history(world.store, world.channel, sequence)
+    if point == "after_switch":
+        assert history is None, "the history object came before the pointer"
+    else:
+        assert history == crashed
+    return crashed
+
+
+def _assert_converged(world: World, release_id: int) -> None:
+    facts = check_channel(world.ctx, world.channel, allow_pending_history=False,
+                          require_checked=True)
+    assert facts.live.active.release_id == release_id
+    assert_history_complete(world.store, world.channel)
+
+
+# --- rollback ------------------------------------------------------------------------------------
+@pytest.fixture
+def two_live(world: World) -> World:
+    """Releases 1 and 2 (generation 1) both activated and checked: 2 is live."""
+    world.publish(1)
+    world.publish(2)
+    for rid in (1, 2):
+        assert activate_release(world.ctx, world.channel, rid, world.who()).checks.result == (
+            "passed")
+    return world
+
+
+@pytest.mark.parametrize("point", BEFORE_SWITCH + AFTER_SWITCH)
+def test_kill_9_during_rollback_converges(two_live: World, point: str) -> None:
+    world = two_live
+    live_before = world.pointer().record
+    before = world.snapshot()
+    args = ["rollback", world.channel, live_before.activation_id]
+
+    _kill_at(world, args, point)
+
+    if point in BEFORE_SWITCH:
+        assert world.snapshot() == before
+        assert world.pointer().record == live_before
+        result = rollback_release(world.ctx, world.channel, "last-known-good", world.who(),
+                                  expected_activation_id=live_before.activation_id)
+        assert (result.record.sequence, result.record.active.release_id) == (3, 1)
+        assert result.checks.result == "passed"
+    else:
+        crashed = _assert_crashed_after_switch(world, point, 3, 1, "rollback")
+        # The same rollback again (same expected activation): nothing rolled back twice, but
+        # the missing history record is repaired on the way (invariant 4).
+        again = rollback_release(world.ctx, world.channel, "last-known-good", world.who(),
+                                 expected_activation_id=live_before.activation_id)
+        assert again.record is None and "nothing rolled back" in again.note
+        assert ptr.read_history(world.store, world.channel, 3) == crashed
+        assert world.pointer().record == crashed
+        _resume_checks(world, crashed)
+    _assert_converged(world, 1)
+
+
+@pytest.mark.parametrize("point", NOT_ON_PATH + FAILED_CHECKS)
+def test_crash_points_off_the_rollback_path_are_not_reached(two_live: World, point: str) -> None:
+    world = two_live
+    live_before = world.pointer().record
+    proc = _run_worker(world, ["rollback", world.channel, live_before.activation_id], point)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    outcome = parse_outcome(proc.stdout)
+    assert outcome == {**outcome, "ok": True, "sequence": 3, "checks": "passed"}
+    _assert_converged(world, 1)
+
+
+# --- downgrade -----------------------------------------------------------------------------------
+def _downgrade_world(world: World, *, failing: bool) -> str:
+    """Release 1 (generation 1) published, release 2 (generation 2) live and checked, and an
+    authorization for release 1. Returns the authorization id."""
+    world.publish(1, generation=1, expect=FAILING_EXPECT if failing else None)
+    world.publish(2, generation=2)
+    assert activate_release(world.ctx, world.channel, 2, world.who()).checks.result == "passed"
+    auth = authorize(world.ctx, world.keys.authority, world.channel, 1, "crash test", "1h")
+    return auth["authorization_id"]
+
+
+@pytest.mark.parametrize("point", BEFORE_SWITCH + AFTER_SWITCH)
+def test_kill_9_during_downgrade_converges(world: World, point: str) -> None:
+    auth_id = _downgrade_world(world, failing=False)
+    live_before = world.pointer().record
+    before = world.snapshot()
+    args = ["downgrade", world.channel, "1", auth_id]
+
+    _kill_at(world, args, point)
+
+    if point in BEFORE_SWITCH:
+        assert world.snapshot() == before
+        assert world.pointer().record == live_before
+        result = downgrade_release(world.ctx, world.channel, 1, auth_id, world.who())
+        assert (result.record.sequence, result.record.kind) == (2, "downgrade")
+        assert result.checks.result == "passed"
+    else:
+        crashed = _assert_crashed_after_switch(world, point, 2, 1, "downgrade")
+        # Re-running the downgrade is refused (release 1 is already live) and changes nothing
+        # but the repair of a missing history record.
+        with pytest.raises(KristalError) as refused:
+            downgrade_release(world.ctx, world.channel, 1, auth_id, world.who())
+        assert refused.value.code == "rollback_target_missing"
+        assert ptr.read_history(world.store, world.channel, 2) == crashed
+        _resume_checks(world, crashed)
+    _assert_converged(world, 1)
+
+
+def test_kill_9_between_failed_downgrade_checks_and_rollback_converges(world: World) -> None:
+    auth_id = _downgrade_world(world, failing=True)
+    _kill_at(world, ["downgrade", world.channel, "1", auth_id], "before_rollback")
+
+    crashed = world.pointer().record
+    assert (crashed.sequence, crashed.active.release_id, crashed.kind) == (2, 1, "downgrade")
+    failed = ptr.read_checks(world.store, world.channel, 2)
+    assert failed is not None and failed.result == "failed"
+    assert ptr.read_quarantine(world.store, world.channel, 1) is None
+    overdue = _reverify_checks_row(world, 3600)
+    assert not overdue.ok and overdue.code == "check_failed"
+
+    # The forced re-run finishes what the killed downgrade was doing: quarantine release 1 and
+    # roll back automatically to release 2 (generation 2: it was live a moment ago).
+    with pytest.raises(CheckFailed) as info:
+        activate_release(world.ctx, world.channel, 1, world.who(), force=True)
+    assert info.value.exit_status == 5
+    live = world.pointer().record
+    assert (live.sequence, live.kind, live.active.release_id) == (3, "auto_rollback", 2)
+    quarantined = ptr.read_quarantine(world.store, world.channel, 1)
+    assert (quarantined.sequence, quarantined.activation_id) == (2, crashed.activation_id)
+    _assert_converged(world, 2)
+
+    # A late guarded rollback for the same failure does nothing (invariant 7).
+    snapshot = world.snapshot()
+    late = rollback_release(world.ctx, world.channel, "previous", world.who(),
+                            kind="auto_rollback", expected_activation_id=crashed.activation_id)
+    assert late.record is None and "nothing rolled back" in late.note
+    assert world.snapshot() == snapshot
+
+
+@pytest.mark.parametrize("point", NOT_ON_PATH)
+def test_crash_points_off_the_downgrade_path_are_not_reached(world: World, point: str) -> None:
+    auth_id = _downgrade_world(world, failing=False)
+    proc = _run_worker(world, ["downgrade", world.channel, "1", auth_id], point)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    outcome = parse_outcome(proc.stdout)
+    assert outcome == {**outcome, "ok": True, "sequence": 2, "checks": "passed"}
+    _assert_converged(world, 1)

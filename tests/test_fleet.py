@@ -1,0 +1,214 @@
+"""Fleet activation: one build released to many channels, activated in waves (canary first)
+through the real Prefect server and SeaweedFS, with one download through the cache; a failed
+canary halts the fleet and vetoes the rest; the skew report; wave planning.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+
+import pytest
+from test_flows import BROKEN, _artifacts
+from world import World
+
+from kristal import pointer as ptr
+from kristal.errors import (
+    GenerationMismatch,
+    PathInvalid,
+    ReleaseIdSubstitutionBlocked,
+    ReleaseRevoked,
+    UsageInvalid,
+)
+from kristal.fleet import plan_waves, publish_to_channels, skew_report, skew_summary
+from kristal.objectstore import ObjectStore
+
+A, B, C, D, E = (f"acme/fleet/{r}" for r in ("a", "b", "c", "d", "e"))
+
+
+# --- wave planning (no I/O) -----------------------------------------------------------------------
+def test_plan_waves_puts_the_first_channel_alone_then_waves_in_order() -> None:
+    assert plan_waves([A, B, C, D, E], None, 2) == [[A], [B, C], [D, E]]
+    assert plan_waves([A, B, C, D, E], None, 3) == [[A], [B, C, D], [E]]
+    assert plan_waves([A], None, 5) == [[A]]
+
+
+def test_plan_waves_with_named_canaries_or_none() -> None:
+    assert plan_waves([A, B, C, D, E], [C, E], 2) == [[C, E], [A, B], [D]]
+    assert plan_waves([A, B, C], [], 2) == [[A, B], [C]]
+    assert plan_waves([A, B, C], [A, B, C], 1) == [[A, B, C]]
+
+
+@pytest.mark.parametrize(
+    ("channels", "canary", "size"),
+    [([A, B], ["acme/fleet/zz"], 1), ([A, A], None, 1), ([A, B], None, 0), ([], None, 1),
+     ([A, B], [B, B], 1)],
+)
+def test_plan_waves_refuses_bad_plans(channels: list[str], canary: list[str] | None,
+                                      size: int) -> None:
+    with pytest.raises(UsageInvalid):
+        plan_waves(channels, canary, size)
+
+
+def test_plan_waves_refuses_a_malformed_channel_id() -> None:
+    with pytest.raises(PathInvalid):
+        plan_waves([A, "not a channel"], None, 1)
+
+
+# --- a fleet in one bucket --------------------------------------------------------------------
+def _fleet(world: World, count: int = 5) -> list[str]:
+    tag = uuid.uuid4().hex[:6]
+    return [f"acme/fleet{i}/{tag}" for i in range(count)]
+
+
+def _release(world: World, channels: list[str], release_id: int, **kw: object) -> None:
+    """Publish once in the first channel, then name the same artifacts in the others."""
+    first = world.publish(release_id, channel=channels[0], **kw)  # type: ignore[arg-type]
+    others = publish_to_channels(
+        world.store, world.ctx.trust_file, world.keys, result_of_first_publish=first,
+        channel_ids=channels, release_id=release_id, generation=first.generation,
+        now=world.ctx.now,
+    )
+    assert [r.channel_id for r in others] == channels[1:]
+    assert {r.exchange_id for r in others} == {first.exchange_id}
+
+
+def _request(channels: list[str], release_id: int, **kw: object) -> object:
+    from flows.fleet import FleetRequest
+
+    return FleetRequest(channel_ids=channels, release_id=release_id, wave_size=2,
+                        max_parallel=2, operator="pytest", reason=f"fleet {release_id}", **kw)
+
+
+@pytest.fixture
+def downloads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every payload GET (ObjectStore.download_to) of the test, by object key."""
+    seen: list[str] = []
+    lock = threading.Lock()
+    original = ObjectStore.download_to
+
+    def counting(self: ObjectStore, key: str, *args: object, **kw: object) -> None:
+        with lock:
+            seen.append(key)
+        original(self, key, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ObjectStore, "download_to", counting)
+    return seen
+
+
+def test_fleet_activates_every_channel_in_waves_with_one_download(
+    prefect_api: str, world: World, downloads: list[str]
+) -> None:
+    from flows.fleet import fleet_activate
+
+    channels = _fleet(world)
+    _release(world, channels, 1)
+    result = fleet_activate(_request(channels, 1))
+
+    assert result.outcome == "activated" and result.vetoed == []
+    assert result.waves == [channels[:1], channels[1:3], channels[3:]]
+    assert [(o.channel_id, o.wave, o.result) for o in result.channels] == [
+        (channels[0], 1, "activated"), (channels[1], 2, "activated"),
+        (channels[2], 2, "activated"), (channels[3], 3, "activated"),
+        (channels[4], 3, "activated"),
+    ]
+    for channel in channels:
+        live = ptr.read_pointer(world.store, channel).record
+        assert live.active.release_id == 1 and live.sequence == 1
+        assert ptr.read_checks(world.store, channel, 1).result == "passed"
+    # The pack's checks were measured once (by the canary); the others say whose figures they use.
+    canary_outcomes = ptr.read_checks(world.store, channels[0], 1).figures["outcomes"]
+    assert "measurement" not in {o["name"] for o in canary_outcomes}
+    for channel in channels[1:]:
+        shared = [o for o in ptr.read_checks(world.store, channel, 1).figures["outcomes"]
+                  if o["name"] == "measurement"]
+        assert len(shared) == 1 and f"measured by {channels[0]} sequence 1" in shared[0]["measured"]
+    # One download of each payload object (exchange blob + pack triples), none per channel.
+    assert len(downloads) == len(set(downloads)) == 2 == result.payload_downloads
+    blobs = list((world.home / "cache" / "blobs" / "sha256").iterdir())
+    assert len(blobs) == 2
+    assert len(list((world.home / "cache" / "indexes").glob("*.sqlite"))) == 1
+    assert [(r["channel"], r["release_id"], r["sequence"], r["checks"]) for r in result.skew] == [
+        (c, 1, 1, "passed") for c in channels
+    ]
+    markdown = _artifacts(result.artifact_keys[0])
+    assert markdown and "## Wave 3" in markdown[0].data and "activated" in markdown[0].data
+    table = _artifacts(result.artifact_keys[1])[0].data
+    rows = json.loads(table) if isinstance(table, str) else table
+    assert [r["channel"] for r in rows] == channels and {r["release_id"] for r in rows} == {"1"}
+
+    # A second run of the same fleet finds every channel live and checked: nothing changes.
+    again = fleet_activate(_request(channels, 1))
+    assert {o.result for o in again.channels} == {"already_live"}
+    assert len(downloads) == 2
+
+
+def test_failed_canary_halts_rolls_back_there_and_vetoes_the_rest(
+    prefect_api: str, world: World
+) -> None:
+    from flows.fleet import fleet_activate
+
+    channels = _fleet(world)
+    _release(world, channels, 1)
+    assert fleet_activate(_request(channels, 1)).outcome == "activated"
+    _release(world, channels, 2, expect=BROKEN)
+    before = {c: ptr.read_pointer(world.store, c).raw for c in channels[1:]}
+
+    result = fleet_activate(_request(channels, 2, revoke_vetoed=True))
+
+    assert result.outcome == "halted" and result.halted_at_wave == 1
+    canary = result.channels[0]
+    assert (canary.channel_id, canary.result, canary.error_code) == (
+        channels[0], "rolled_back", "check_failed")
+    assert result.vetoed == channels[1:]
+    assert all(o.result == "vetoed" for o in result.channels[1:])
+    live = ptr.read_pointer(world.store, channels[0]).record
+    assert (live.kind, live.active.release_id, live.sequence) == ("auto_rollback", 1, 3)
+    assert ptr.read_quarantine(world.store, channels[0], 2) is not None
+    # The other channels were never touched: same pointer, release 1 live.
+    assert {c: ptr.read_pointer(world.store, c).raw for c in channels[1:]} == before
+    assert result.veto_revocations == {c: "revoked" for c in channels[1:]}
+    assert skew_summary(result.skew) == {"1": channels}
+    assert result.skew[0]["kind"] == "auto_rollback"
+
+    # The veto holds: a vetoed channel refuses the release; a re-run halts at the canary again.
+    from flows.activate import activate
+    from flows.params import ActivateRequest
+
+    with pytest.raises(ReleaseRevoked):
+        activate(ActivateRequest(channel_id=channels[1], release_id=2, operator="pytest",
+                                 reason="try anyway"))
+    rerun = fleet_activate(_request(channels, 2))
+    assert rerun.outcome == "halted" and rerun.channels[0].error_code == "release_quarantined"
+    assert {c: ptr.read_pointer(world.store, c).raw for c in channels[1:]} == before
+    assert "halted at wave 1" in _artifacts(rerun.artifact_keys[0])[0].data
+
+
+def test_skew_report_reads_pointers_and_checks(world: World) -> None:
+    from kristal.pipeline import activate_release
+
+    channels = _fleet(world, 3)
+    _release(world, channels, 1)
+    _release(world, channels, 2)
+    activate_release(world.ctx, channels[0], 1, world.who())
+    activate_release(world.ctx, channels[1], 2, world.who())
+    rows = skew_report(world.ctx, channels)
+    assert [(r["channel"], r["release_id"], r["generation"], r["sequence"], r["checks"])
+            for r in rows] == [(channels[0], 1, 1, 1, "passed"), (channels[1], 2, 1, 1, "passed"),
+                               (channels[2], None, None, None, "nothing live")]
+    assert skew_summary(rows) == {"1": [channels[0]], "2": [channels[1]], "none": [channels[2]]}
+
+
+def test_publish_to_channels_refuses_other_generation_and_taken_ids(world: World) -> None:
+    channels = _fleet(world, 3)
+    first = world.publish(1, channel=channels[0])
+    with pytest.raises(GenerationMismatch):
+        publish_to_channels(world.store, world.ctx.trust_file, world.keys,
+                            result_of_first_publish=first, channel_ids=channels, release_id=1,
+                            generation=2, now=world.ctx.now)
+    world.publish(1, channel=channels[2])  # a different build already holds id 1 there
+    with pytest.raises(ReleaseIdSubstitutionBlocked):
+        publish_to_channels(world.store, world.ctx.trust_file, world.keys,
+                            result_of_first_publish=first, channel_ids=channels, release_id=1,
+                            generation=1, now=world.ctx.now)
