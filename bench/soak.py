@@ -411,8 +411,7 @@ class Soak:
                 result.faults[fault[0].split()[0]] += 1
             else:
                 result.faults_not_fired += 1
-        result.outcomes[(op, code.split(":")[0] if code.startswith(("repaired", "rows"))
-                         else code)] += 1
+        result.outcomes[(op, code)] += 1
 
     # --- afterwards ------------------------------------------------------------------------------
     def check(self, result: SoakResult) -> None:

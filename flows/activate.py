@@ -4,13 +4,17 @@ and roll back inside the run, then fail with the reason.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prefect import flow
 
 from flows.params import ActivateRequest, RunOutcome
 from flows.rollback import rollback_steps, who_of
 from kristal.activation import ActivationPlan, Who
+from kristal.checks import CheckReport
 from kristal.crashpoints import crash_point
 from kristal.errors import CheckFailed, KristalError
+from kristal.models import ActivationRecord
 from tasks.activation import (
     confirm_live_restorable,
     post_activation_checks,
@@ -23,9 +27,14 @@ from tasks.activation import (
 from tasks.reporting import report_run
 from tasks.runtime import channel_lock
 
+Measure = Callable[[ActivationRecord, ActivationPlan], list[CheckReport]]
 
-def go_live(plan: ActivationPlan, who: Who) -> RunOutcome:
-    """Steps D and E for a verified, staged plan; a failed check rolls back and raises."""
+
+def go_live(plan: ActivationPlan, who: Who, measure: Measure | None = None,
+            note: str = "") -> RunOutcome:
+    """Steps D and E for a verified, staged plan; a failed check rolls back and raises.
+
+    `measure` replaces the post-activation measurement (the fleet shares one per pack)."""
     if plan.resume or plan.failed_checks is not None:
         record = plan.state.record
         assert record is not None
@@ -33,7 +42,7 @@ def go_live(plan: ActivationPlan, who: Who) -> RunOutcome:
         confirm_live_restorable(plan)
         record = switch_pointer(plan, who)  # D
     checks = plan.failed_checks or record_check_outcome(
-        record, post_activation_checks(record, plan)  # E
+        record, (measure or post_activation_checks)(record, plan)  # E
     )
     if checks.result == "failed":
         quarantine_release(record, checks.reason)
@@ -48,7 +57,7 @@ def go_live(plan: ActivationPlan, who: Who) -> RunOutcome:
             f"release {record.active.release_id} failed its checks ({checks.reason}); {back}"
         )
     done = "downgraded" if plan.kind == "downgrade" else "activated"
-    report_run(plan, record, checks, f"{done} and checked")
+    report_run(plan, record, checks, f"{done} and checked{note}")
     return RunOutcome(
         channel_id=plan.channel_id,
         outcome="resumed" if plan.resume else

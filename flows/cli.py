@@ -465,6 +465,40 @@ def history_command(channel: Channel, as_json: JsonOpt = False) -> None:
     _emit(as_json, rows, human)
 
 
+@app.command("fleet-activate")
+def fleet_activate_command(
+    channels: Annotated[list[str], typer.Argument(help="Channels, in rollout order.")],
+    release: Annotated[int, typer.Option("--release")],
+    operator: OperatorOpt,
+    reason: ReasonOpt,
+    canary: Annotated[list[str] | None, typer.Option("--canary", help="Default: the first.")] = None,
+    no_canary: Annotated[bool, typer.Option("--no-canary")] = False,
+    wave_size: Annotated[int, typer.Option("--wave-size")] = 10,
+    max_parallel: Annotated[int, typer.Option("--max-parallel")] = 4,
+    revoke_vetoed: Annotated[bool, typer.Option("--revoke-vetoed")] = False,
+    correlation_id: CorrelationOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Activate one release across many channels in waves (canary first); halt and veto."""
+    from flows.fleet import FleetRequest
+
+    request = _model(FleetRequest, channel_ids=channels, release_id=release,
+                     canary_channel_ids=[] if no_canary else (canary or None),
+                     wave_size=wave_size, max_parallel=max_parallel, revoke_vetoed=revoke_vetoed,
+                     operator=operator, reason=reason, correlation_id=correlation_id)
+    _quiet_prefect()
+    from flows.fleet import fleet_activate
+
+    outcome = fleet_activate(request)
+    live = sum(o.result in ("activated", "already_live", "resumed") for o in outcome.channels)
+    _emit(as_json, outcome.model_dump(mode="json"),
+          f"release {release}: {outcome.outcome} ({live}/{len(outcome.channels)} live, "
+          f"{len(outcome.vetoed)} vetoed)")
+    if outcome.outcome == "halted":
+        rolled_back = any(o.result == "rolled_back" for o in outcome.channels)
+        raise typer.Exit(5 if rolled_back else 1)
+
+
 @app.command("reverify")
 def reverify_command(
     channels: Annotated[list[str] | None, typer.Argument(help="Channels (default: all).")] = None,

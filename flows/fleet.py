@@ -33,8 +33,9 @@ from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
 from pydantic import BaseModel, Field, field_validator
 
+from flows.activate import go_live
 from flows.params import CHANNEL_PATTERN, Operator, RunOutcome
-from flows.rollback import rollback_steps, who_of
+from flows.rollback import who_of
 from kristal import fleet, staging
 from kristal import pointer as ptr
 from kristal.activation import ActivationPlan, Who
@@ -46,14 +47,9 @@ from kristal.reader import open_pinned
 from kristal.release_io import verify_release
 from kristal.staging import index_path
 from tasks.activation import (
-    confirm_live_restorable,
-    quarantine_release,
-    record_check_outcome,
     resolve_and_verify,
     stage_release,
-    switch_pointer,
 )
-from tasks.reporting import report_run
 from tasks.runtime import (
     CHANNEL_LOCK_LEASE_S,
     CHANNEL_LOCK_TIMEOUT_S,
@@ -190,34 +186,9 @@ def fleet_post_activation_checks(
 
 def fleet_go_live(plan: ActivationPlan, who: Who, run_key: str) -> RunOutcome:
     """`flows.activate.go_live` with the fleet's shared measurement (step E)."""
-    if plan.resume or plan.failed_checks is not None:
-        record = plan.state.record
-        assert record is not None
-    else:
-        confirm_live_restorable(plan)
-        record = switch_pointer(plan, who)  # D
-    checks = plan.failed_checks or record_check_outcome(
-        record, fleet_post_activation_checks(record, plan, run_key)  # E
-    )
-    if checks.result == "failed":
-        quarantine_release(record, checks.reason)
-        try:
-            back = rollback_steps(
-                plan.channel_id, "previous", record.activation_id, "auto_rollback", who
-            ).message
-        except KristalError as exc:
-            back = f"no automatic rollback: {exc.line()}"
-        report_run(plan, record, checks, f"checks failed; {back}")
-        raise CheckFailed(
-            f"release {record.active.release_id} failed its checks ({checks.reason}); {back}"
-        )
-    report_run(plan, record, checks, "activated and checked (fleet)")
-    return RunOutcome(
-        channel_id=plan.channel_id, outcome="resumed" if plan.resume else "activated",
-        sequence=record.sequence, activation_id=record.activation_id,
-        release_id=record.active.release_id, check_result=checks.result,
-        message=f"release {record.active.release_id} is live (sequence {record.sequence})",
-    )
+    return go_live(plan, who,
+                   measure=lambda record, plan: fleet_post_activation_checks(record, plan, run_key),
+                   note=" (fleet)")
 
 
 # --- tasks ------------------------------------------------------------------------------------
