@@ -471,7 +471,7 @@ def fleet_activate_command(
     release: Annotated[int, typer.Option("--release")],
     operator: OperatorOpt,
     reason: ReasonOpt,
-    canary: Annotated[list[str] | None, typer.Option("--canary", help="Default: the first.")] = None,
+    canary: Annotated[list[str] | None, typer.Option("--canary", help="Default: first.")] = None,
     no_canary: Annotated[bool, typer.Option("--no-canary")] = False,
     wave_size: Annotated[int, typer.Option("--wave-size")] = 10,
     max_parallel: Annotated[int, typer.Option("--max-parallel")] = 4,
