@@ -27,13 +27,14 @@ from kristal.channel_index import index_body, read_index_bytes, update_index
 from kristal.checks import Expectations, derive_expectations
 from kristal.datagen import sort_triples_file
 from kristal.errors import (
+    IdentityMismatch,
     ManifestSchemaInvalid,
     ProfileUnsupported,
     ReleaseIdDowngradeBlocked,
     ReleaseIdSubstitutionBlocked,
     UsageInvalid,
 )
-from kristal.identity import DocKind, with_identity
+from kristal.identity import ID_RULES, DocKind, compute_id, with_identity
 from kristal.models import (
     BLOBS_EXT,
     EXPECTATIONS_EXT,
@@ -48,7 +49,7 @@ from kristal.models import (
     parse_model,
     validate_channel_id,
 )
-from kristal.objectstore import ObjectStore
+from kristal.objectstore import ObjectNotFound, ObjectStore, WriteStatus
 from kristal.query import build_index
 from kristal.signing import SigningKey, sign_document
 from kristal.trust import ChannelTrust
@@ -181,6 +182,32 @@ def exchange_doc(
         "reader_policy_refs": [],
         "extensions": extensions,
     }
+
+
+def adopt_existing(store: ObjectStore, key: str, doc: dict[str, Any],
+                   kind: DocKind) -> dict[str, Any]:
+    """Content-addressed manifests are write-once: when the bucket already holds a document with
+    this ID (an earlier release of the same content), publish that one's bytes instead, so the
+    packs that name its manifest hash keep verifying."""
+    try:
+        data, _etag = store.get_bytes(key, max_bytes=16 * 1024 * 1024)
+    except ObjectNotFound:
+        return doc
+    existing = parse_json(data, what=key)
+    id_field = ID_RULES[kind].id_field
+    if not isinstance(existing, dict) or compute_id(existing, kind) != doc[id_field]:
+        raise IdentityMismatch(f"{key} holds a document that does not hash to {doc[id_field]}")
+    return existing
+
+
+def put_once(store: ObjectStore, key: str, data: bytes) -> None:
+    """Write a content-addressed object if absent; an identical copy already there is fine."""
+    outcome = store.put_if_absent(key, data)
+    if outcome.status is WriteStatus.WRITTEN:
+        return
+    existing, _etag = store.get_bytes(key, max_bytes=max(len(data), 1) * 2)
+    if existing != data:
+        raise IdentityMismatch(f"{key} already holds other bytes; publish again to adopt them")
 
 
 def sign_exchange(doc: dict[str, Any], key: SigningKey, now: datetime) -> dict[str, Any]:
@@ -448,6 +475,8 @@ def publish(
                     keys.publisher,
                     moment,
                 )
+                shard = adopt_existing(store, layout.exchange_manifest(shard["kristal_id"]), shard,
+                                       DocKind.EXCHANGE)
                 shard_docs.append(shard)
                 uploads.append(
                     (layout.exchange_blob(shard["kristal_id"], ASSERTIONS_PATH), blob_path)
@@ -471,6 +500,9 @@ def publish(
                 "extensions": {GENERATION_EXT: generation},
             }
             federation = sign_document(root, DocKind.FEDERATION, keys.publisher, now=moment)
+            federation = adopt_existing(
+                store, layout.federation_manifest(federation["federation_id"]), federation,
+                DocKind.FEDERATION)
             documents.append((federation, FederationManifest, "federation-root"))
             exchange = sign_exchange(
                 exchange_doc(
@@ -492,6 +524,8 @@ def publish(
             uploads.append(
                 (layout.exchange_blob(exchange["kristal_id"], ASSERTIONS_PATH), blobs[0])
             )
+        exchange = adopt_existing(store, layout.exchange_manifest(exchange["kristal_id"]),
+                                  exchange, DocKind.EXCHANGE)
         documents.append((exchange, ExchangeManifest, "exchange"))
         exchange_bytes = canonical_bytes(exchange)
         exchange_sha256 = sha256_hex(exchange_bytes)
@@ -516,6 +550,8 @@ def publish(
             keys.publisher,
             now=moment,
         )
+        pack = adopt_existing(store, layout.pack_manifest(pack["runtime_pack_id"]), pack,
+                              DocKind.RUNTIME_PACK)
         documents.append((pack, RuntimePackManifest, "runtime-pack"))
         uploads.append((layout.pack_file(pack["runtime_pack_id"], TRIPLES_PATH), triples))
 
@@ -533,17 +569,15 @@ def publish(
         for key, path in uploads:
             store.upload_file(key, path)
         for shard in shard_docs:
-            store.put_bytes(layout.exchange_manifest(shard["kristal_id"]), canonical_bytes(shard))
+            put_once(store, layout.exchange_manifest(shard["kristal_id"]), canonical_bytes(shard))
         if federation:
-            store.put_bytes(
-                layout.federation_manifest(federation["federation_id"]), canonical_bytes(federation)
-            )
-        store.put_bytes(layout.exchange_manifest(exchange["kristal_id"]), exchange_bytes)
-        store.put_bytes(layout.pack_manifest(pack["runtime_pack_id"]), canonical_bytes(pack))
+            put_once(store, layout.federation_manifest(federation["federation_id"]),
+                     canonical_bytes(federation))
+        put_once(store, layout.exchange_manifest(exchange["kristal_id"]), exchange_bytes)
+        put_once(store, layout.pack_manifest(pack["runtime_pack_id"]), canonical_bytes(pack))
         for report in reports:
-            store.put_bytes(
-                layout.validation_report(report["validation_report_id"]), canonical_bytes(report)
-            )
+            put_once(store, layout.validation_report(report["validation_report_id"]),
+                     canonical_bytes(report))
 
         release = {
             "release_id": release_id,

@@ -531,3 +531,21 @@ def test_written_data_file_is_unchanged_input(world: World) -> None:
     before = data.read_bytes()
     world.publish(1, data=data)
     assert data.read_bytes() == before
+
+
+def test_republishing_the_same_content_keeps_earlier_releases_verifiable(world: World) -> None:
+    """Content-addressed manifests are write-once: release 2 of identical data adopts release 1's
+    signed manifests instead of overwriting them (which would break release 1's pack binding)."""
+    from kristal.release_io import verify_release
+
+    data = world.data(1)
+    first = world.publish(1, data=data)
+    exchange_key = layout.exchange_manifest(first.exchange_id)
+    before = world.store.get_bytes(exchange_key, max_bytes=1 << 24)[0]
+    second = world.publish(2, data=data)
+    assert second.exchange_id == first.exchange_id
+    assert second.runtime_pack_ids == first.runtime_pack_ids
+    assert world.store.get_bytes(exchange_key, max_bytes=1 << 24)[0] == before
+    for release_id in (1, 2):
+        assert verify_release(world.ctx, world.channel, release_id=release_id).entry.release_id \
+            == release_id
