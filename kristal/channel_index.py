@@ -69,6 +69,7 @@ def update_index(
 
     `change` may raise a coded error to refuse; it is re-run on the fresh index after a lost race.
     """
+    store.ensure_conditional_writes()
     for _attempt in range(UPDATE_ATTEMPTS):
         current = read_index_bytes(store, channel_id)
         index = load_verified_index(current[0], channel_id, trust, now=now()) if current else None

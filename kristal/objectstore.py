@@ -56,6 +56,10 @@ _NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 _BODY_ERRORS = (botocore.exceptions.BotoCoreError, urllib3.exceptions.HTTPError, OSError)
 
 
+_PROBED: set[tuple[str | None, str, str]] = set()
+_PROBE_LOCK = threading.Lock()
+
+
 class ObjectNotFound(FileInventoryMissing):
     """The key does not exist in the bucket."""
 
@@ -574,6 +578,16 @@ class ObjectStore:
             ) from None
 
     # --- endpoint safety ---------------------------------------------------------------------
+    def ensure_conditional_writes(self) -> None:
+        """Probe this endpoint once per process before the first write that relies on
+        conditions (DESIGN §6 invariant 6); an unsafe endpoint is refused every time."""
+        scope = (self.config.endpoint_url, self.config.bucket, self._prefix)
+        with _PROBE_LOCK:
+            if scope in _PROBED:
+                return
+            self.probe_conditional_writes()
+            _PROBED.add(scope)
+
     def probe_conditional_writes(self) -> None:
         """Refuse an endpoint that ignores If-Match / If-None-Match (DESIGN §6 invariant 6)."""
         key = f"_probe/{uuid.uuid4().hex}"

@@ -85,6 +85,7 @@ def commit(store: ObjectStore, record: ActivationRecord, expected: PointerState)
         raise PointerConflict(
             f"record sequence {record.sequence} does not follow live sequence {expected.sequence}"
         )
+    store.ensure_conditional_writes()
     key = layout.pointer(record.channel_id)
     body, raw = record_bytes(record)
     last_detail = ""

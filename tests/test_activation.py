@@ -337,3 +337,23 @@ def test_malformed_pointer_is_refused(live_one: World) -> None:
     with pytest.raises(KristalError) as info:
         _activate(world, 2)
     assert info.value.code == "pointer_invalid"
+
+
+def test_endpoint_ignoring_conditions_is_refused_before_any_switch(
+    world: World, fault_proxy: Any
+) -> None:
+    """DESIGN §6 invariant 6: the first conditional write of a process probes the endpoint."""
+    from faultproxy import Action
+
+    from kristal.context import Context
+    from kristal.objectstore import ObjectStore
+
+    world.publish(1)
+    fault_proxy.add_rule(Action.STRIP_CONDITIONS, method="PUT", times=1000)
+    unsafe = ObjectStore(fault_proxy.config_for(world.store.config))
+    ctx = Context(store=unsafe, trust_file=world.ctx.trust_file, cache=world.ctx.cache,
+                  settings=world.ctx.settings)
+    with pytest.raises(KristalError) as info:
+        activate_release(ctx, world.channel, 1, world.who())
+    assert info.value.code == "endpoint_unsafe" and info.value.exit_status == 4
+    assert world.snapshot() == {}
