@@ -12,12 +12,10 @@ from kristal.activation import Who
 from kristal.models import ActivationKind
 from kristal.rollback import RollbackTo
 from tasks.activation import (
-    decide_rollback,
     post_activation_checks,
     quarantine_live,
     record_check_outcome,
-    stage_release,
-    switch_pointer,
+    rollback_switch,
     switched_by_run,
 )
 from tasks.followup import open_follow_up
@@ -35,15 +33,11 @@ def rollback_steps(
     kind: ActivationKind,
     who: Who,
 ) -> RunOutcome:
-    """Decide, stage (fast path when cached), switch, check. Takes no lock: callers hold it."""
-    decision = decide_rollback(channel_id, to, expected_activation_id, kind)
-    if decision.plan is None:
-        return RunOutcome(
-            channel_id=channel_id, outcome="nothing_to_do", message=decision.noop_reason or ""
-        )
-    plan = decision.plan
-    stage_release(plan)
-    record = switch_pointer(plan, who)
+    """Switch on the fast path (one task), then check and report. Takes no lock: callers hold
+    it."""
+    plan, record, noop_reason = rollback_switch(channel_id, to, expected_activation_id, kind, who)
+    if plan is None or record is None:
+        return RunOutcome(channel_id=channel_id, outcome="nothing_to_do", message=noop_reason)
     reports = post_activation_checks(record, plan)
     checks = record_check_outcome(record, reports)
     report_run(plan, record, checks, f"rolled back to release {record.active.release_id}")

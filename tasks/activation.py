@@ -77,17 +77,22 @@ def quarantine_release(record: ActivationRecord, reason: str) -> None:
     activation.quarantine(domain_context(), record, reason)
 
 
-@task(name="plan-rollback", **RETRYING)
-def decide_rollback(
-    channel_id: str, to: RollbackTo, expected_activation_id: str | None, kind: str
-) -> RollbackDecision:
-    return plan_rollback(
-        domain_context(),
-        channel_id,
-        to=to,
-        expected_activation_id=expected_activation_id,
-        kind=kind,
-    )  # type: ignore[arg-type]
+# No retries: a retry after a switch that landed would roll back the rollback.
+@task(name="rollback-switch", cache_policy=NO_CACHE)
+def rollback_switch(
+    channel_id: str, to: RollbackTo, expected_activation_id: str | None, kind: str, who: Who
+) -> tuple[ActivationPlan | None, ActivationRecord | None, str]:
+    """The rollback fast path as one step: choose and re-verify the target, re-hash its cached
+    files (downloading only what is missing), switch. Returns (plan, record, no-op reason)."""
+    ctx = domain_context()
+    decision: RollbackDecision = plan_rollback(
+        ctx, channel_id, to=to, expected_activation_id=expected_activation_id,
+        kind=kind,  # type: ignore[arg-type]
+    )
+    if decision.plan is None:
+        return None, None, decision.noop_reason or ""
+    staging.stage_release(ctx, decision.plan.release)
+    return decision.plan, activation.switch(ctx, decision.plan, who), ""
 
 
 @task(name="plan-downgrade", **RETRYING)

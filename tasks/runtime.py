@@ -11,12 +11,14 @@ from typing import Any
 
 from prefect import get_client
 from prefect.concurrency.sync import concurrency
+from prefect.settings import PREFECT_API_URL
 
 from kristal.config import Settings
 from kristal.context import Context
 from kristal.errors import StorageUnavailable
 
 _contexts: dict[tuple[Any, ...], Context] = {}
+_upserted: set[tuple[str, str]] = set()
 RETRY_DELAYS = [1, 2, 4]
 CHANNEL_LOCK_TIMEOUT_S = 600.0
 # A holder renews its lease while alive; a holder killed with -9 (a Crashed run) frees the
@@ -63,8 +65,11 @@ def channel_lock(channel_id: str, *, wait_s: float = CHANNEL_LOCK_TIMEOUT_S,
     its own (DESIGN §6: the conditional write is the only lock correctness relies on).
     """
     name = lock_name(channel_id)
-    with get_client(sync_client=True) as client:
-        client.upsert_global_concurrency_limit_by_name(name, 1)
+    api = str(PREFECT_API_URL.value())
+    if (api, name) not in _upserted:  # one upsert per server and channel per process
+        with get_client(sync_client=True) as client:
+            client.upsert_global_concurrency_limit_by_name(name, 1)
+        _upserted.add((api, name))
     held = ExitStack()
     try:
         held.enter_context(concurrency(name, occupy=1, timeout_seconds=wait_s, strict=True,
