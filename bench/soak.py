@@ -63,7 +63,7 @@ CALL_KINDS = (
     ("GET", "/activations/"), ("PUT", "/activations/"), ("GET", "/index.json"),
     ("GET", "-manifest.json"), ("GET", "validation-reports/"), ("GET", "/data/"),
     ("HEAD", "/data/"), ("GET", "/checks/"), ("PUT", "/checks/"), ("GET", "/quarantine/"),
-    ("PUT", "/quarantine/"),
+    ("PUT", "/quarantine/"), ("PUT", "/_probe/"), ("GET", "/_probe/"),
 )
 CRASH_PATHS = {
     "activate": ("after_verify", "after_stage", "before_switch", "after_switch",

@@ -97,6 +97,11 @@ KINDS = {k.name: k for k in (
     Kind("PUT", "history", "/activations/"),
     Kind("PUT", "checks", "/checks/"),
     Kind("PUT", "quarantine", "/quarantine/"),
+    # The once-per-process probe of the endpoint before the first conditional write (invariant
+    # 6): every case has a fresh proxy, hence a fresh endpoint, so every writing case probes.
+    Kind("PUT", "probe", "/_probe/"),
+    Kind("GET", "probe", "/_probe/"),
+    Kind("DELETE", "probe", "/_probe/"),
 )}
 
 
@@ -112,14 +117,15 @@ def classify(seen: Seen) -> str:
 OPERATION_KINDS: dict[str, list[str]] = {
     "activate": ["GET pointer", "HEAD history", "GET index", "GET manifests", "GET reports",
                  "GET quarantine", "GET payloads", "HEAD payloads", "GET checks", "PUT pointer",
-                 "PUT history", "PUT checks"],
+                 "PUT history", "PUT checks", "PUT probe", "GET probe", "DELETE probe"],
     "activate-failing": ["GET pointer", "HEAD history", "GET index", "GET manifests",
                          "GET reports", "GET quarantine", "GET payloads", "HEAD payloads",
                          "GET checks", "GET history", "PUT pointer", "PUT history",
-                         "PUT checks", "PUT quarantine"],
+                         "PUT checks", "PUT quarantine", "PUT probe", "GET probe",
+                         "DELETE probe"],
     "rollback": ["GET pointer", "HEAD history", "GET history", "GET checks", "GET quarantine",
                  "GET index", "GET manifests", "GET reports", "GET payloads", "PUT pointer",
-                 "PUT history", "PUT checks"],
+                 "PUT history", "PUT checks", "PUT probe", "GET probe", "DELETE probe"],
     "reverify": ["GET pointer", "HEAD history", "GET history", "GET index", "GET manifests",
                  "GET reports", "GET payloads", "GET checks"],
 }
@@ -131,7 +137,7 @@ def _matrix() -> list[Any]:
     rotation = 0
     for op, kinds in OPERATION_KINDS.items():
         for kind in kinds:
-            if FULL or kind.startswith("PUT"):
+            if FULL or (kind.startswith("PUT") and "probe" not in kind):
                 faults: tuple[str, ...] = FAULTS
             elif op == "activate-failing":
                 continue  # its reads are activate's reads
