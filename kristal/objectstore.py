@@ -54,6 +54,8 @@ _STREAM_RESUMES = 3  # a body cut mid-transfer is resumed with a Range GET this 
 _NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 # What a body read raises when the connection dies mid-transfer (botocore wraps most of them).
 _BODY_ERRORS = (botocore.exceptions.BotoCoreError, urllib3.exceptions.HTTPError, OSError)
+# A cut-short error response raises urllib3's own errors, not botocore's: both are transport.
+_TRANSPORT_ERRORS = (botocore.exceptions.BotoCoreError, urllib3.exceptions.HTTPError)
 
 
 _PROBED: set[tuple[str | None, str, str]] = set()
@@ -215,7 +217,7 @@ class ObjectStore:
         except botocore.exceptions.ClientError as exc:
             if _http_status(exc) != 404:
                 raise self._unavailable("head bucket", "", exc) from None
-        except botocore.exceptions.BotoCoreError as exc:
+        except _TRANSPORT_ERRORS as exc:
             raise self._unavailable("head bucket", "", exc) from None
         try:
             if self.config.region == "us-east-1":
@@ -228,7 +230,7 @@ class ObjectStore:
         except botocore.exceptions.ClientError as exc:
             if _error_code(exc) not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
                 raise self._unavailable("create bucket", "", exc) from None
-        except botocore.exceptions.BotoCoreError as exc:
+        except _TRANSPORT_ERRORS as exc:
             raise self._unavailable("create bucket", "", exc) from None
 
     # --- reads -------------------------------------------------------------------------------
@@ -246,7 +248,7 @@ class ObjectStore:
                     f"{self._full(key)} changed while it was being read"
                 ) from None
             raise self._unavailable("GET", key, exc) from None
-        except botocore.exceptions.BotoCoreError as exc:
+        except _TRANSPORT_ERRORS as exc:
             raise self._unavailable("GET", key, exc) from None
 
     def head(self, key: str) -> ObjectInfo | None:
@@ -257,7 +259,7 @@ class ObjectStore:
             if _http_status(exc) == 404:
                 return None
             raise self._unavailable("HEAD", key, exc) from None
-        except botocore.exceptions.BotoCoreError as exc:
+        except _TRANSPORT_ERRORS as exc:
             raise self._unavailable("HEAD", key, exc) from None
         return ObjectInfo(key=key, size=int(resp["ContentLength"]), etag=str(resp["ETag"]))
 
@@ -284,7 +286,7 @@ class ObjectStore:
                         f"{self._full(key)} is longer than the {max_bytes} bytes allowed"
                     )
                 parts.append(chunk)
-        except (botocore.exceptions.BotoCoreError, OSError) as exc:
+        except (*_TRANSPORT_ERRORS, OSError) as exc:
             raise self._unavailable("GET", key, exc) from None
         finally:
             body.close()
@@ -487,7 +489,7 @@ class ObjectStore:
             resp = self._client.put_object(
                 Bucket=self.config.bucket, Key=self._full(key), Body=data, ContentType=content_type
             )
-        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+        except (botocore.exceptions.ClientError, *_TRANSPORT_ERRORS) as exc:
             raise self._unavailable("PUT", key, exc) from None
         return str(resp["ETag"])
 
@@ -503,7 +505,7 @@ class ObjectStore:
             self._client.upload_file(
                 str(path), self.config.bucket, self._full(key), Config=transfer
             )
-        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+        except (botocore.exceptions.ClientError, *_TRANSPORT_ERRORS) as exc:
             raise self._unavailable("upload", key, exc) from None
         except boto3.exceptions.S3UploadFailedError as exc:
             raise self._unavailable("upload", key, exc) from None
@@ -516,7 +518,7 @@ class ObjectStore:
         """Remove `key` (no error when absent). Used for probe clean-up and by tests."""
         try:
             self._client.delete_object(Bucket=self.config.bucket, Key=self._full(key))
-        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+        except (botocore.exceptions.ClientError, *_TRANSPORT_ERRORS) as exc:
             raise self._unavailable("DELETE", key, exc) from None
 
     # --- conditional writes ------------------------------------------------------------------
@@ -558,7 +560,7 @@ class ObjectStore:
                     return WriteOutcome(WriteStatus.UNKNOWN, detail=_describe(exc))
                 # 400/403/404-bucket...: definitely not written, and not a race: misconfiguration.
                 raise self._unavailable("conditional PUT", key, exc) from None
-            except botocore.exceptions.BotoCoreError as exc:
+            except _TRANSPORT_ERRORS as exc:
                 # Timeouts, resets, closed connections: the PUT may or may not have landed.
                 return WriteOutcome(WriteStatus.UNKNOWN, detail=_describe(exc))
         raise AssertionError("unreachable")  # pragma: no cover
@@ -572,7 +574,7 @@ class ObjectStore:
             for page in paginator.paginate(Bucket=self.config.bucket, Prefix=full):
                 for item in page.get("Contents", []) or []:
                     yield self._relative(str(item["Key"]))
-        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+        except (botocore.exceptions.ClientError, *_TRANSPORT_ERRORS) as exc:
             raise StorageUnavailable(
                 f"LIST s3://{self.config.bucket}/{full} failed: {_describe(exc)}"
             ) from None

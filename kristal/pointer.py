@@ -9,8 +9,9 @@ repaired idempotently from the pointer.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from kristal import layout
 from kristal.canonical import canonical_bytes, canonical_sha256, parse_json
@@ -25,6 +26,7 @@ from kristal.models import ActivationRecord, CheckRecord, QuarantineRecord, pars
 from kristal.objectstore import ObjectNotFound, ObjectStore, WriteStatus
 
 MAX_RECORD_BYTES = 1024 * 1024
+T = TypeVar("T")
 COMMIT_ATTEMPTS = 3
 
 
@@ -128,27 +130,38 @@ def commit(store: ObjectStore, record: ActivationRecord, expected: PointerState)
     )
 
 
-def write_history(store: ObjectStore, record: ActivationRecord) -> None:
-    """Write `activations/<sequence>.json` once (If-None-Match: *); an equal copy is success."""
-    key = layout.history(record.channel_id, record.sequence)
-    body, _raw = record_bytes(record)
+def _write_once(store: ObjectStore, key: str, body: bytes, read_back: Callable[[], T | None],
+                what: str) -> T | None:
+    """If-None-Match: * with a re-read after anything but success: the first copy stands.
+
+    Returns what is stored when it is not ours (None when ours was written)."""
     for attempt in range(COMMIT_ATTEMPTS):
         outcome = store.put_if_absent(key, body)
         if outcome.status is WriteStatus.WRITTEN:
-            return
+            return None
         try:
-            existing = read_history(store, record.channel_id, record.sequence)
+            existing = read_back()
         except StorageUnavailable:
             existing = None
         if existing is not None:
-            if existing.activation_id != record.activation_id:
-                raise PointerInvalid(
-                    f"history {record.sequence} of {record.channel_id} holds activation "
-                    f"{existing.activation_id}, the pointer {record.activation_id}"
-                )
-            return
+            return existing
         time.sleep(0.2 * (attempt + 1))
-    raise StorageUnavailable(f"could not write history {record.sequence} of {record.channel_id}")
+    raise StorageUnavailable(f"could not write {what} after {COMMIT_ATTEMPTS} attempts")
+
+
+def write_history(store: ObjectStore, record: ActivationRecord) -> None:
+    """Write `activations/<sequence>.json` once (If-None-Match: *); an equal copy is success."""
+    body, _raw = record_bytes(record)
+    existing = _write_once(
+        store, layout.history(record.channel_id, record.sequence), body,
+        lambda: read_history(store, record.channel_id, record.sequence),
+        f"history {record.sequence} of {record.channel_id}",
+    )
+    if existing is not None and existing.activation_id != record.activation_id:
+        raise PointerInvalid(
+            f"history {record.sequence} of {record.channel_id} holds activation "
+            f"{existing.activation_id}, the pointer {record.activation_id}"
+        )
 
 
 def read_history(store: ObjectStore, channel_id: str, sequence: int) -> ActivationRecord | None:
@@ -187,14 +200,13 @@ def read_checks(store: ObjectStore, channel_id: str, sequence: int) -> CheckReco
 
 def write_checks(store: ObjectStore, checks: CheckRecord) -> CheckRecord:
     """Immutable: the first outcome written for a sequence stands; returns the one that stands."""
-    key = layout.checks(checks.channel_id, checks.sequence)
-    outcome = store.put_if_absent(key, canonical_bytes(checks.model_dump(mode="json")))
-    if outcome.status is WriteStatus.WRITTEN:
-        return checks
-    existing = read_checks(store, checks.channel_id, checks.sequence)
-    if existing is None:
-        raise StorageUnavailable(f"could not write checks {checks.sequence} of {checks.channel_id}")
-    return existing
+    existing = _write_once(
+        store, layout.checks(checks.channel_id, checks.sequence),
+        canonical_bytes(checks.model_dump(mode="json")),
+        lambda: read_checks(store, checks.channel_id, checks.sequence),
+        f"checks {checks.sequence} of {checks.channel_id}",
+    )
+    return existing or checks
 
 
 def read_quarantine(
@@ -211,9 +223,9 @@ def read_quarantine(
 
 
 def write_quarantine(store: ObjectStore, quarantine: QuarantineRecord) -> None:
-    key = layout.quarantine(quarantine.channel_id, quarantine.release_id)
-    outcome = store.put_if_absent(key, canonical_bytes(quarantine.model_dump(mode="json")))
-    if outcome.status is WriteStatus.WRITTEN:
-        return
-    if read_quarantine(store, quarantine.channel_id, quarantine.release_id) is None:
-        raise StorageUnavailable(f"could not quarantine release {quarantine.release_id}")
+    _write_once(
+        store, layout.quarantine(quarantine.channel_id, quarantine.release_id),
+        canonical_bytes(quarantine.model_dump(mode="json")),
+        lambda: read_quarantine(store, quarantine.channel_id, quarantine.release_id),
+        f"quarantine of release {quarantine.release_id} in {quarantine.channel_id}",
+    )
