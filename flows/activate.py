@@ -24,6 +24,7 @@ from tasks.activation import (
     stage_release,
     switch_pointer,
 )
+from tasks.followup import open_follow_up
 from tasks.reporting import report_run
 from tasks.runtime import channel_lock
 
@@ -58,6 +59,8 @@ def go_live(plan: ActivationPlan, who: Who, measure: Measure | None = None,
         )
     done = "downgraded" if plan.kind == "downgrade" else "activated"
     report_run(plan, record, checks, f"{done} and checked{note}")
+    if plan.kind == "downgrade":  # a downgrade is a rollback across generations: follow it up
+        open_follow_up(record, checks, who.reason)
     return RunOutcome(
         channel_id=plan.channel_id,
         outcome="resumed" if plan.resume else

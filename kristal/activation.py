@@ -32,7 +32,6 @@ from kristal.models import (
 from kristal.reader import open_pinned
 from kristal.records import last_known_good_for, new_record
 from kristal.release_io import verify_release
-from kristal.staging import StagedRelease
 from kristal.verify import VerifiedRelease
 
 
@@ -244,12 +243,3 @@ def quarantine(ctx: Context, record: ActivationRecord, reason: str) -> None:
             created_at=ctx.now(),
         ),
     )
-
-
-def staged_summary(staged: StagedRelease) -> dict[str, Any]:
-    return {
-        "files": len(staged.files),
-        "downloaded": staged.downloaded,
-        "bytes": staged.bytes_total,
-        "indexes": len(staged.pack_dbs),
-    }

@@ -14,7 +14,6 @@ from kristal import pointer as ptr
 from kristal.activation import ActivationPlan
 from kristal.context import Context
 from kristal.errors import (
-    KristalError,
     ReleaseIdSubstitutionBlocked,
     ReleaseQuarantined,
     RollbackNotAuthorized,
@@ -123,7 +122,3 @@ def plan_rollback(
     plan = ActivationPlan(channel_id, state, release, kind, forced=False, repaired_history=repaired)
     plan.notes.append(f"rolling back to release {target.release_id} of sequence {target_sequence}")
     return RollbackDecision(plan, None, target_sequence)
-
-
-def describe_refusal(exc: KristalError) -> str:
-    return f"{exc.code}: {exc.message}"

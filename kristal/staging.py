@@ -16,7 +16,7 @@ from kristal import layout
 from kristal.cache import BlobCache
 from kristal.canonical import parse_json
 from kristal.context import Context
-from kristal.errors import FileHashMismatch, FileInventoryMissing, KristalError
+from kristal.errors import FileInventoryMissing, KristalError
 from kristal.identity import DocKind, verify_identity
 from kristal.models import (
     ExchangeManifest,
@@ -106,16 +106,6 @@ def stage_release(ctx: Context, release: VerifiedRelease) -> StagedRelease:
     return staged
 
 
-def recheck_cached(ctx: Context, release: VerifiedRelease) -> int:
-    """Re-hash every cached payload of a staged release (before a switch); returns bytes read."""
-    total = 0
-    for key, entry in _inventory(release):
-        if ctx.cache.verified_path(entry.sha256, entry.size_bytes) is None:
-            raise FileHashMismatch(f"cached copy of {key} is missing or no longer matches")
-        total += entry.size_bytes
-    return total
-
-
 def record_inventory(ctx: Context, ref: ReleaseRef) -> list[tuple[str, FileEntry]]:
     """The payload inventory of a release named by a record, read from its manifests by ID.
 
@@ -169,7 +159,3 @@ def confirm_restorable(ctx: Context, ref: ReleaseRef) -> None:
             f"release {ref.release_id} (live now) is no longer restorable: "
             + "; ".join(problems[:3])
         )
-
-
-def ref_of(release: VerifiedRelease) -> ReleaseRef:
-    return ReleaseRef.of(release.entry)
