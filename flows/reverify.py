@@ -5,10 +5,10 @@ For every channel with an index (or those asked for) it runs the check groups of
 (`reverify-<tenant>-<env>-<region>`: check, ok, detail, code). A failing channel emits
 `kristal.reverify.failed` (resource `kristal.channel.<tenant>.<env>.<region>`, payload
 `channel_id`, `activation_id`, `reasons`): an alert, not a rollback trigger. It rolls back only
-channels listed in `rollback_on_failure`, the channel's local policy: the trust file is where
-such policy belongs, but `ChannelTrust` has no field for it yet, so the nightly deployment
-carries the list. The rollback goes to `last-known-good` under the channel's concurrency limit,
-conditional on the failing activation still being live (invariant 7). Then the run fails with
+where the channel's policy says so: `reverify_rollback: true` in its trust-file entry (local
+configuration, like every policy), or the channel listed in the request's
+`rollback_on_failure`. The rollback goes to `last-known-good` under the channel's concurrency
+limit, conditional on the failing activation still being live (invariant 7). Then the run fails with
 a coded error: `check_failed` when post-activation checks failed or stayed missing past the
 timeout, else the first failure's own code.
 """
@@ -94,6 +94,16 @@ class ReverifyResult(BaseModel):
     failed_channels: list[str] = []
     rollbacks: dict[str, str] = {}
     message: str = ""
+
+
+def rollback_policy(channel_id: str) -> bool:
+    """The channel's own policy (trust file) on rolling back after a failed re-verification."""
+    from tasks.runtime import domain_context
+
+    try:
+        return domain_context().trust(channel_id).reverify_rollback
+    except KristalError:
+        return False
 
 
 def artifact_key(channel_id: str) -> str:
@@ -200,7 +210,7 @@ def reverify(request: ReverifyRequest | None = None) -> ReverifyResult:
             continue
         print(f"{channel_id}: FAILED: {'; '.join(report.reasons())}")
         alert(report)
-        if channel_id in request.rollback_on_failure:
+        if channel_id in request.rollback_on_failure or rollback_policy(channel_id):
             rollbacks[channel_id] = roll_back(report, request.operator)
             print(f"{channel_id}: {rollbacks[channel_id]}")
     failed = [r for r in reports if not r.ok]

@@ -139,6 +139,8 @@ class ChannelTrust(BaseModel):
     required_profiles: list[StrictStr] = Field(
         default_factory=lambda: list(DEFAULT_REQUIRED_PROFILES)
     )
+    # Channel policy: does a failed nightly re-verification roll the channel back, or only alert?
+    reverify_rollback: bool = False
 
     @field_validator("thresholds")
     @classmethod

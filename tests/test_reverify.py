@@ -184,6 +184,30 @@ def test_checks_missing_past_timeout_fails_and_rolls_back_by_policy(
     assert ptr.read_checks(world.store, world.channel, 3).result == "passed"
 
 
+def test_channel_policy_in_trust_file_decides_reverify_rollback(
+    prefect_api: str, world: World
+) -> None:
+    from flows.reverify import reverify
+
+    world.publish(1)
+    world.publish(2)
+    _activate(world, 1)
+    plan = activation.plan_activation(world.ctx, world.channel, release_id=2)
+    staging.stage_release(world.ctx, plan.release)
+    activation.switch(world.ctx, plan, world.who("crashed before checks"))
+    # Without a policy: an alert and a failed run, nothing rolled back.
+    with pytest.raises(CheckFailed):
+        reverify(_request(world, checks_timeout_s=0))
+    assert world.pointer().record.active.release_id == 2
+    # The channel's trust entry asks for rollback: the same failure now rolls back.
+    doc = world.trust_doc()
+    doc["channels"]["*"]["reverify_rollback"] = True
+    world.write_trust(doc)
+    with pytest.raises(CheckFailed, match="release 1 is live again"):
+        reverify(_request(world, checks_timeout_s=0))
+    assert world.pointer().record.active.release_id == 1
+
+
 def test_expired_validator_key_fails_with_key_expired(world: World) -> None:
     world.publish(1)
     _activate(world, 1)
