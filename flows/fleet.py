@@ -33,10 +33,9 @@ from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
 from pydantic import BaseModel, Field, field_validator
 
-from flows.activate import go_live
-from flows.params import CHANNEL_PATTERN, Operator, RunOutcome
+from flows.params import CHANNEL_PATTERN, Operator
 from flows.rollback import who_of
-from kristal import fleet, staging
+from kristal import activation, fleet, pipeline, staging
 from kristal import pointer as ptr
 from kristal.activation import ActivationPlan, Who
 from kristal.checkrunner import run_checks_isolated
@@ -46,10 +45,7 @@ from kristal.models import ActivationRecord
 from kristal.reader import open_pinned
 from kristal.release_io import verify_release
 from kristal.staging import index_path
-from tasks.activation import (
-    resolve_and_verify,
-    stage_release,
-)
+from tasks.followup import open_follow_up
 from tasks.runtime import (
     CHANNEL_LOCK_LEASE_S,
     CHANNEL_LOCK_TIMEOUT_S,
@@ -184,13 +180,6 @@ def fleet_post_activation_checks(
     return reports
 
 
-def fleet_go_live(plan: ActivationPlan, who: Who, run_key: str) -> RunOutcome:
-    """`flows.activate.go_live` with the fleet's shared measurement (step E)."""
-    return go_live(plan, who,
-                   measure=lambda record, plan: fleet_post_activation_checks(record, plan, run_key),
-                   note=" (fleet)")
-
-
 # --- tasks ------------------------------------------------------------------------------------
 @task(name="stage-fleet-release", retries=len(RETRY_DELAYS), retry_delay_seconds=RETRY_DELAYS,
       retry_condition_fn=retry_on_transient, cache_policy=NO_CACHE)
@@ -219,16 +208,30 @@ def activate_channel(
                 release_id=release_id, message="already live and checked",
             )
         force = True  # live with checks pending or failed: resume and converge (§6 inv. 5)
-    plan = resolve_and_verify(channel_id, release_id, None, None, force)  # A, B
+    # One task per channel, its steps plain calls: per-step task runs cost ~50 ms each, which a
+    # fleet pays per channel (the activate flow keeps them, for its UI and retries).
+    plan = activation.plan_activation(ctx, channel_id, release_id=release_id, force=force)  # A,B
     downloaded = 0
     if plan.failed_checks is None:
-        downloaded = stage_release(plan).downloaded  # C: a cache hit after the fleet staging
-    outcome = fleet_go_live(plan, who, run_key)  # D, E (failed check: roll back, raise)
+        downloaded = staging.stage_release(ctx, plan.release).downloaded  # C: a cache hit
+    try:
+        done = pipeline.switch_and_check(  # D, E
+            ctx, plan, who,
+            measure=lambda record, plan: fleet_post_activation_checks(record, plan, run_key))
+    except CheckFailed:
+        live = ptr.read_pointer(ctx.store, channel_id).record
+        if live is not None and live.kind == "auto_rollback":
+            open_follow_up(live, ptr.read_checks(ctx.store, channel_id, live.sequence),
+                           who.reason)
+        raise
+    record = done.record
+    assert record is not None
     return ChannelOutcome(
-        channel_id=channel_id, wave=wave,
-        result="resumed" if outcome.outcome == "resumed" else "activated",
-        sequence=outcome.sequence, activation_id=outcome.activation_id,
-        release_id=outcome.release_id, message=outcome.message, downloaded=downloaded,
+        channel_id=channel_id, wave=wave, result="resumed" if plan.resume else "activated",
+        sequence=record.sequence, activation_id=record.activation_id,
+        release_id=record.active.release_id,
+        message=f"release {record.active.release_id} is live (sequence {record.sequence})",
+        downloaded=downloaded,
     )
 
 

@@ -7,15 +7,19 @@ The `activate` flow runs the same steps as tasks.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from kristal import activation, staging
 from kristal.activation import ActivationPlan, Who
+from kristal.checks import CheckReport
 from kristal.context import Context
 from kristal.crashpoints import crash_point
 from kristal.errors import CheckFailed, KristalError
 from kristal.models import ActivationKind, ActivationRecord, CheckRecord
 from kristal.rollback import RollbackTo, plan_rollback
+
+Measure = Callable[[ActivationRecord, ActivationPlan], list[CheckReport]]
 
 
 @dataclass
@@ -36,11 +40,14 @@ def activate_release(
     if plan.failed_checks is None:
         staging.stage_release(ctx, plan.release)
         crash_point("after_stage")
-    return _switch_and_check(ctx, plan, who)
+    return switch_and_check(ctx, plan, who)
 
 
-def _switch_and_check(ctx: Context, plan: ActivationPlan, who: Who) -> PipelineResult:
-    """Steps D and E (as the `go_live` part of the flows); a failed check rolls back, raises."""
+def switch_and_check(ctx: Context, plan: ActivationPlan, who: Who,
+                     measure: Measure | None = None) -> PipelineResult:
+    """Steps D and E (as the `go_live` part of the flows); a failed check rolls back, raises.
+
+    `measure` replaces the measurement (a fleet measures each pack once per run)."""
     if plan.resume or plan.failed_checks is not None:
         record = plan.state.record
         assert record is not None
@@ -49,9 +56,11 @@ def _switch_and_check(ctx: Context, plan: ActivationPlan, who: Who) -> PipelineR
         if live is not None:
             staging.confirm_restorable(ctx, live.active)
         record = activation.switch(ctx, plan, who)
-    checks = plan.failed_checks or activation.record_checks(
-        ctx, record, activation.measure(ctx, record, plan.release)
-    )
+    checks = plan.failed_checks
+    if checks is None:
+        reports = (measure(record, plan) if measure is not None
+                   else activation.measure(ctx, record, plan.release))
+        checks = activation.record_checks(ctx, record, reports)
     if checks.result == "passed":
         return PipelineResult(record, checks)
     activation.quarantine(ctx, record, checks.reason)
@@ -73,7 +82,7 @@ def downgrade_release(ctx: Context, channel_id: str, release_id: int, authorizat
     plan = plan_downgrade(ctx, channel_id, release_id=release_id,
                           authorization_id=authorization_id)
     staging.stage_release(ctx, plan.release)
-    return _switch_and_check(ctx, plan, who)
+    return switch_and_check(ctx, plan, who)
 
 
 def rollback_release(
