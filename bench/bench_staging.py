@@ -228,7 +228,7 @@ def main() -> int:
                                            server.endpoint_url], env)[0])
             fresh(dest)
 
-            # The staging path proper: BlobCache.fetch -> download_to -> fsync -> rename.
+            # The staging path proper: BlobCache.fetch -> download_to -> rename (no fsync).
             note("staging into the blob cache, then re-verification ...", quiet=quiet)
             cache = BlobCache(work / "cache")
             fetch_s: list[float] = []
@@ -331,7 +331,7 @@ def report(f: dict[str, Any]) -> None:
     print(f"staging a {size_gib:.2f} GiB object, median of {f['runs']} "
           f"(upload took {f['upload_s']:.1f} s)")
     rows = []
-    for label, key in (("(a) ours: download_to (one pass + sha256 + fsync)", "ours_download_to"),
+    for label, key in (("(a) ours: download_to (one pass + sha256)", "ours_download_to"),
                        ("(a') ours: same, whole fresh process", "ours_process_wall"),
                        ("(b) aws s3 cp", "aws_s3_cp"),
                        ("(b') aws s3 cp + sync FILE", "aws_s3_cp_then_sync"),
