@@ -21,7 +21,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -167,27 +167,14 @@ def start_seaweed(
             retries={"total_max_attempts": 1, "mode": "standard"},
         ),
     )
-    deadline = time.monotonic() + ready_timeout
-    last_error = "no attempt yet"
-    while True:
-        if proc.poll() is not None:
-            _CHILDREN.pop(proc.pid, None)
-            raise StorageUnavailable(
-                f"weed mini exited with status {proc.returncode} during start-up"
-                + _log_tail(log_path)
-            )
+    def s3_ready() -> str | None:
         try:
             client.list_buckets()
-            break
+            return None
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-            last_error = f"{type(exc).__name__}: {exc}"
-        if time.monotonic() > deadline:
-            stop_process(proc.pid)
-            raise StorageUnavailable(
-                f"weed mini not ready on {endpoint} after {ready_timeout:.0f}s ({last_error})"
-                + _log_tail(log_path)
-            )
-        time.sleep(0.1)
+            return f"{type(exc).__name__}: {exc}"
+
+    _wait_ready(proc, "weed mini", endpoint, s3_ready, ready_timeout, log_path, poll=0.1)
     return SeaweedProcess(
         pid=proc.pid, s3_port=s3_port, endpoint_url=endpoint, data_dir=data_dir, ports=ports
     )
@@ -240,33 +227,43 @@ def start_prefect_server(
     ]
     proc = _spawn(argv, env=env, log_path=log_path, cwd=prefect_home)
     api_url = f"http://127.0.0.1:{port}/api"
-    deadline = time.monotonic() + ready_timeout
-    last_error = "no attempt yet"
-    while True:
-        if proc.poll() is not None:
-            _CHILDREN.pop(proc.pid, None)
-            raise StorageUnavailable(
-                f"prefect server exited with status {proc.returncode} during start-up"
-                + _log_tail(log_path)
-            )
+    def healthy() -> str | None:
         try:
             with urllib.request.urlopen(f"{api_url}/health", timeout=2) as resp:
-                if resp.status == 200:
-                    break
-                last_error = f"HTTP {resp.status}"
+                return None if resp.status == 200 else f"HTTP {resp.status}"
         except (urllib.error.URLError, OSError) as exc:
-            last_error = f"{type(exc).__name__}: {exc}"
-        if time.monotonic() > deadline:
-            stop_process(proc.pid)
-            raise StorageUnavailable(
-                f"prefect server not healthy at {api_url} after {ready_timeout:.0f}s "
-                f"({last_error})" + _log_tail(log_path)
-            )
-        time.sleep(0.25)
+            return f"{type(exc).__name__}: {exc}"
+
+    _wait_ready(proc, "prefect server", api_url, healthy, ready_timeout, log_path, poll=0.25)
     return PrefectServerProcess(pid=proc.pid, port=port, api_url=api_url)
 
 
 # --- processes -----------------------------------------------------------------------------
+def _wait_ready(proc: subprocess.Popen[bytes], what: str, where: str,
+                probe: Callable[[], str | None], timeout: float, log_path: Path | None, *,
+                poll: float) -> None:
+    """Poll `probe` (None = ready, else why not) until ready; a dead or late child is stopped
+    and reported with the tail of its log."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            _CHILDREN.pop(proc.pid, None)
+            raise StorageUnavailable(
+                f"{what} exited with status {proc.returncode} during start-up"
+                + _log_tail(log_path)
+            )
+        why_not = probe()
+        if why_not is None:
+            return
+        if time.monotonic() > deadline:
+            stop_process(proc.pid)
+            raise StorageUnavailable(
+                f"{what} not ready at {where} after {timeout:.0f}s ({why_not})"
+                + _log_tail(log_path)
+            )
+        time.sleep(poll)
+
+
 def _spawn(
     argv: list[str], *, env: dict[str, str], log_path: Path | None, cwd: Path
 ) -> subprocess.Popen[bytes]:

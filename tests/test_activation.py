@@ -13,7 +13,6 @@ from world import World
 from kristal import layout
 from kristal import pointer as ptr
 from kristal.canonical import canonical_sha256
-from kristal.channel_index import index_body, update_index
 from kristal.errors import CheckFailed, KristalError
 from kristal.identity import DocKind
 from kristal.pipeline import activate_release
@@ -31,26 +30,6 @@ def _refused(world: World, release_id: int, code: str) -> KristalError:
     assert info.value.code == code, info.value.line()
     assert world.snapshot() == before, "a refused activation changed the channel"
     return info.value
-
-
-def _rewrite_entry(world: World, release_id: int, **changes: Any) -> None:
-    """Re-sign the channel index (as the channel authority) with one entry changed."""
-
-    def change(index: Any) -> dict[str, Any]:
-        body = index_body(index)
-        for entry in body["releases"]:
-            if entry["release_id"] == release_id:
-                entry.update(changes)
-        return body
-
-    update_index(
-        world.store,
-        world.channel,
-        world.ctx.trust(world.channel),
-        world.keys.authority,
-        change,
-        now=world.ctx.now,
-    )
 
 
 def test_activate_two_releases_records_chain_and_checks(world: World) -> None:
@@ -231,7 +210,7 @@ def test_foreign_validation_report_is_refused(live_one: World) -> None:
     world = live_one
     # The index (validly re-signed) binds release 2 to release 1's reports: they passed for other
     # IDs and prove nothing about release 2.
-    _rewrite_entry(world, 2, validation_report_ids=world.published[1].validation_report_ids)
+    world.rewrite_entry(2, validation_report_ids=world.published[1].validation_report_ids)
     _refused(world, 2, "validation_report_missing")
 
 
@@ -249,19 +228,19 @@ def test_failed_validation_report_is_refused(live_one: World) -> None:
     world.write_json(layout.validation_report(signed["validation_report_id"]), signed)
     ids = list(world.published[2].validation_report_ids)
     ids[0] = signed["validation_report_id"]
-    _rewrite_entry(world, 2, validation_report_ids=ids)
+    world.rewrite_entry(2, validation_report_ids=ids)
     _refused(world, 2, "validation_failed")
 
 
 def test_pack_built_from_another_exchange_is_refused(live_one: World) -> None:
     world = live_one
-    _rewrite_entry(world, 2, runtime_pack_ids=world.published[1].runtime_pack_ids)
+    world.rewrite_entry(2, runtime_pack_ids=world.published[1].runtime_pack_ids)
     _refused(world, 2, "source_exchange_mismatch")
 
 
 def test_part_of_another_generation_is_refused(live_one: World) -> None:
     world = live_one
-    _rewrite_entry(world, 2, generation=7)
+    world.rewrite_entry(2, generation=7)
     _refused(world, 2, "generation_mismatch")
 
 
@@ -299,7 +278,7 @@ def test_path_traversal_in_files_is_refused(live_one: World) -> None:
     signed = sign_document(doc, DocKind.RUNTIME_PACK, world.keys.publisher, now=world.ctx.now())
     # Stored where a well-formed ID would put it, and bound by a validly re-signed index.
     world.write_json(layout.pack_manifest(signed["runtime_pack_id"]), signed)
-    _rewrite_entry(world, 2, runtime_pack_ids=[signed["runtime_pack_id"]])
+    world.rewrite_entry(2, runtime_pack_ids=[signed["runtime_pack_id"]])
     _refused(world, 2, "path_invalid")
 
 

@@ -21,7 +21,7 @@ from world import World
 from kristal import layout
 from kristal import pointer as ptr
 from kristal.canonical import canonical_bytes, canonical_sha256, parse_json
-from kristal.channel_index import index_body, read_index_bytes, update_index
+from kristal.channel_index import read_index_bytes
 from kristal.errors import KristalError, ManifestSchemaInvalid, PathInvalid
 from kristal.identity import DocKind, check_id
 from kristal.models import RuntimePackManifest, parse_model, validate_relative_path
@@ -46,18 +46,6 @@ def _refused(world: World, release_id: int, codes: str | tuple[str, ...]) -> Kri
     assert world.snapshot() == before, "a refused activation changed the channel"
     assert _index_raw(world) == index_before, "a refused activation changed the index"
     return info.value
-
-
-def _rewrite_entry(world: World, release_id: int, **changes: Any) -> None:
-    def change(index: Any) -> dict[str, Any]:
-        body = index_body(index)
-        for entry in body["releases"]:
-            if entry["release_id"] == release_id:
-                entry.update(changes)
-        return body
-
-    update_index(world.store, world.channel, world.ctx.trust(world.channel), world.keys.authority,
-                 change, now=world.ctx.now)
 
 
 def _resign_index_raw(world: World, mutate: Any) -> None:
@@ -248,7 +236,7 @@ def test_bad_files_path_in_a_validly_signed_pack_is_refused_end_to_end(
     doc["files"][0]["path"] = path
     signed = sign_document(doc, DocKind.RUNTIME_PACK, world.keys.publisher, now=world.ctx.now())
     world.write_json(layout.pack_manifest(signed["runtime_pack_id"]), signed)
-    _rewrite_entry(world, 1, runtime_pack_ids=[signed["runtime_pack_id"]])
+    world.rewrite_entry(1, runtime_pack_ids=[signed["runtime_pack_id"]])
     _refused(world, 1, "path_invalid")
 
 
@@ -261,7 +249,7 @@ def test_bad_blob_path_in_a_validly_signed_exchange_is_refused(published: World)
     doc["extensions"]["kristal.activate/blobs"][0]["path"] = "../escape.jsonl"
     signed = sign_document(doc, DocKind.EXCHANGE, world.keys.publisher, now=world.ctx.now())
     world.write_json(layout.exchange_manifest(signed["kristal_id"]), signed)
-    _rewrite_entry(world, 1, exchange_id=signed["kristal_id"])
+    world.rewrite_entry(1, exchange_id=signed["kristal_id"])
     # The pack still names the old exchange; whichever check runs first, it must refuse.
     _refused(world, 1, ("path_invalid", "source_exchange_mismatch"))
 

@@ -10,7 +10,6 @@ import pytest
 from world import World
 
 from kristal import pointer as ptr
-from kristal.channel_index import index_body, update_index
 from kristal.errors import KristalError
 from kristal.governance import authorize, revoke
 from kristal.identity import DocKind
@@ -228,13 +227,7 @@ def test_authorization_for_another_release_is_refused(world: World) -> None:
 
 
 def _add_authorization(world: World, auth: dict[str, Any]) -> None:
-    def change(index: Any) -> dict[str, Any]:
-        body = index_body(index)
-        body["rollback_authorizations"].append(auth)
-        return body
-
-    update_index(world.store, world.channel, world.ctx.trust(world.channel), world.keys.authority,
-                 change, now=world.ctx.now)
+    world.change_index(lambda body: body["rollback_authorizations"].append(auth))
 
 
 def _authorization(world: World, *, channel: str | None = None, packs: list[str] | None = None,
@@ -287,14 +280,6 @@ def test_downgrade_that_would_mix_generations_is_refused(gen2_live: World) -> No
     signed = sign_document(pack, DocKind.RUNTIME_PACK, world.keys.publisher, now=world.ctx.now())
     world.write_json(layout.pack_manifest(signed["runtime_pack_id"]), signed)
 
-    def change(index: Any) -> dict[str, Any]:
-        body = index_body(index)
-        for entry in body["releases"]:
-            if entry["release_id"] == 1:
-                entry["runtime_pack_ids"] = [signed["runtime_pack_id"]]
-        return body
-
-    update_index(world.store, world.channel, world.ctx.trust(world.channel), world.keys.authority,
-                 change, now=world.ctx.now)
+    world.rewrite_entry(1, runtime_pack_ids=[signed["runtime_pack_id"]])
     auth_id = _authorize(world, 1)
     _refused(world, "generation_mismatch", lambda: _downgrade(world, 1, auth_id))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from kristal import layout
 from kristal import pointer as ptr
 from kristal.activation import Who
 from kristal.canonical import canonical_bytes, parse_json
+from kristal.channel_index import index_body, update_index
 from kristal.config import Settings
 from kristal.context import Context
 from kristal.devstack import dev_env
@@ -141,6 +142,25 @@ class World:
         from kristal.keys import load_signing_key
 
         return load_signing_key(key_dir, key_id)
+
+    def change_index(self, change: Callable[[dict[str, Any]], None]) -> None:
+        """Re-sign the channel index as the channel authority, after `change` edits its body."""
+        def apply(index: Any) -> dict[str, Any]:
+            body = index_body(index)
+            change(body)
+            return body
+
+        update_index(self.store, self.channel, self.ctx.trust(self.channel), self.keys.authority,
+                     apply, now=self.ctx.now)
+
+    def rewrite_entry(self, release_id: int, **changes: Any) -> None:
+        """A validly re-signed index in which one release entry says something else."""
+        def change(body: dict[str, Any]) -> None:
+            for entry in body["releases"]:
+                if entry["release_id"] == release_id:
+                    entry.update(changes)
+
+        self.change_index(change)
 
     def manifest_key(self, release_id: int, part: str) -> str:
         result = self.published[release_id]
