@@ -173,7 +173,8 @@ class ObjectStore:
             "s3": {"addressing_style": "path"},
             "connect_timeout": config.connect_timeout,
             "read_timeout": config.read_timeout,
-            "max_pool_connections": max(10, workers * 2 + 2),
+            # Staging downloads, manifest fetches and fleet threads share one client: room for all.
+            "max_pool_connections": max(32, workers * 2 + 2),
             # Our sha256 is the integrity check; boto3>=1.36 default CRC checksums break several
             # S3-compatible servers and cost a second pass over every byte.
             "request_checksum_calculation": "when_required",
