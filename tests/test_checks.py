@@ -175,3 +175,17 @@ def test_reset_peak_rss_lowers_the_reading_after_a_spike() -> None:
     if not reset_peak_rss():
         pytest.skip("no /proc/self/clear_refs here")
     assert _peak_rss_mb() < high - 100
+
+
+def test_isolated_checks_report_their_own_peak_rss_not_the_parents(db: Path) -> None:
+    """Linux carries the parent's RSS at fork time in ru_maxrss across execve: a checks process
+    spawned by a large orchestrator must still report its own peak (VmHWM)."""
+    from kristal.checkrunner import run_checks_isolated
+
+    ballast = bytearray(400 * 1024 * 1024)
+    for i in range(0, len(ballast), 4096):
+        ballast[i] = 1  # resident, not just reserved
+    report = run_checks_isolated(db, derive_expectations(db))
+    del ballast
+    assert report.passed, report.outcomes
+    assert report.peak_rss_mb < 200, report.peak_rss_mb
