@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from typing import Any
 
 import pytest
 from world import World
@@ -175,11 +176,10 @@ def _resume_when_paused(answer: dict[str, object]) -> threading.Thread:
     return thread
 
 
-def test_downgrade_flow_pauses_for_approval_and_records_the_approver(
-    prefect_api: str, world: World
-) -> None:
+def _downgrade_with_approval(world: World) -> Any:
+    """Generation 2 live over generation 1, release 1 authorized: the downgrade request with an
+    approval pause."""
     from flows.activate import activate
-    from flows.downgrade import downgrade
     from flows.params import DowngradeRequest
     from kristal.governance import authorize
 
@@ -188,10 +188,19 @@ def test_downgrade_flow_pauses_for_approval_and_records_the_approver(
     activate(_request(world, 1))
     activate(_request(world, 2))
     auth = authorize(world.ctx, world.keys.authority, world.channel, 1, "incident", "1h")
-    thread = _resume_when_paused({"approver": "bob", "approve": True, "comment": "ok"})
-    outcome = downgrade(DowngradeRequest(
+    return DowngradeRequest(
         channel_id=world.channel, release_id=1, authorization_id=auth["authorization_id"],
-        require_approval=True, operator="alice", reason="incident 42"))
+        require_approval=True, operator="alice", reason="incident 42")
+
+
+def test_downgrade_flow_pauses_for_approval_and_records_the_approver(
+    prefect_api: str, world: World
+) -> None:
+    from flows.downgrade import downgrade
+
+    request = _downgrade_with_approval(world)
+    thread = _resume_when_paused({"approver": "bob", "approve": True, "comment": "ok"})
+    outcome = downgrade(request)
     thread.join(5)
     assert outcome.outcome == "downgraded" and outcome.release_id == 1
     record = world.pointer().record
@@ -201,22 +210,13 @@ def test_downgrade_flow_pauses_for_approval_and_records_the_approver(
 def test_downgrade_flow_rejected_by_approver_changes_nothing(
     prefect_api: str, world: World
 ) -> None:
-    from flows.activate import activate
     from flows.downgrade import downgrade
-    from flows.params import DowngradeRequest
-    from kristal.governance import authorize
 
-    world.publish(1, generation=1)
-    world.publish(2, generation=2)
-    activate(_request(world, 1))
-    activate(_request(world, 2))
-    auth = authorize(world.ctx, world.keys.authority, world.channel, 1, "incident", "1h")
+    request = _downgrade_with_approval(world)
     before = world.snapshot()
     thread = _resume_when_paused({"approver": "carol", "approve": False})
     with pytest.raises(KristalError) as info:
-        downgrade(DowngradeRequest(
-            channel_id=world.channel, release_id=1, authorization_id=auth["authorization_id"],
-            require_approval=True, operator="alice", reason="incident 42"))
+        downgrade(request)
     thread.join(5)
     assert info.value.code == "activation_aborted" and "carol" in info.value.message
     assert world.snapshot() == before
