@@ -46,11 +46,6 @@ def _emit(as_json: bool, document: Any, human: str | Callable[[], None]) -> None
         typer.echo(human)
 
 
-def _fail(exc: KristalError) -> None:
-    typer.echo(exc.line(), err=True)
-    raise typer.Exit(exc.exit_status)
-
-
 def _quiet_prefect() -> None:
     """Keep Prefect's console logging off stderr (one error line is the contract)."""
     if os.environ.get("KRISTAL_VERBOSE"):
@@ -476,6 +471,8 @@ def fleet_activate_command(
     wave_size: Annotated[int, typer.Option("--wave-size")] = 10,
     max_parallel: Annotated[int, typer.Option("--max-parallel")] = 4,
     revoke_vetoed: Annotated[bool, typer.Option("--revoke-vetoed")] = False,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Verify in every channel, stage once, switch nothing.")] = False,
     correlation_id: CorrelationOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -485,11 +482,24 @@ def fleet_activate_command(
     request = _model(FleetRequest, channel_ids=channels, release_id=release,
                      canary_channel_ids=[] if no_canary else (canary or None),
                      wave_size=wave_size, max_parallel=max_parallel, revoke_vetoed=revoke_vetoed,
-                     operator=operator, reason=reason, correlation_id=correlation_id)
+                     dry_run=dry_run, operator=operator, reason=reason,
+                     correlation_id=correlation_id)
     _quiet_prefect()
     from flows.fleet import fleet_activate
 
     outcome = fleet_activate(request)
+    if outcome.outcome == "planned":
+        refused = [o for o in outcome.channels if o.result in ("refused", "error")]
+        would = sum(o.result == "planned" for o in outcome.channels)
+        live = sum(o.result == "already_live" for o in outcome.channels)
+        _emit(as_json, outcome.model_dump(mode="json"),
+              f"release {release}: dry run: {would} would change, {live} already live, "
+              f"{len(refused)} would refuse" + "".join(
+                  f"\n  {o.channel_id}: {o.error_code or o.result}: {o.message}"
+                  for o in refused))
+        if refused:
+            raise typer.Exit(1)
+        return
     live = sum(o.result in ("activated", "already_live", "resumed") for o in outcome.channels)
     _emit(as_json, outcome.model_dump(mode="json"),
           f"release {release}: {outcome.outcome} ({live}/{len(outcome.channels)} live, "
@@ -574,7 +584,8 @@ def demo_command(as_json: JsonOpt = False) -> None:
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        # Without standalone mode, click hands a command's typer.Exit back as the return value.
+        status = app(standalone_mode=False)
     except KristalError as exc:
         typer.echo(exc.line(), err=True)
         sys.exit(exc.exit_status)
@@ -591,6 +602,7 @@ def main() -> None:
         ref = uuid.uuid4().hex[:8]
         typer.echo(f"error: internal_error: {type(exc).__name__}: {exc} (ref {ref})", err=True)
         sys.exit(4)
+    sys.exit(status if isinstance(status, int) else 0)
 
 
 def _usage_error(exc: Exception) -> str | None:

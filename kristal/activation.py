@@ -31,7 +31,7 @@ from kristal.models import (
 )
 from kristal.reader import open_pinned
 from kristal.records import last_known_good_for, new_record
-from kristal.release_io import verify_release
+from kristal.release_io import DocumentMemo, verify_release
 from kristal.verify import VerifiedRelease
 
 
@@ -81,9 +81,15 @@ def plan_activation(
     exchange_id: str | None = None,
     pack_ids: list[str] | None = None,
     force: bool = False,
+    memo: DocumentMemo | None = None,
+    state: ptr.PointerState | None = None,
 ) -> ActivationPlan:
-    """Steps A and B: read the pointer once, verify the release, apply the activation policy."""
-    state = ptr.read_pointer(ctx.store, channel_id)
+    """Steps A and B: read the pointer once, verify the release, apply the activation policy.
+
+    `memo`: content-addressed documents shared with other channels (`verify_release`);
+    `state`: the caller's own read of this channel's pointer, moments ago (else read here)."""
+    if state is None:
+        state = ptr.read_pointer(ctx.store, channel_id)
     repaired = ptr.repair_history(ctx.store, state)
     live = state.record
     release = verify_release(
@@ -93,6 +99,7 @@ def plan_activation(
         exchange_id=exchange_id,
         pack_ids=pack_ids,
         min_index_version=live.index_version if live else 0,
+        memo=memo,
     )
     plan = ActivationPlan(channel_id, state, release, "activate", force, repaired_history=repaired)
     target = release.entry

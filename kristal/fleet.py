@@ -208,7 +208,7 @@ def revoke_vetoed(
 
 
 # --- which channel runs which release -------------------------------------------------------
-def _skew_row(ctx: Context, channel_id: str) -> dict[str, Any]:
+def _skew_row(ctx: Context, channel_id: str, known: dict[str, str]) -> dict[str, Any]:
     row: dict[str, Any] = {
         "channel": channel_id,
         "release_id": None,
@@ -231,6 +231,9 @@ def _skew_row(ctx: Context, channel_id: str) -> dict[str, Any]:
         sequence=record.sequence,
         kind=record.kind,
     )
+    if record.activation_id in known:  # checks are write-once per sequence: already known
+        row["checks"] = known[record.activation_id]
+        return row
     try:
         checks = ptr.read_checks(ctx.store, channel_id, record.sequence)
     except KristalError as exc:
@@ -240,12 +243,20 @@ def _skew_row(ctx: Context, channel_id: str) -> dict[str, Any]:
     return row
 
 
-def skew_report(ctx: Context, channel_ids: list[str]) -> list[dict[str, Any]]:
-    """One row per channel, in the given order: live release, generation, sequence, checks."""
+def skew_report(
+    ctx: Context, channel_ids: list[str], known_checks: dict[str, str] | None = None
+) -> list[dict[str, Any]]:
+    """One row per channel, in the given order: live release, generation, sequence, checks.
+
+    Every pointer is read now. `known_checks` (activation ID -> check result) are results the
+    caller wrote itself moments ago; a channel still live at one of those activations is not
+    asked for its checks record again (it is write-once, so it cannot have changed).
+    """
     if not channel_ids:
         return []
+    known = known_checks or {}
     with ThreadPoolExecutor(max_workers=min(SKEW_READERS, len(channel_ids))) as pool:
-        return list(pool.map(lambda c: _skew_row(ctx, c), channel_ids))
+        return list(pool.map(lambda c: _skew_row(ctx, c, known), channel_ids))
 
 
 def skew_summary(rows: list[dict[str, Any]]) -> dict[str, list[str]]:

@@ -33,6 +33,9 @@ TRIPLES_PATH = "data/triples.jsonl"
 DOWNLOAD_WORKERS = 4
 
 
+Inventory = frozenset[tuple[str, str, int]]  # (object key, sha256, size) of every payload file
+
+
 @dataclass
 class StagedRelease:
     release_id: int
@@ -40,6 +43,7 @@ class StagedRelease:
     files: dict[str, Path] = field(default_factory=dict)
     bytes_total: int = 0
     downloaded: int = 0
+    inventory: Inventory = frozenset()
 
 
 def _inventory(release: VerifiedRelease) -> list[tuple[str, FileEntry]]:
@@ -58,6 +62,19 @@ def _inventory(release: VerifiedRelease) -> list[tuple[str, FileEntry]]:
         for entry in pack.manifest.files:
             items.append((layout.pack_file(pack.pack_id, entry.path), entry))
     return items
+
+
+def inventory_of(release: VerifiedRelease) -> Inventory:
+    """What staging a release puts in the cache: equal inventories stage the same bytes."""
+    return frozenset((key, e.sha256, e.size_bytes) for key, e in _inventory(release))
+
+
+def staged_by(staged: StagedRelease, release: VerifiedRelease, ctx: Context) -> bool:
+    """Whether `staged` (this process, moments ago) already holds every file and query index
+    of `release`, so staging it again would only re-hash the same files."""
+    return inventory_of(release) <= staged.inventory and all(
+        index_path(ctx, pack.pack_id) == staged.pack_dbs.get(pack.pack_id)
+        and staged.pack_dbs[pack.pack_id].exists() for pack in release.packs)
 
 
 def _fetch_one(
@@ -81,7 +98,8 @@ def index_path(ctx: Context, pack_id: str) -> Path:
 
 def stage_release(ctx: Context, release: VerifiedRelease) -> StagedRelease:
     items = _inventory(release)
-    staged = StagedRelease(release_id=release.entry.release_id, pack_dbs={})
+    staged = StagedRelease(release_id=release.entry.release_id, pack_dbs={},
+                           inventory=frozenset((k, e.sha256, e.size_bytes) for k, e in items))
     with ThreadPoolExecutor(max_workers=DOWNLOAD_WORKERS) as pool:
         futures = {key: pool.submit(_fetch_one, ctx, ctx.cache, key, entry) for key, entry in items}
         fresh: list[Path] = []

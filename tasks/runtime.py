@@ -4,18 +4,22 @@ per-channel Prefect concurrency limit (a courtesy lock; the conditional write is
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
 from prefect import get_client
-from prefect.concurrency.sync import concurrency
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.exceptions import ObjectAlreadyExists
 from prefect.settings import PREFECT_API_URL
+from prefect.utilities.asyncutils import run_coro_as_sync
 
 from kristal.config import Settings
 from kristal.context import Context
 from kristal.errors import StorageUnavailable
+from tasks.leases import hold_limits
 
 _contexts: dict[tuple[Any, ...], Context] = {}
 _upserted: set[tuple[str, str]] = set()
@@ -23,7 +27,8 @@ RETRY_DELAYS = [1, 2, 4]
 CHANNEL_LOCK_TIMEOUT_S = 600.0
 # A holder renews its lease while alive; a holder killed with -9 (a Crashed run) frees the
 # channel once its lease expires and the server's repossessor notices.
-CHANNEL_LOCK_LEASE_S = 60.0  # the server refuses shorter leases
+UPSERTS_IN_FLIGHT = 8
+LIMITS_PAGE = 200
 
 
 def domain_context() -> Context:
@@ -54,6 +59,50 @@ def lock_name(channel_id: str) -> str:
     return f"kristal-channel:{tenant}:{environment}:{region}"
 
 
+def ensure_channel_limits(channel_ids: list[str]) -> list[str]:
+    """Create the channels' limits (size 1) where missing, once per server and channel per
+    process; many at once run concurrently (a fleet's). Returns the limit names."""
+    names = [lock_name(c) for c in channel_ids]
+    api = str(PREFECT_API_URL.value())
+    missing = [n for n in dict.fromkeys(names) if (api, n) not in _upserted]
+    if len(missing) == 1:
+        with get_client(sync_client=True) as client:
+            client.upsert_global_concurrency_limit_by_name(missing[0], 1)
+    elif missing:
+        run_coro_as_sync(_upsert_limits(missing))
+    _upserted.update((api, n) for n in missing)
+    return names
+
+
+async def _upsert_limits(names: list[str]) -> None:
+    """Upsert many limits: one paged listing finds the existing ones (in steady state nothing
+    else is sent), then the missing ones are created concurrently."""
+    wanted = set(names)
+    gate = asyncio.Semaphore(UPSERTS_IN_FLIGHT)
+    async with get_client() as client:
+        existing: dict[str, int] = {}
+        offset = 0
+        while True:
+            page = await client.read_global_concurrency_limits(limit=LIMITS_PAGE, offset=offset)
+            existing.update((lim.name, lim.limit) for lim in page if lim.name in wanted)
+            if len(page) < LIMITS_PAGE:
+                break
+            offset += LIMITS_PAGE
+
+        async def one(name: str) -> None:
+            async with gate:
+                if name not in existing:
+                    try:
+                        await client.create_global_concurrency_limit(
+                            GlobalConcurrencyLimitCreate(name=name, limit=1))
+                        return
+                    except ObjectAlreadyExists:
+                        pass  # created meanwhile by someone else: the upsert checks its size
+                await client.upsert_global_concurrency_limit_by_name(name, 1)
+
+        await asyncio.gather(*(one(n) for n in names if existing.get(n) != 1))
+
+
 @contextmanager
 def channel_lock(channel_id: str, *, wait_s: float = CHANNEL_LOCK_TIMEOUT_S,
                  proceed_without: bool = False) -> Iterator[bool]:
@@ -65,15 +114,10 @@ def channel_lock(channel_id: str, *, wait_s: float = CHANNEL_LOCK_TIMEOUT_S,
     its own (DESIGN §6: the conditional write is the only lock correctness relies on).
     """
     name = lock_name(channel_id)
-    api = str(PREFECT_API_URL.value())
-    if (api, name) not in _upserted:  # one upsert per server and channel per process
-        with get_client(sync_client=True) as client:
-            client.upsert_global_concurrency_limit_by_name(name, 1)
-        _upserted.add((api, name))
+    ensure_channel_limits([channel_id])
     held = ExitStack()
     try:
-        held.enter_context(concurrency(name, occupy=1, timeout_seconds=wait_s, strict=True,
-                                       lease_duration=CHANNEL_LOCK_LEASE_S))
+        held.enter_context(hold_limits([name], wait_s=wait_s))
     except TimeoutError:
         if not proceed_without:
             raise

@@ -283,3 +283,30 @@ def test_revoke_floor_and_authorize_print_what_they_did(world: World) -> None:
     _refused(missing, "rollback_target_missing", 1)
     index = world.read_json(layout.channel_index(world.channel))
     assert index["index_version"] == 7
+
+
+def test_fleet_dry_run_reports_each_channel_and_exits_1_if_one_would_refuse(
+    prefect_api: str, world: World
+) -> None:
+    import uuid
+
+    from kristal import pointer as ptr
+    from kristal.fleet import publish_to_channels
+    from kristal.governance import revoke
+
+    tag = uuid.uuid4().hex[:6]
+    channels = [f"acme/clifleet{i}/{tag}" for i in range(2)]
+    first = world.publish(1, channel=channels[0])
+    publish_to_channels(world.store, world.ctx.trust_file, world.keys,
+                        result_of_first_publish=first, channel_ids=channels, release_id=1,
+                        generation=first.generation, now=world.ctx.now)
+    revoke(world.ctx, world.keys.authority, channels[1], 1, "bad build here")
+
+    proc = kristalctl("fleet-activate", *channels, "--release", "1", "--operator", "cli",
+                      "--reason", "CHG-9 dry run", "--dry-run",
+                      env={**world.env, "PREFECT_API_URL": prefect_api}, timeout=180)
+    assert proc.returncode == 1, proc.stderr
+    assert "dry run: 1 would change, 0 already live, 1 would refuse" in proc.stdout
+    assert f"{channels[1]}: release_revoked: " in proc.stdout
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert [ptr.read_pointer(world.store, c).record for c in channels] == [None, None]

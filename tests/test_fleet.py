@@ -8,14 +8,17 @@ from __future__ import annotations
 import json
 import threading
 import uuid
+from collections import Counter
 
 import pytest
 from test_flows import BROKEN, _artifacts
 from world import World
 
+from kristal import layout
 from kristal import pointer as ptr
 from kristal.errors import (
     GenerationMismatch,
+    KristalError,
     PathInvalid,
     ReleaseIdSubstitutionBlocked,
     ReleaseRevoked,
@@ -212,3 +215,152 @@ def test_publish_to_channels_refuses_other_generation_and_taken_ids(world: World
         publish_to_channels(world.store, world.ctx.trust_file, world.keys,
                             result_of_first_publish=first, channel_ids=channels, release_id=1,
                             generation=1, now=world.ctx.now)
+
+
+# --- what the channels of a fleet run share ---------------------------------------------------
+@pytest.fixture
+def gets(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    """Every small-object GET (ObjectStore.get_bytes) of the test, counted by key."""
+    seen: Counter[str] = Counter()
+    lock = threading.Lock()
+    original = ObjectStore.get_bytes
+
+    def counting(self: ObjectStore, key: str, **kw: object) -> tuple[bytes, str]:
+        with lock:
+            seen[key] += 1
+        return original(self, key, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ObjectStore, "get_bytes", counting)
+    return seen
+
+
+def test_fleet_fetches_shared_manifests_once_and_reads_every_channels_own_index(
+    prefect_api: str, world: World, gets: Counter[str]
+) -> None:
+    from flows.fleet import fleet_activate
+
+    channels = _fleet(world, 4)
+    _release(world, channels, 1)
+    gets.clear()
+    assert fleet_activate(_request(channels, 1)).outcome == "activated"
+    live = ptr.read_pointer(world.store, channels[0]).record
+    assert gets[layout.exchange_manifest(live.active.exchange_id)] == 1
+    for pack_id in live.active.runtime_pack_ids:
+        assert gets[layout.pack_manifest(pack_id)] == 1
+    for channel in channels:  # each verified against its own signed index, read afresh
+        assert gets[layout.channel_index(channel)] >= 1
+        assert ptr.read_checks(world.store, channel, 1).result == "passed"
+
+
+def test_a_channel_whose_index_names_other_content_is_verified_and_staged_on_its_own(
+    prefect_api: str, world: World, downloads: list[str]
+) -> None:
+    from flows.fleet import fleet_activate
+
+    channels = _fleet(world, 3)
+    _release(world, channels[:2], 1)
+    other = world.publish(1, channel=channels[2], rows=61)  # same release ID, other content
+    result = fleet_activate(_request(channels, 1))
+
+    assert result.outcome == "activated"
+    assert [o.downloaded for o in result.channels] == [0, 0, 2]  # the fleet staged 2 objects
+    assert len(downloads) == len(set(downloads)) == 4
+    assert ptr.read_pointer(world.store, channels[2]).record.active.exchange_id == \
+        other.exchange_id != ptr.read_pointer(world.store, channels[0]).record.active.exchange_id
+    # Its checks were measured on its own pack, not reused from the canary's.
+    outcomes = ptr.read_checks(world.store, channels[2], 1).figures["outcomes"]
+    assert "measurement" not in {o["name"] for o in outcomes}
+
+
+def test_a_shared_document_is_still_verified_by_each_channel(world: World) -> None:
+    """Nothing is trusted from the memo: other bytes under a manifest's key are refused."""
+    from kristal.release_io import DocumentMemo, verify_release
+
+    channels = _fleet(world, 2)
+    _release(world, channels, 1)
+    _release(world, channels, 2)
+    memo = DocumentMemo()
+    first = verify_release(world.ctx, channels[0], release_id=1, memo=memo)
+    fetched = memo.fetches  # exchange, pack and report documents
+    second = verify_release(world.ctx, channels[1], release_id=1, memo=memo)
+    assert first.entry.exchange_id == second.entry.exchange_id
+    assert fetched >= 2 and memo.fetches == fetched  # the second channel fetched none
+
+    key = layout.exchange_manifest(first.entry.exchange_id)
+    release_2 = verify_release(world.ctx, channels[0], release_id=2)
+    poisoned = DocumentMemo()
+    poisoned.get(key, lambda: world.store.get_bytes(
+        layout.exchange_manifest(release_2.entry.exchange_id), max_bytes=1 << 20)[0])
+    with pytest.raises(KristalError) as refused:
+        verify_release(world.ctx, channels[1], release_id=1, memo=poisoned)
+    assert refused.value.code == "release_id_substitution_blocked"  # not the ID it names
+
+
+def test_skew_report_takes_known_checks_only_for_the_live_activation(
+    world: World, gets: Counter[str]
+) -> None:
+    from kristal.pipeline import activate_release
+
+    channels = _fleet(world, 2)
+    _release(world, channels, 1)
+    done = activate_release(world.ctx, channels[0], 1, world.who())
+    gets.clear()
+    rows = skew_report(world.ctx, channels, {done.record.activation_id: "passed",
+                                             "not-live-anywhere": "failed"})
+    assert [r["checks"] for r in rows] == ["passed", "nothing live"]
+    assert gets[layout.checks(channels[0], 1)] == 0 and gets[layout.pointer(channels[0])] == 1
+    assert skew_report(world.ctx, channels[:1], {"other-activation": "failed"})[0]["checks"] \
+        == "passed"
+    assert gets[layout.checks(channels[0], 1)] == 1
+
+
+def test_fleet_dry_run_verifies_every_channel_and_switches_nothing(
+    prefect_api: str, world: World
+) -> None:
+    from flows.fleet import fleet_activate
+    from kristal.governance import revoke
+
+    channels = _fleet(world, 4)
+    _release(world, channels, 1)
+    assert fleet_activate(_request(channels[:1], 1)).outcome == "activated"
+    revoke(world.ctx, world.keys.authority, channels[3], 1, "bad build here")
+    before = {c: ptr.read_pointer(world.store, c).raw for c in channels}
+
+    result = fleet_activate(_request(channels, 1, dry_run=True))
+
+    assert result.outcome == "planned" and result.halted_at_wave is None
+    assert [(o.channel_id, o.result) for o in result.channels] == [
+        (channels[0], "already_live"), (channels[1], "planned"), (channels[2], "planned"),
+        (channels[3], "refused")]
+    assert result.channels[1].message == "would activate release 1 (live now: nothing)"
+    assert result.channels[3].error_code == "release_revoked"
+    assert {c: ptr.read_pointer(world.store, c).raw for c in channels} == before
+    assert "dry run: nothing switched" in _artifacts(result.artifact_keys[0])[0].data
+
+
+def test_a_storage_hiccup_in_one_channel_retries_only_that_channel(
+    prefect_api: str, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three 503s on one channel's index outlast botocore's own retries: the wave task fails
+    with storage_unavailable, Prefect retries it, and only that channel runs again."""
+    from conftest import TEST_ACCESS_KEY, TEST_SECRET_KEY
+    from faultproxy import Action, FaultProxy
+
+    from flows.fleet import fleet_activate
+
+    channels = _fleet(world, 3)
+    _release(world, channels, 1)
+    with FaultProxy(world.ctx.store.config.endpoint_url, access_key=TEST_ACCESS_KEY,
+                    secret_key=TEST_SECRET_KEY) as proxy:
+        monkeypatch.setenv("KRISTAL_S3_ENDPOINT", proxy.url)
+        proxy.add_rule(Action.STATUS, method="GET", key_contains=layout.channel_index(
+            channels[2]), status=503, times=3)
+        result = fleet_activate(_request(channels, 1))
+        index_gets = {c: len(proxy.requests("GET", layout.channel_index(c))) for c in channels}
+
+    assert result.outcome == "activated"
+    assert [o.result for o in result.channels] == ["activated"] * 3
+    assert index_gets[channels[1]] == 1 and index_gets[channels[2]] == 4  # 3 refused, 1 served
+    for channel in channels:
+        record = ptr.read_pointer(world.store, channel).record
+        assert record.sequence == 1 and ptr.read_checks(world.store, channel, 1).result == "passed"
