@@ -56,12 +56,13 @@ from kristal.reader import PinnedSession
 from kristal.release_io import DocumentMemo, verify_release
 from kristal.staging import StagedRelease, index_path
 from tasks.followup import open_follow_up
-from tasks.leases import Lease, current_holder, hold_limits
+from tasks.leases import Lease, current_holder
 from tasks.runtime import (
     CHANNEL_LOCK_TIMEOUT_S,
     RETRY_DELAYS,
     domain_context,
     ensure_channel_limits,
+    hold_channel_limits,
     lock_name,
     retry_on_transient,
 )
@@ -321,6 +322,7 @@ class WaveLock:
     """
 
     def __init__(self, channels: list[str]) -> None:
+        self.channels = list(channels)
         self.names = [lock_name(c) for c in channels]
         self._acquired = threading.Event()
         self._release = threading.Event()
@@ -338,8 +340,8 @@ class WaveLock:
 
     def _hold(self) -> None:
         try:
-            with hold_limits(self.names, wait_s=CHANNEL_LOCK_TIMEOUT_S,
-                             holder=self._holder) as lease:
+            with hold_channel_limits(self.channels, wait_s=CHANNEL_LOCK_TIMEOUT_S,
+                                     holder=self._holder) as lease:
                 self._lease = lease
                 self._acquired.set()
                 self._release.wait()

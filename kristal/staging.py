@@ -66,7 +66,11 @@ def _inventory(release: VerifiedRelease) -> list[tuple[str, FileEntry]]:
 
 def inventory_of(release: VerifiedRelease) -> Inventory:
     """What staging a release puts in the cache: equal inventories stage the same bytes."""
-    return frozenset((key, e.sha256, e.size_bytes) for key, e in _inventory(release))
+    return _as_inventory(_inventory(release))
+
+
+def _as_inventory(items: list[tuple[str, FileEntry]]) -> Inventory:
+    return frozenset((key, entry.sha256, entry.size_bytes) for key, entry in items)
 
 
 def staged_by(staged: StagedRelease, release: VerifiedRelease, ctx: Context) -> bool:
@@ -99,7 +103,7 @@ def index_path(ctx: Context, pack_id: str) -> Path:
 def stage_release(ctx: Context, release: VerifiedRelease) -> StagedRelease:
     items = _inventory(release)
     staged = StagedRelease(release_id=release.entry.release_id, pack_dbs={},
-                           inventory=frozenset((k, e.sha256, e.size_bytes) for k, e in items))
+                           inventory=_as_inventory(items))
     with ThreadPoolExecutor(max_workers=DOWNLOAD_WORKERS) as pool:
         futures = {key: pool.submit(_fetch_one, ctx, ctx.cache, key, entry) for key, entry in items}
         fresh: list[Path] = []

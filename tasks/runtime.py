@@ -19,14 +19,14 @@ from prefect.utilities.asyncutils import run_coro_as_sync
 from kristal.config import Settings
 from kristal.context import Context
 from kristal.errors import StorageUnavailable
-from tasks.leases import hold_limits
+from tasks.leases import Lease, LimitMissing, current_holder
 
 _contexts: dict[tuple[Any, ...], Context] = {}
 _upserted: set[tuple[str, str]] = set()
 RETRY_DELAYS = [1, 2, 4]
+# A holder renews its lease while alive (`tasks.leases`); a holder killed with -9 (a Crashed
+# run) frees the channel once its lease expires and the server's repossessor notices.
 CHANNEL_LOCK_TIMEOUT_S = 600.0
-# A holder renews its lease while alive; a holder killed with -9 (a Crashed run) frees the
-# channel once its lease expires and the server's repossessor notices.
 UPSERTS_IN_FLIGHT = 8
 LIMITS_PAGE = 200
 
@@ -104,6 +104,26 @@ async def _upsert_limits(names: list[str]) -> None:
 
 
 @contextmanager
+def hold_channel_limits(channel_ids: list[str], *, wait_s: float = CHANNEL_LOCK_TIMEOUT_S,
+                        holder: Any = None) -> Iterator[Lease]:
+    """Hold the limits of these channels as one lease, creating them where missing. A limit
+    deleted behind this process's back (it remembers what it created) is created again."""
+    names = ensure_channel_limits(channel_ids)
+    lease = Lease(names, holder if holder is not None else current_holder())
+    try:
+        lease.acquire(wait_s)
+    except LimitMissing:
+        api = str(PREFECT_API_URL.value())
+        _upserted.difference_update((api, n) for n in names)
+        ensure_channel_limits(channel_ids)
+        lease.acquire(wait_s)
+    try:
+        yield lease
+    finally:
+        lease.release()
+
+
+@contextmanager
 def channel_lock(channel_id: str, *, wait_s: float = CHANNEL_LOCK_TIMEOUT_S,
                  proceed_without: bool = False) -> Iterator[bool]:
     """Hold the channel's global concurrency limit (upserted first: strict needs it to exist).
@@ -114,10 +134,9 @@ def channel_lock(channel_id: str, *, wait_s: float = CHANNEL_LOCK_TIMEOUT_S,
     its own (DESIGN §6: the conditional write is the only lock correctness relies on).
     """
     name = lock_name(channel_id)
-    ensure_channel_limits([channel_id])
     held = ExitStack()
     try:
-        held.enter_context(hold_limits([name], wait_s=wait_s))
+        held.enter_context(hold_channel_limits([channel_id], wait_s=wait_s))
     except TimeoutError:
         if not proceed_without:
             raise

@@ -102,3 +102,17 @@ def test_the_holder_is_the_flow_run(prefect_api: str) -> None:
     holder = seen["holder"]
     assert holder is not None and holder.type == "flow_run" and str(holder.id) == run_id
     assert seen["active"] == 1 and _active_slots(name) == 0
+
+
+def test_a_limit_deleted_behind_the_process_is_created_again(prefect_api: str) -> None:
+    from prefect import get_client
+
+    from tasks.runtime import channel_lock
+
+    channel = _channels(1)[0]
+    name = ensure_channel_limits([channel])[0]  # remembered as created by this process
+    with get_client(sync_client=True) as client:
+        client.delete_global_concurrency_limit_by_name(name)
+    with channel_lock(channel, wait_s=5) as held:
+        assert held and _active_slots(name) == 1
+    assert _active_slots(name) == 0
