@@ -116,3 +116,27 @@ def test_a_limit_deleted_behind_the_process_is_created_again(prefect_api: str) -
     with channel_lock(channel, wait_s=5) as held:
         assert held and _active_slots(name) == 1
     assert _active_slots(name) == 0
+
+
+def test_a_held_lease_is_renewed_and_known_lost_when_the_server_forgets_it(
+    prefect_api: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    import tasks.leases as leases
+
+    monkeypatch.setattr(leases, "RENEW_EVERY_S", 0.2)
+    name = ensure_channel_limits(_channels(1))[0]
+    with FaultProxy(prefect_api.removesuffix("/api"), access_key="-", secret_key="-") as proxy, \
+            temporary_settings(updates={PREFECT_API_URL: f"{proxy.url}/api"}), \
+            hold_limits([name], wait_s=5) as lease:
+        time.sleep(1.0)
+        renewals = proxy.requests("POST", "/renew")
+        assert len(renewals) >= 3 and all(r.upstream_status == 204 for r in renewals)
+        assert lease.held
+        proxy.add_rule(Action.STATUS, method="POST", key_contains="/renew", status=404, times=1)
+        deadline = time.monotonic() + 3
+        while lease.held and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not lease.held  # a 404: the server no longer has it
+    assert _active_slots(name) == 0
