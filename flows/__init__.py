@@ -1,5 +1,2 @@
-"""Prefect flows over the `kristal` domain; loading the package applies `prefect_fixes`."""
-
-from flows.prefect_fixes import no_heartbeat_join
-
-no_heartbeat_join()
+"""Prefect flows over the `kristal` domain. Each flow module applies `prefect_fixes` on import;
+the package itself imports nothing, so `kristalctl` can set Prefect's environment first."""

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from prefect import flow
 
 from flows.params import ActivateRequest, RunOutcome
+from flows.prefect_fixes import no_heartbeat_join
 from flows.rollback import rollback_steps, who_of
 from kristal.activation import ActivationPlan, Who
 from kristal.checks import CheckReport
@@ -27,6 +28,8 @@ from tasks.activation import (
 from tasks.followup import open_follow_up
 from tasks.reporting import report_run
 from tasks.runtime import channel_lock
+
+no_heartbeat_join()  # before any run of this module's flows: see flows.prefect_fixes
 
 Measure = Callable[[ActivationRecord, ActivationPlan], list[CheckReport]]
 

@@ -10,11 +10,14 @@ from prefect.input import RunInput
 
 from flows.activate import go_live
 from flows.params import DowngradeRequest, RunOutcome
+from flows.prefect_fixes import no_heartbeat_join
 from flows.rollback import who_of
 from kristal.activation import ActivationPlan
 from kristal.errors import ActivationAborted
 from tasks.activation import plan_downgrade_task, stage_release
 from tasks.runtime import channel_lock
+
+no_heartbeat_join()  # before any run of this module's flows: see flows.prefect_fixes
 
 APPROVAL_TIMEOUT_S = 3600
 

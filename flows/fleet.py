@@ -41,6 +41,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field, field_validator
 
 from flows.params import CHANNEL_PATTERN, Operator
+from flows.prefect_fixes import no_heartbeat_join
 from flows.rollback import who_of
 from kristal import activation, fleet, pipeline, staging
 from kristal import pointer as ptr
@@ -66,6 +67,8 @@ from tasks.runtime import (
     lock_name,
     retry_on_transient,
 )
+
+no_heartbeat_join()  # before any run of this module's flows: see flows.prefect_fixes
 
 ChannelResult = Literal[
     "activated", "already_live", "resumed", "rolled_back", "refused", "error", "vetoed",

@@ -25,6 +25,7 @@ from prefect.events import emit_event
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from flows.params import CHANNEL_PATTERN
+from flows.prefect_fixes import no_heartbeat_join
 from flows.rollback import rollback_steps, who_of
 from kristal.errors import KristalError
 from kristal.reverify import (
@@ -40,6 +41,8 @@ from kristal.reverify import (
 )
 from tasks import reverify as t
 from tasks.runtime import channel_lock
+
+no_heartbeat_join()  # before any run of this module's flows: see flows.prefect_fixes
 
 EVENT_FAILED = "kristal.reverify.failed"
 CHECKS_TIMEOUT_ENV = "KRISTAL_CHECKS_TIMEOUT_S"

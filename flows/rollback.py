@@ -8,6 +8,7 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from flows.params import RollbackRequest, RunOutcome
+from flows.prefect_fixes import no_heartbeat_join
 from kristal.activation import Who
 from kristal.models import ActivationKind
 from kristal.rollback import RollbackTo
@@ -21,6 +22,8 @@ from tasks.activation import (
 from tasks.followup import open_follow_up
 from tasks.reporting import report_run
 from tasks.runtime import CHANNEL_LOCK_TIMEOUT_S, channel_lock
+
+no_heartbeat_join()  # before any run of this module's flows: see flows.prefect_fixes
 
 # A guarded rollback does not wait for a crashed run's lease to expire (up to ~75 s).
 AUTOMATED_LOCK_WAIT_S = 10.0

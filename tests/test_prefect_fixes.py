@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-import flows  # noqa: F401 - applies the fixes, as every flow module does on import
+import flows.activate  # noqa: F401 - applies the fixes, as every flow module does on import
 
 
 def test_a_flow_run_returns_promptly_after_its_last_step(prefect_api: str) -> None:
@@ -45,3 +45,18 @@ def test_the_fix_is_applied_once_and_keeps_the_original(prefect_api: str) -> Non
 
     patched = engine._send_heartbeats
     assert no_heartbeat_join() and engine._send_heartbeats is patched
+
+
+def test_the_cli_does_not_load_prefect_before_it_sets_prefects_environment() -> None:
+    """Prefect reads its settings when first imported: `kristalctl demo` exports the dev
+    stack's PREFECT_API_URL first, or every flow would start a temporary server of its own."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    probe = ("import sys, flows, flows.cli, flows.demo, flows.prefect_fixes; "
+             "print(sorted(m for m in sys.modules if m == 'prefect' or m.startswith('prefect.')))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parent.parent, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
