@@ -18,6 +18,7 @@ import pytest
 from botocore.config import Config
 from faultproxy import FaultProxy
 
+from kristal import objectstore
 from kristal.localstack import SeaweedProcess, start_seaweed, stop_seaweed
 from kristal.objectstore import ObjectStore, StoreConfig
 
@@ -113,6 +114,11 @@ def fault_proxy(seaweed: SeaweedProcess) -> Iterator[FaultProxy]:
         secret_key=TEST_SECRET_KEY,
         region=TEST_REGION,
     ).start()
+    # A new proxy is a new endpoint; its port may be one an earlier proxy of this session had,
+    # whose conditional-write probe this process remembers: forget it, so the probe runs again.
+    with objectstore._PROBE_LOCK:
+        objectstore._PROBED.difference_update(
+            {scope for scope in objectstore._PROBED if scope[0] == proxy.url})
     try:
         yield proxy
     finally:
