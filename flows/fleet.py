@@ -36,7 +36,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from prefect import flow, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field, field_validator
 
@@ -63,6 +68,7 @@ from tasks.runtime import (
     RETRY_DELAYS,
     domain_context,
     ensure_channel_limits,
+    get_run_logger_safe,
     hold_channel_limits,
     lock_name,
     retry_on_transient,
@@ -488,8 +494,42 @@ def waves_markdown(result: FleetOutcome) -> str:
     return "\n".join(lines)
 
 
+class _Progress:
+    """The fleet's progress artifact in the UI: the share of channels done, after each wave.
+
+    Written by a thread of its own, in order, so the waves never wait on the artifact API
+    (in line, its seven calls added 0.2-0.4 s to a 50-channel fleet); `close()` waits for the
+    last write. A failed write is logged, never a reason to fail the fleet."""
+
+    def __init__(self, key: str, total: int, release_id: int) -> None:
+        self.total = total
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kristal-progress")
+        self._writes: list[Future[Any]] = []
+        self._id = self._submit(create_progress_artifact, 0.0, key=key,
+                                description=f"fleet-activate release {release_id}: "
+                                f"0/{total} channels")
+
+    def _submit(self, fn: Any, *args: Any, **kwargs: Any) -> Future[Any]:
+        write = self._pool.submit(contextvars.copy_context().run, fn, *args, **kwargs)
+        self._writes.append(write)
+        return write
+
+    def update(self, done: int, description: str) -> None:
+        percent = round(100.0 * done / self.total, 1)
+        self._submit(lambda: update_progress_artifact(self._id.result(), percent,
+                                                      description=description))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        failed = next((f for f in self._writes if f.exception() is not None), None)
+        if failed is not None:
+            get_run_logger_safe().warning(f"fleet progress artifact not written: "
+                                          f"{failed.exception()}")
+
+
 def _waves(
-    waves: list[list[str]], request: FleetRequest, who: Who, run_key: str, downloads: int
+    waves: list[list[str]], request: FleetRequest, who: Who, run_key: str, downloads: int,
+    progress: _Progress,
 ) -> tuple[list[ChannelOutcome], int | None, int]:
     """Wave after wave until one fails; the channels of later waves are vetoed.
 
@@ -519,10 +559,16 @@ def _waves(
                     lock.release()
                 outcomes += done
                 downloads += sum(o.downloaded for o in done)
+                live = sum(o.result in ("activated", "resumed", "already_live") for o in outcomes)
+                progress.update(len(outcomes), f"wave {number} of {len(waves)} done: {live} of "
+                                f"{progress.total} channels live")
                 if any(o.result in FAILED_RESULTS for o in done):
                     halted_at = number
                     print(f"wave {number} failed: halting, vetoing release {request.release_id} "
                           "for the channels not reached")
+            if halted_at is not None:
+                progress.update(progress.total, f"halted at wave {halted_at}: "
+                                f"{sum(o.result == 'vetoed' for o in outcomes)} channels vetoed")
         finally:
             for lock in locks:
                 lock.join()
@@ -570,6 +616,7 @@ def fleet_activate(request: FleetRequest) -> FleetOutcome:
     waves = fleet.plan_waves(request.channel_ids, request.canary_channel_ids, request.wave_size)
     downloads, note = 0, ""
     run_key = who.flow_run_id or who.correlation_id
+    suffix = fleet_key(request.channel_ids, request.release_id)
     try:
         try:
             staged = stage_fleet_release(waves[0][0], request.release_id, run_key)
@@ -581,13 +628,18 @@ def fleet_activate(request: FleetRequest) -> FleetOutcome:
         if request.dry_run:
             outcomes, halted_at = _plan_all(waves, request, run_key), None
         else:
-            outcomes, halted_at, downloads = _waves(waves, request, who, run_key, downloads)
+            progress = _Progress(f"fleet-progress-{suffix}", len(request.channel_ids),
+                                 request.release_id)
+            try:
+                outcomes, halted_at, downloads = _waves(waves, request, who, run_key,
+                                                        downloads, progress)
+            finally:
+                progress.close()
     finally:
         _RUNS.pop(run_key, None)
     vetoed = [o.channel_id for o in outcomes if o.result == "vetoed"]
     revocations = (revoke_vetoed_task(vetoed, request.release_id)
                    if vetoed and request.revoke_vetoed else {})
-    suffix = fleet_key(request.channel_ids, request.release_id)
     result = FleetOutcome(
         release_id=request.release_id,
         outcome=("planned" if request.dry_run
@@ -597,7 +649,8 @@ def fleet_activate(request: FleetRequest) -> FleetOutcome:
         skew=skew_report_task(request.channel_ids, {
             o.activation_id: "passed" for o in outcomes
             if o.activation_id and o.result in ("activated", "resumed", "already_live")}),
-        artifact_keys=[f"fleet-waves-{suffix}", f"fleet-skew-{suffix}"],
+        artifact_keys=[f"fleet-waves-{suffix}", f"fleet-skew-{suffix}"]
+        + ([] if request.dry_run else [f"fleet-progress-{suffix}"]),
     )
     create_markdown_artifact(key=result.artifact_keys[0], markdown=waves_markdown(result),
                              description=f"fleet activation of release {request.release_id}")

@@ -140,6 +140,9 @@ def test_fleet_activates_every_channel_in_waves_with_one_download(
     table = _artifacts(result.artifact_keys[1])[0].data
     rows = json.loads(table) if isinstance(table, str) else table
     assert [r["channel"] for r in rows] == channels and {r["release_id"] for r in rows} == {"1"}
+    progress = _artifacts(result.artifact_keys[2])[0]
+    assert float(progress.data) == 100.0
+    assert progress.description == "wave 3 of 3 done: 5 of 5 channels live"
 
     # A second run of the same fleet finds every channel live and checked: nothing changes.
     again = fleet_activate(_request(channels, 1))
@@ -186,6 +189,9 @@ def test_failed_canary_halts_rolls_back_there_and_vetoes_the_rest(
     assert rerun.outcome == "halted" and rerun.channels[0].error_code == "release_quarantined"
     assert {c: ptr.read_pointer(world.store, c).raw for c in channels[1:]} == before
     assert "halted at wave 1" in _artifacts(rerun.artifact_keys[0])[0].data
+    progress = _artifacts(rerun.artifact_keys[2])[0]
+    assert float(progress.data) == 100.0
+    assert progress.description == "halted at wave 1: 4 channels vetoed"
 
 
 def test_skew_report_reads_pointers_and_checks(world: World) -> None:
