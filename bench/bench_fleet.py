@@ -29,14 +29,14 @@ from typing import Any
 import benchlib
 from benchlib import note, table, verdict
 
-from kristal import staging
 from kristal.config import Settings
 from kristal.context import Context
-from kristal.datagen import generate_triples
-from kristal.fleet import plan_waves, publish_to_channels, skew_report, skew_summary
-from kristal.objectstore import ObjectStore
-from kristal.pipeline import activate_release
-from kristal.release_io import verify_release
+from kristal.operations.fleet import plan_waves, publish_to_channels, skew_report, skew_summary
+from kristal.operations.pipeline import activate_release
+from kristal.publish.datagen import generate_triples
+from kristal.runtime import staging
+from kristal.store.s3 import ObjectStore
+from kristal.verify.fetch import verify_release
 
 TARGET_RATIO = 5.0
 

@@ -17,13 +17,13 @@ import time
 
 import benchlib
 
-from kristal import pointer as ptr
-from kristal.activation import ActivationPlan, record_checks, switch
-from kristal.checks import CheckReport
-from kristal.datagen import generate_triples
-from kristal.pipeline import activate_release
-from kristal.release_io import verify_release
-from kristal.rollback import plan_rollback
+from kristal.channel import pointer as ptr
+from kristal.operations.pipeline import activate_release
+from kristal.operations.plan import ActivationPlan, record_checks, switch
+from kristal.operations.rollback import plan_rollback
+from kristal.publish.datagen import generate_triples
+from kristal.runtime.checks import CheckReport
+from kristal.verify.fetch import verify_release
 
 
 def grow(world: benchlib.BenchWorld, records: int) -> float:

@@ -14,8 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from kristal.datagen import generate_triples
-from kristal.query import (
+from kristal.publish.datagen import generate_triples
+from kristal.runtime.sqlite_index import (
     BUILD_PRAGMAS,
     INDEX_DDL,
     INSERT_SQL,

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import benchlib
 
-from kristal import activation, staging
-from kristal.datagen import generate_triples
-from kristal.pipeline import activate_release
+from kristal.operations import plan as activation
+from kristal.operations.pipeline import activate_release
+from kristal.publish.datagen import generate_triples
+from kristal.runtime import staging
 
 
 def plain_steps(world: benchlib.BenchWorld, release_id: int) -> dict[str, float]:

@@ -16,11 +16,11 @@ from typing import Any
 import benchlib
 from benchlib import median, note, p95, table
 
-from kristal import pointer as ptr
-from kristal.datagen import generate_triples
-from kristal.models import ReleaseRef
-from kristal.records import new_record
-from kristal.release_io import verify_release
+from kristal.channel import pointer as ptr
+from kristal.channel.history import new_record
+from kristal.formats.channel_docs import ReleaseRef
+from kristal.publish.datagen import generate_triples
+from kristal.verify.fetch import verify_release
 
 WARMUP = 10
 

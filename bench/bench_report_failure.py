@@ -19,9 +19,9 @@ import time
 
 import benchlib
 
-from kristal import pointer as ptr
-from kristal.datagen import generate_triples
-from kristal.pipeline import activate_release
+from kristal.channel import pointer as ptr
+from kristal.operations.pipeline import activate_release
+from kristal.publish.datagen import generate_triples
 
 
 def _cli(env: dict[str, str], *args: str) -> None:
@@ -49,7 +49,7 @@ def main() -> None:
     args = parser.parse_args()
     with benchlib.workdir(args.workdir, "kristal-bench-report-") as work, \
             benchlib.seaweed(work) as server:
-        from kristal.localstack import start_prefect_server, stop_process
+        from kristal.dev.processes import start_prefect_server, stop_process
 
         prefect = start_prefect_server(work / "prefect", log_path=work / "prefect.log")
         serve = None

@@ -25,12 +25,14 @@ from typing import Any
 import benchlib
 from benchlib import BenchWorld, median, note, table, verdict
 
-from kristal import activation, pipeline, staging
-from kristal import pointer as ptr
-from kristal.datagen import generate_triples
+from kristal.channel import pointer as ptr
 from kristal.errors import CheckFailed
-from kristal.release_io import verify_release
-from kristal.rollback import plan_rollback
+from kristal.operations import pipeline
+from kristal.operations import plan as activation
+from kristal.operations.rollback import plan_rollback
+from kristal.publish.datagen import generate_triples
+from kristal.runtime import staging
+from kristal.verify.fetch import verify_release
 
 ROLLBACK_TARGET_S = 1.0
 FAST_PATH_TARGET_S = 0.3

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import benchlib
 
-from kristal import pointer as ptr
-from kristal.datagen import generate_triples
-from kristal.pipeline import activate_release, rollback_release
+from kristal.channel import pointer as ptr
+from kristal.operations.pipeline import activate_release, rollback_release
+from kristal.publish.datagen import generate_triples
 
 
 def _timed_switch() -> list[float]:
@@ -108,8 +108,8 @@ def main() -> None:
 
 
 def _inventory(world: benchlib.BenchWorld, release_id: int) -> list:  # type: ignore[type-arg]
-    from kristal.release_io import verify_release
-    from kristal.staging import _inventory as inventory
+    from kristal.runtime.staging import _inventory as inventory
+    from kristal.verify.fetch import verify_release
 
     return inventory(verify_release(world.ctx, world.channel, release_id=release_id))
 

@@ -23,8 +23,8 @@ from typing import Any
 import benchlib
 from benchlib import median, note, table, verdict
 
-from kristal.cache import BlobCache, hash_file, hash_files_parallel
-from kristal.objectstore import MiB, ObjectStore, StoreConfig
+from kristal.store.blobcache import BlobCache, hash_file, hash_files_parallel
+from kristal.store.s3 import MiB, ObjectStore, StoreConfig
 
 GiB = 1024 * MiB
 KEY = "bench/staging/pack.bin"

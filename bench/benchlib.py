@@ -21,13 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kristal.activation import Who
 from kristal.config import Settings
 from kristal.context import Context
-from kristal.devstack import dev_env
-from kristal.localstack import SeaweedProcess, start_seaweed, stop_seaweed
-from kristal.objectstore import ObjectStore, StoreConfig
-from kristal.publisher import PublisherKeys, PublishResult, load_publisher_keys, publish
+from kristal.dev.devstack import dev_env
+from kristal.dev.processes import SeaweedProcess, start_seaweed, stop_seaweed
+from kristal.operations.plan import Who
+from kristal.publish.publisher import PublisherKeys, PublishResult, load_publisher_keys, publish
+from kristal.store.s3 import ObjectStore, StoreConfig
 
 BENCH_ACCESS_KEY = "kristal-bench"
 BENCH_SECRET_KEY = "kristal-bench-secret"

@@ -82,10 +82,10 @@ FAILING_EXPECT: dict[str, Any] = {
 
 # --- worker mode: one operation in its own process (for kill -9) --------------------------------
 def worker_main(argv: list[str]) -> int:
-    from kristal.activation import Who
     from kristal.context import Context
     from kristal.errors import KristalError
-    from kristal.pipeline import activate_release, downgrade_release, rollback_release
+    from kristal.operations.pipeline import activate_release, downgrade_release, rollback_release
+    from kristal.operations.plan import Who
 
     op, channel, *rest = argv
     ctx = Context.from_settings()
@@ -193,14 +193,14 @@ class Soak:
                  crash_rate: float) -> None:
         from faultproxy import FaultProxy
 
-        from kristal.cache import BlobCache
         from kristal.config import Settings
         from kristal.context import Context
-        from kristal.devstack import ensure_dev_keys
-        from kristal.keys import load_role_key
-        from kristal.objectstore import ObjectStore, StoreConfig
-        from kristal.publisher import PublisherKeys
-        from kristal.trust import load_trust_file
+        from kristal.dev.devstack import ensure_dev_keys
+        from kristal.publish.publisher import PublisherKeys
+        from kristal.store.blobcache import BlobCache
+        from kristal.store.s3 import ObjectStore, StoreConfig
+        from kristal.trust.keys import load_role_key
+        from kristal.trust.roots import load_trust_file
 
         self.rng = random.Random(seed)
         self.seed = seed
@@ -247,7 +247,7 @@ class Soak:
 
     # --- harness actions (direct, never faulted) -------------------------------------------------
     def publish(self, ch: Channel, *, generation: int, failing: bool) -> int:
-        from kristal.publisher import publish
+        from kristal.publish.publisher import publish
 
         rid = ch.next_release
         ch.next_release += 1
@@ -265,12 +265,12 @@ class Soak:
         return rid
 
     def who(self, op: str) -> Any:
-        from kristal.activation import Who
+        from kristal.operations.plan import Who
 
         return Who(operator="soak", reason=op, correlation_id=f"soak-{uuid.uuid4().hex[:8]}")
 
     def setup(self, channels: int) -> None:
-        from kristal.pipeline import activate_release
+        from kristal.operations.pipeline import activate_release
 
         for i in range(channels):
             ch = Channel(f"soak/ch{i:02d}/s{self.seed}")
@@ -280,7 +280,7 @@ class Soak:
 
     # --- one random operation --------------------------------------------------------------------
     def plan(self, ch: Channel) -> tuple[str, list[str]]:
-        from kristal import pointer as ptr
+        from kristal.channel import pointer as ptr
 
         op = self.rng.choices(list(WEIGHTS), weights=list(WEIGHTS.values()))[0]
         live = ptr.read_pointer(self.direct.store, ch.channel_id).record
@@ -298,7 +298,7 @@ class Soak:
                           and ptr.read_quarantine(self.direct.store, ch.channel_id, rid) is None]
             if not candidates:
                 return "reverify", []
-            from kristal.governance import authorize
+            from kristal.channel.governance import authorize
 
             rid = self.rng.choice(candidates)
             auth = authorize(self.direct, self.keys.authority, ch.channel_id, rid, "soak", "1h")
@@ -306,9 +306,13 @@ class Soak:
         return op, []
 
     def run_inline(self, op: str, ch: Channel, args: list[str]) -> str:
-        from kristal import pointer as ptr
-        from kristal.pipeline import activate_release, downgrade_release, rollback_release
-        from kristal.reverify import CHECKS_RECORD, reverify_channel
+        from kristal.channel import pointer as ptr
+        from kristal.operations.pipeline import (
+            activate_release,
+            downgrade_release,
+            rollback_release,
+        )
+        from kristal.operations.reverify import CHECKS_RECORD, reverify_channel
 
         who = self.who(op)
         if op == "activate":
@@ -417,9 +421,9 @@ class Soak:
     def check(self, result: SoakResult) -> None:
         from invariants import read_channel
 
-        from kristal import pointer as ptr
+        from kristal.channel import pointer as ptr
         from kristal.errors import KristalError
-        from kristal.pipeline import activate_release
+        from kristal.operations.pipeline import activate_release
 
         for ch in self.channels:
             facts = read_channel(self.direct, ch.channel_id)
@@ -462,7 +466,7 @@ def run_soak(ops: int, channels: int, seed: int, *, endpoint: str | None = None,
              workdir: Path | None = None, progress: bool = False) -> SoakResult:
     """The whole soak; `endpoint`: an S3 endpoint to use instead of starting SeaweedFS (its
     credentials must be ACCESS_KEY/SECRET_KEY of this module, or set them in the environment)."""
-    from kristal.localstack import start_seaweed, stop_seaweed
+    from kristal.dev.processes import start_seaweed, stop_seaweed
 
     global ACCESS_KEY, SECRET_KEY
     own = workdir is None

@@ -11,11 +11,11 @@ from prefect import flow
 from flows.params import ActivateRequest, RunOutcome
 from flows.prefect_fixes import no_heartbeat_join
 from flows.rollback import rollback_steps, who_of
-from kristal.activation import ActivationPlan, Who
-from kristal.checks import CheckReport
 from kristal.crashpoints import crash_point
 from kristal.errors import CheckFailed, KristalError
-from kristal.models import ActivationRecord
+from kristal.formats.channel_docs import ActivationRecord
+from kristal.operations.plan import ActivationPlan, Who
+from kristal.runtime.checks import CheckReport
 from tasks.activation import (
     confirm_live_restorable,
     post_activation_checks,

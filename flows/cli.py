@@ -77,8 +77,8 @@ def id_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Print the recomputed ID of a document."""
-    from kristal.canonical import parse_json
-    from kristal.identity import DocKind, compute_id
+    from kristal.formats.canonical import parse_json
+    from kristal.formats.identity import DocKind, compute_id
 
     kinds = {
         "exchange": DocKind.EXCHANGE,
@@ -100,7 +100,7 @@ def id_command(
 @app.command("canon")
 def canon_command(file: Path, as_json: JsonOpt = False) -> None:
     """Print the RFC 8785 bytes of a JSON file (no trailing newline)."""
-    from kristal.canonical import canonical_bytes, parse_json, sha256_hex
+    from kristal.formats.canonical import canonical_bytes, parse_json, sha256_hex
 
     data = canonical_bytes(parse_json(_read(file), what=str(file)))
     if as_json:
@@ -126,7 +126,7 @@ def keys_generate(
     as_json: JsonOpt = False,
 ) -> None:
     """Write <key_id>.pem (PKCS#8, 0600) and <key_id>.pub.json into --out."""
-    from kristal.keys import generate_key
+    from kristal.trust.keys import generate_key
 
     trusted = generate_key(role, key_id, out)
     doc = trusted.model_dump(mode="json", exclude_none=True)
@@ -140,7 +140,7 @@ def _home() -> Path:
 @dev_app.command("up")
 def dev_up_command(as_json: JsonOpt = False) -> None:
     """Start SeaweedFS and a Prefect server on 127.0.0.1; print `export` lines."""
-    from kristal.devstack import dev_up
+    from kristal.dev.devstack import dev_up
 
     stack = dev_up(_home())
     exports = stack.exports()
@@ -150,7 +150,7 @@ def dev_up_command(as_json: JsonOpt = False) -> None:
 @dev_app.command("down")
 def dev_down_command(as_json: JsonOpt = False) -> None:
     """Stop the local stack started by `dev up`."""
-    from kristal.devstack import dev_down
+    from kristal.dev.devstack import dev_down
 
     stopped = dev_down(_home())
     _emit(as_json, {"stopped": stopped}, "stopped" if stopped else "no local stack was running")
@@ -165,7 +165,7 @@ def _shell_quote(value: str) -> str:
 # --- publishing and the channel index -----------------------------------------------------------
 def _publisher_keys() -> Any:
     from kristal.config import Settings
-    from kristal.publisher import load_publisher_keys
+    from kristal.publish.publisher import load_publisher_keys
 
     return load_publisher_keys(Settings.from_env().key_dir)
 
@@ -181,7 +181,7 @@ def publish_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Publish a signed release into the channel's index."""
-    from kristal.publisher import publish
+    from kristal.publish.publisher import publish
 
     ctx = _ctx()
     result = publish(
@@ -220,7 +220,7 @@ def authorize_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Bless a downgrade target; prints the authorization id."""
-    from kristal.governance import authorize
+    from kristal.channel.governance import authorize
 
     ctx = _ctx()
     auth = authorize(ctx, _publisher_keys().authority, channel, release, reason, expires_in)
@@ -235,7 +235,7 @@ def revoke_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Revoke a release in the channel index."""
-    from kristal.governance import revoke
+    from kristal.channel.governance import revoke
 
     ctx = _ctx()
     index = revoke(ctx, _publisher_keys().authority, channel, release, reason)
@@ -255,7 +255,7 @@ def floor_command(
     channel: Channel, release: Annotated[int, typer.Option("--release")], as_json: JsonOpt = False
 ) -> None:
     """Set the channel's minimum_allowed_release_id."""
-    from kristal.governance import set_floor
+    from kristal.channel.governance import set_floor
 
     ctx = _ctx()
     index = set_floor(ctx, _publisher_keys().authority, channel, release)
@@ -392,7 +392,7 @@ def _model(model: Any, **fields: Any) -> Any:
 @app.command("status")
 def status_command(channel: Channel, as_json: JsonOpt = False) -> None:
     """The live record of a channel."""
-    from kristal import pointer as ptr
+    from kristal.channel import pointer as ptr
 
     ctx = _ctx()
     state = ptr.read_pointer(ctx.store, channel)
@@ -416,8 +416,8 @@ def status_command(channel: Channel, as_json: JsonOpt = False) -> None:
 @app.command("history")
 def history_command(channel: Channel, as_json: JsonOpt = False) -> None:
     """Every record, oldest first, with its check outcome."""
-    from kristal import pointer as ptr
-    from kristal.records import history
+    from kristal.channel import pointer as ptr
+    from kristal.channel.history import history
 
     ctx = _ctx()
     rows = []
@@ -537,7 +537,7 @@ def _print_reverify(doc: dict[str, Any]) -> None:
 @app.command("report-failure")
 def report_failure_command(channel: Channel, reason: ReasonOpt, as_json: JsonOpt = False) -> None:
     """Emit kristal.check.failed for the live activation (a monitor's report)."""
-    from kristal import pointer as ptr
+    from kristal.channel import pointer as ptr
 
     ctx = _ctx()
     live = ptr.read_pointer(ctx.store, channel).record

@@ -46,7 +46,7 @@ def _write_variant(src: Path, dst: Path, extra: int) -> None:
 def _ensure_stack(as_json: bool) -> None:
     if os.environ.get("KRISTAL_S3_ENDPOINT") and os.environ.get("PREFECT_API_URL"):
         return
-    from kristal.devstack import dev_up
+    from kristal.dev.devstack import dev_up
 
     home = Path(os.environ.get("KRISTAL_HOME", Path.home() / ".kristal")).expanduser()
     _say(as_json, f"starting the local stack under {home} (SeaweedFS + Prefect server) ...")
@@ -60,7 +60,7 @@ def run_demo(*, as_json: bool = False) -> dict[str, Any]:
     _ensure_stack(as_json)
     from flows.cli import _publisher_keys, _quiet_prefect
     from kristal.context import Context
-    from kristal.publisher import publish
+    from kristal.publish.publisher import publish
 
     _quiet_prefect()
     from flows.activate import activate
@@ -128,8 +128,8 @@ def run_demo(*, as_json: bool = False) -> dict[str, Any]:
             summary["steps"].append(
                 {"activate": release_id, "outcome": "rolled_back", "error": exc.code}
             )
-    from kristal import pointer as ptr
-    from kristal.records import history
+    from kristal.channel import pointer as ptr
+    from kristal.channel.history import history
 
     records = history(ctx.store, channel)
     live = ptr.read_pointer(ctx.store, channel).record

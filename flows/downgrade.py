@@ -12,8 +12,8 @@ from flows.activate import go_live
 from flows.params import DowngradeRequest, RunOutcome
 from flows.prefect_fixes import no_heartbeat_join
 from flows.rollback import who_of
-from kristal.activation import ActivationPlan
 from kristal.errors import ActivationAborted
+from kristal.operations.plan import ActivationPlan
 from tasks.activation import plan_downgrade_task, stage_release
 from tasks.runtime import channel_lock
 

@@ -48,19 +48,21 @@ from pydantic import BaseModel, Field, field_validator
 from flows.params import CHANNEL_PATTERN, Operator
 from flows.prefect_fixes import no_heartbeat_join
 from flows.rollback import who_of
-from kristal import activation, fleet, pipeline, staging
-from kristal import pointer as ptr
-from kristal.activation import ActivationPlan, Who
-from kristal.checkrunner import run_checks_isolated
-from kristal.checks import CheckOutcome, CheckReport
+from kristal.channel import pointer as ptr
 from kristal.context import Context
 from kristal.errors import CheckFailed, KristalError, StorageUnavailable
-from kristal.models import ActivationRecord
-from kristal.once import OncePerKey
-from kristal.query import PinnedReader
-from kristal.reader import PinnedSession
-from kristal.release_io import DocumentMemo, verify_release
-from kristal.staging import StagedRelease, index_path
+from kristal.formats.channel_docs import ActivationRecord
+from kristal.once_per_key import OncePerKey
+from kristal.operations import fleet, pipeline
+from kristal.operations import plan as activation
+from kristal.operations.plan import ActivationPlan, Who
+from kristal.runtime import staging
+from kristal.runtime.checkrunner import run_checks_isolated
+from kristal.runtime.checks import CheckOutcome, CheckReport
+from kristal.runtime.session import PinnedSession
+from kristal.runtime.sqlite_index import PinnedReader
+from kristal.runtime.staging import StagedRelease, index_path
+from kristal.verify.fetch import DocumentMemo, verify_release
 from tasks.followup import open_follow_up
 from tasks.leases import Lease, current_holder
 from tasks.runtime import (
@@ -315,7 +317,7 @@ def skew_report_task(
 
 @task(name="revoke-vetoed", cache_policy=NO_CACHE)
 def revoke_vetoed_task(channel_ids: list[str], release_id: int) -> dict[str, str]:
-    from kristal.keys import load_role_key
+    from kristal.trust.keys import load_role_key
 
     ctx = domain_context()
     authority = load_role_key(ctx.settings.key_dir, "channel-authority")

@@ -28,7 +28,7 @@ from flows.params import CHANNEL_PATTERN
 from flows.prefect_fixes import no_heartbeat_join
 from flows.rollback import rollback_steps, who_of
 from kristal.errors import KristalError
-from kristal.reverify import (
+from kristal.operations.reverify import (
     CHECKS_RECORD,
     DEFAULT_CHECKS_TIMEOUT_S,
     LIVE_RELEASE,

@@ -9,9 +9,9 @@ from prefect.runtime import flow_run
 
 from flows.params import RollbackRequest, RunOutcome
 from flows.prefect_fixes import no_heartbeat_join
-from kristal.activation import Who
-from kristal.models import ActivationKind
-from kristal.rollback import RollbackTo
+from kristal.formats.channel_docs import ActivationKind
+from kristal.operations.plan import Who
+from kristal.operations.rollback import RollbackTo
 from tasks.activation import (
     post_activation_checks,
     quarantine_live,

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from kristal.objectstore import StoreConfig
+from kristal.store.s3 import StoreConfig
 
 
 @dataclass(frozen=True)

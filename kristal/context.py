@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from kristal.cache import BlobCache
 from kristal.config import Settings
-from kristal.objectstore import ObjectStore
-from kristal.trust import ChannelTrust, TrustFile, load_trust_file
+from kristal.store.blobcache import BlobCache
+from kristal.store.s3 import ObjectStore
+from kristal.trust.roots import ChannelTrust, TrustFile, load_trust_file
 
 
 def utc_now() -> datetime:

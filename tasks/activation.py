@@ -9,12 +9,13 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from kristal import activation, staging
-from kristal.activation import ActivationPlan, Who
-from kristal.checks import CheckReport
-from kristal.models import ActivationRecord, CheckRecord
-from kristal.rollback import RollbackDecision, RollbackTo, plan_rollback
-from kristal.staging import StagedRelease
+from kristal.formats.channel_docs import ActivationRecord, CheckRecord
+from kristal.operations import plan as activation
+from kristal.operations.plan import ActivationPlan, Who
+from kristal.operations.rollback import RollbackDecision, RollbackTo, plan_rollback
+from kristal.runtime import staging
+from kristal.runtime.checks import CheckReport
+from kristal.runtime.staging import StagedRelease
 from tasks.runtime import RETRY_DELAYS, domain_context, retry_on_transient
 
 RETRYING = {
@@ -97,7 +98,7 @@ def rollback_switch(
 
 @task(name="plan-downgrade", **RETRYING)
 def plan_downgrade_task(channel_id: str, release_id: int, authorization_id: str) -> ActivationPlan:
-    from kristal.downgrade import plan_downgrade
+    from kristal.operations.downgrade import plan_downgrade
 
     return plan_downgrade(domain_context(), channel_id, release_id=release_id,
                           authorization_id=authorization_id)
@@ -106,7 +107,7 @@ def plan_downgrade_task(channel_id: str, release_id: int, authorization_id: str)
 @task(name="find-run-activation", **RETRYING)
 def switched_by_run(channel_id: str, flow_run_id: str) -> str | None:
     """The live activation if the given run switched it forward (activate or downgrade)."""
-    from kristal import pointer as ptr
+    from kristal.channel import pointer as ptr
 
     live = ptr.read_pointer(domain_context().store, channel_id).record
     if live is None or live.flow_run_id != flow_run_id:
@@ -119,7 +120,7 @@ def switched_by_run(channel_id: str, flow_run_id: str) -> str | None:
 @task(name="quarantine-live", **RETRYING)
 def quarantine_live(channel_id: str, activation_id: str, reason: str) -> None:
     """Quarantine the live release if `activation_id` is still the live one (else do nothing)."""
-    from kristal import pointer as ptr
+    from kristal.channel import pointer as ptr
 
     ctx = domain_context()
     live = ptr.read_pointer(ctx.store, channel_id).record

@@ -9,7 +9,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
-from kristal.models import ActivationRecord, CheckRecord
+from kristal.formats.channel_docs import ActivationRecord, CheckRecord
 
 
 def channel_resource_id(channel_id: str) -> str:

@@ -8,8 +8,8 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from kristal.activation import ActivationPlan
-from kristal.models import ActivationRecord, CheckRecord
+from kristal.formats.channel_docs import ActivationRecord, CheckRecord
+from kristal.operations.plan import ActivationPlan
 
 
 def _artifact_key(channel_id: str, what: str) -> str:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from prefect import task
 
-from kristal import reverify
-from kristal.models import ActivationRecord
-from kristal.reverify import ChainOutcome, CheckRow
+from kristal.formats.channel_docs import ActivationRecord
+from kristal.operations import reverify
+from kristal.operations.reverify import ChainOutcome, CheckRow
 from tasks.activation import RETRYING
 from tasks.runtime import domain_context
 

@@ -51,9 +51,9 @@ def assert_history_complete(store: Any, channel: str) -> list[Any]:
     """Invariant 4 and the hash chain: history 1..N exists (nothing beyond), N is the pointer's
     sequence, history[N] is the pointer's record, and every record's prev_record_sha256 is the
     JCS SHA-256 of the record before it. Returns the records, oldest first."""
-    from kristal import layout
-    from kristal import pointer as ptr
-    from kristal.canonical import canonical_sha256
+    from kristal.channel import pointer as ptr
+    from kristal.formats import layout
+    from kristal.formats.canonical import canonical_sha256
 
     state = ptr.read_pointer(store, channel)
     assert state.record is not None, "the channel has no live record"
@@ -104,10 +104,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     # Imports (and the context) before the barrier, so that the processes start together.
-    from kristal.activation import Who
     from kristal.context import Context
     from kristal.errors import KristalError
-    from kristal.pipeline import activate_release
+    from kristal.operations.pipeline import activate_release
+    from kristal.operations.plan import Who
 
     ctx = Context.from_settings()
     who = Who(operator="activation-worker", reason="reliability test",

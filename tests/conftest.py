@@ -18,9 +18,9 @@ import pytest
 from botocore.config import Config
 from faultproxy import FaultProxy
 
-from kristal import objectstore
-from kristal.localstack import SeaweedProcess, start_seaweed, stop_seaweed
-from kristal.objectstore import ObjectStore, StoreConfig
+from kristal.dev.processes import SeaweedProcess, start_seaweed, stop_seaweed
+from kristal.store import s3 as objectstore
+from kristal.store.s3 import ObjectStore, StoreConfig
 
 TEST_ACCESS_KEY = "kristal-test"
 TEST_SECRET_KEY = "kristal-test-secret"

@@ -31,15 +31,15 @@ from dataclasses import dataclass, field
 from typing import Any
 from unittest import mock
 
-from kristal import layout
-from kristal import pointer as ptr
-from kristal import verify as kverify
-from kristal.canonical import canonical_sha256
+from kristal.channel import pointer as ptr
 from kristal.context import Context
 from kristal.errors import KristalError, ReleaseRevoked, RuntimePackRevoked
-from kristal.models import ActivationRecord, ReleaseRef
-from kristal.release_io import verify_release
-from kristal.reverify import verify_chain
+from kristal.formats import layout
+from kristal.formats.canonical import canonical_sha256
+from kristal.formats.channel_docs import ActivationRecord, ReleaseRef
+from kristal.operations.reverify import verify_chain
+from kristal.verify import verifier as kverify
+from kristal.verify.fetch import verify_release
 
 
 @dataclass

@@ -10,13 +10,13 @@ from typing import Any
 import pytest
 from world import World
 
-from kristal import layout
-from kristal import pointer as ptr
-from kristal.canonical import canonical_sha256
+from kristal.channel import pointer as ptr
 from kristal.errors import CheckFailed, KristalError
-from kristal.identity import DocKind
-from kristal.pipeline import activate_release
-from kristal.signing import sign_document
+from kristal.formats import layout
+from kristal.formats.canonical import canonical_sha256
+from kristal.formats.identity import DocKind
+from kristal.operations.pipeline import activate_release
+from kristal.trust.signing import sign_document
 
 
 def _activate(world: World, release_id: int, **kw: Any) -> Any:
@@ -92,7 +92,7 @@ def test_first_activation_failing_its_checks_stays_live_quarantined(world: World
 
 
 def test_dry_run_like_plan_changes_nothing(world: World) -> None:
-    from kristal.activation import plan_activation
+    from kristal.operations.plan import plan_activation
 
     world.publish(1)
     plan = plan_activation(world.ctx, world.channel, release_id=1)
@@ -101,7 +101,7 @@ def test_dry_run_like_plan_changes_nothing(world: World) -> None:
 
 
 def test_exact_ids_must_name_one_index_entry(world: World) -> None:
-    from kristal.activation import plan_activation
+    from kristal.operations.plan import plan_activation
 
     one = world.publish(1)
     two = world.publish(2)
@@ -252,7 +252,7 @@ def test_replayed_lower_release_id_is_refused(world: World) -> None:
 
 
 def test_release_below_floor_is_refused(world: World) -> None:
-    from kristal.governance import set_floor
+    from kristal.channel.governance import set_floor
 
     world.publish(1)
     world.publish(2)
@@ -261,7 +261,7 @@ def test_release_below_floor_is_refused(world: World) -> None:
 
 
 def test_revoked_release_is_refused(live_one: World) -> None:
-    from kristal.governance import revoke
+    from kristal.channel.governance import revoke
 
     world = live_one
     revoke(world.ctx, world.keys.authority, world.channel, 2, "bad-data")
@@ -297,14 +297,14 @@ def test_replayed_older_index_is_refused(live_one: World) -> None:
     key = layout.channel_index(world.channel)
     old = world.store.get_bytes(key, max_bytes=1 << 24)[0]
     # The live record used v2; a later change makes v3; putting v2 back is a replay...
-    from kristal.governance import set_floor
+    from kristal.channel.governance import set_floor
 
     set_floor(world.ctx, world.keys.authority, world.channel, 0)
     _activate(world, 2)  # record now carries index v3
     world.store.put_bytes(key, old)  # ... of v2, validly signed but older
     world.publish  # noqa: B018 - nothing else changes
     with pytest.raises(KristalError) as info:
-        from kristal.activation import plan_activation
+        from kristal.operations.plan import plan_activation
 
         plan_activation(world.ctx, world.channel, release_id=2, force=True)
     assert info.value.code == "index_replayed"
@@ -325,7 +325,7 @@ def test_endpoint_ignoring_conditions_is_refused_before_any_switch(
     from faultproxy import Action
 
     from kristal.context import Context
-    from kristal.objectstore import ObjectStore
+    from kristal.store.s3 import ObjectStore
 
     world.publish(1)
     fault_proxy.add_rule(Action.STRIP_CONDITIONS, method="PUT", times=1000)

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from world import World
 
-from kristal import pointer as ptr
+from kristal.channel import pointer as ptr
 
 BROKEN = {"row_count": 60, "smoke_queries": [
     {"pattern": {"s": "entity:001", "p": None, "o": None}, "expect_count": 999}],

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from kristal.cache import BlobCache, hash_file, hash_files_parallel
 from kristal.errors import FileHashMismatch, PathInvalid
+from kristal.store.blobcache import BlobCache, hash_file, hash_files_parallel
 
 PAYLOAD = b"kristal payload\n" * 1000
 DIGEST = hashlib.sha256(PAYLOAD).hexdigest()

@@ -8,17 +8,11 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from kristal.checks import (
-    Expectations,
-    SmokeQuery,
-    TriplePattern,
-    derive_expectations,
-    reset_peak_rss,
-    run_checks,
-)
-from kristal.datagen import generate_triples
 from kristal.errors import UsageInvalid
-from kristal.query import PinnedReader, build_index, result_digest
+from kristal.formats.expectations import Expectations, SmokeQuery, TriplePattern
+from kristal.publish.datagen import generate_triples
+from kristal.runtime.checks import derive_expectations, reset_peak_rss, run_checks
+from kristal.runtime.sqlite_index import PinnedReader, build_index, result_digest
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +160,7 @@ def test_expectations_json_shape_is_strict() -> None:
 
 
 def test_reset_peak_rss_lowers_the_reading_after_a_spike() -> None:
-    from kristal.checks import _peak_rss_mb
+    from kristal.runtime.checks import _peak_rss_mb
 
     spike = bytearray(200 * 1024 * 1024)
     spike[::4096] = b"\x01" * len(spike[::4096])
@@ -180,7 +174,7 @@ def test_reset_peak_rss_lowers_the_reading_after_a_spike() -> None:
 def test_isolated_checks_report_their_own_peak_rss_not_the_parents(db: Path) -> None:
     """Linux carries the parent's RSS at fork time in ru_maxrss across execve: a checks process
     spawned by a large orchestrator must still report its own peak (VmHWM)."""
-    from kristal.checkrunner import run_checks_isolated
+    from kristal.runtime.checkrunner import run_checks_isolated
 
     ballast = bytearray(400 * 1024 * 1024)
     for i in range(0, len(ballast), 4096):

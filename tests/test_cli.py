@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 from world import World
 
-from kristal import layout
-from kristal.channel_index import read_index_bytes
+from kristal.channel.index import read_index_bytes
+from kristal.formats import layout
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VECTORS = Path(__file__).resolve().parents[2] / "shared" / "vectors"
@@ -219,7 +219,7 @@ def test_publish_status_history_end_to_end(world: World) -> None:
     assert "nothing is live" in kristalctl("status", world.channel, env=world.env).stdout
 
     # A live record (made in-process: activate needs Prefect) shows in status and history.
-    from kristal.pipeline import activate_release
+    from kristal.operations.pipeline import activate_release
 
     activate_release(world.ctx, world.channel, 1, world.who("cli test"))
     status = kristalctl("status", world.channel, "--json", env=world.env)
@@ -290,9 +290,9 @@ def test_fleet_dry_run_reports_each_channel_and_exits_1_if_one_would_refuse(
 ) -> None:
     import uuid
 
-    from kristal import pointer as ptr
-    from kristal.fleet import publish_to_channels
-    from kristal.governance import revoke
+    from kristal.channel import pointer as ptr
+    from kristal.channel.governance import revoke
+    from kristal.operations.fleet import publish_to_channels
 
     tag = uuid.uuid4().hex[:6]
     channels = [f"acme/clifleet{i}/{tag}" for i in range(2)]

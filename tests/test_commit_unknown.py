@@ -16,12 +16,12 @@ from activation_worker import assert_history_complete
 from faultproxy import Action, FaultProxy
 from world import World
 
-from kristal import pointer as ptr
+from kristal.channel import pointer as ptr
 from kristal.context import Context
 from kristal.errors import CommitUnknown
-from kristal.objectstore import ObjectStore
-from kristal.pipeline import activate_release
-from kristal.staging import index_path
+from kristal.operations.pipeline import activate_release
+from kristal.runtime.staging import index_path
+from kristal.store.s3 import ObjectStore
 
 POINTER = "active.json"
 

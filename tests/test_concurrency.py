@@ -24,11 +24,11 @@ from activation_worker import (
 )
 from world import World
 
-from kristal import layout
-from kristal import pointer as ptr
+from kristal.channel import pointer as ptr
+from kristal.channel.history import new_record
 from kristal.errors import KristalError, PointerConflict
-from kristal.models import ReleaseRef
-from kristal.records import new_record
+from kristal.formats import layout
+from kristal.formats.channel_docs import ReleaseRef
 
 WRITERS = 8
 PROCESS_TIMEOUT_S = 150
@@ -112,7 +112,7 @@ def test_eight_processes_activating_different_releases_leave_one_consistent_chai
 
 
 def _entry(world: World, release_id: int) -> Any:
-    from kristal.release_io import verify_release
+    from kristal.verify.fetch import verify_release
 
     return verify_release(world.ctx, world.channel, release_id=release_id).entry
 
@@ -121,7 +121,7 @@ def test_commit_from_one_read_state_has_exactly_one_winner(world: World) -> None
     """8 threads commit records built from the same PointerState: one wins, seven conflict,
     the pointer holds the winner's record and nothing else was written."""
     world.publish(1)
-    from kristal.pipeline import activate_release
+    from kristal.operations.pipeline import activate_release
 
     activate_release(world.ctx, world.channel, 1, world.who())
     world.publish(2)

@@ -24,10 +24,10 @@ from activation_worker import (
 )
 from world import World
 
-from kristal import pointer as ptr
+from kristal.channel import pointer as ptr
 from kristal.crashpoints import POINTS
 from kristal.errors import CheckFailed, KristalError
-from kristal.pipeline import activate_release, rollback_release
+from kristal.operations.pipeline import activate_release, rollback_release
 
 BEFORE_SWITCH = ("after_verify", "after_stage", "before_switch")
 AFTER_SWITCH = ("after_switch", "after_history", "after_checks")

@@ -40,10 +40,10 @@ WORKER = Path(__file__).resolve()
 def worker_main(argv: list[str]) -> int:
     """`rollback CHANNEL EXPECTED_ACTIVATION_ID` or `downgrade CHANNEL RELEASE AUTHORIZATION`:
     one JSON line on stdout (outcome or error code), nothing if killed."""
-    from kristal.activation import Who
     from kristal.context import Context
     from kristal.errors import KristalError
-    from kristal.pipeline import downgrade_release, rollback_release
+    from kristal.operations.pipeline import downgrade_release, rollback_release
+    from kristal.operations.plan import Who
 
     op, channel, *rest = argv
     ctx = Context.from_settings()
@@ -81,12 +81,12 @@ from activation_worker import (  # noqa: E402
 from invariants import check_channel  # noqa: E402
 from world import World  # noqa: E402
 
-from kristal import pointer as ptr  # noqa: E402
+from kristal.channel import pointer as ptr  # noqa: E402
+from kristal.channel.governance import authorize  # noqa: E402
 from kristal.crashpoints import POINTS  # noqa: E402
 from kristal.errors import CheckFailed, KristalError  # noqa: E402
-from kristal.governance import authorize  # noqa: E402
-from kristal.pipeline import activate_release, downgrade_release, rollback_release  # noqa: E402
-from kristal.reverify import CHECKS_RECORD, reverify_channel  # noqa: E402
+from kristal.operations.pipeline import activate_release, downgrade_release, rollback_release  # noqa: E402
+from kristal.operations.reverify import CHECKS_RECORD, reverify_channel  # noqa: E402
 
 BEFORE_SWITCH = ("before_switch",)
 AFTER_SWITCH = ("after_switch", "after_history", "after_checks")

@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kristal.canonical import canonical_bytes, sha256_hex
-from kristal.datagen import generate_triples, row_line, sort_triples_file
 from kristal.errors import ManifestSchemaInvalid
-from kristal.query import PinnedReader, build_index
+from kristal.formats.canonical import canonical_bytes, sha256_hex
+from kristal.publish.datagen import generate_triples, row_line, sort_triples_file
+from kristal.runtime.sqlite_index import PinnedReader, build_index
 
 SAMPLE = Path(__file__).resolve().parent.parent / "samples" / "triples.jsonl"
 

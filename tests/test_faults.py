@@ -43,14 +43,14 @@ from faultproxy import Action, FaultProxy, Seen
 from invariants import check_channel
 from world import World, make_world, write_triples
 
-from kristal import pointer as ptr
-from kristal.cache import BlobCache
+from kristal.channel import pointer as ptr
 from kristal.context import Context
+from kristal.dev.processes import SeaweedProcess
 from kristal.errors import CheckFailed, KristalError
-from kristal.localstack import SeaweedProcess
-from kristal.objectstore import ObjectStore, StoreConfig
-from kristal.pipeline import activate_release, rollback_release
-from kristal.reverify import reverify_channel
+from kristal.operations.pipeline import activate_release, rollback_release
+from kristal.operations.reverify import reverify_channel
+from kristal.store.blobcache import BlobCache
+from kristal.store.s3 import ObjectStore, StoreConfig
 
 READ_TIMEOUT_S = 2.0
 PROXY_DELAY_S = 2.5  # beyond the read timeout: the client gives up, the request still lands

@@ -14,8 +14,7 @@ import pytest
 from test_flows import BROKEN, _artifacts
 from world import World
 
-from kristal import layout
-from kristal import pointer as ptr
+from kristal.channel import pointer as ptr
 from kristal.errors import (
     GenerationMismatch,
     KristalError,
@@ -24,8 +23,9 @@ from kristal.errors import (
     ReleaseRevoked,
     UsageInvalid,
 )
-from kristal.fleet import plan_waves, publish_to_channels, skew_report, skew_summary
-from kristal.objectstore import ObjectStore
+from kristal.formats import layout
+from kristal.operations.fleet import plan_waves, publish_to_channels, skew_report, skew_summary
+from kristal.store.s3 import ObjectStore
 
 A, B, C, D, E = (f"acme/fleet/{r}" for r in ("a", "b", "c", "d", "e"))
 
@@ -195,7 +195,7 @@ def test_failed_canary_halts_rolls_back_there_and_vetoes_the_rest(
 
 
 def test_skew_report_reads_pointers_and_checks(world: World) -> None:
-    from kristal.pipeline import activate_release
+    from kristal.operations.pipeline import activate_release
 
     channels = _fleet(world, 3)
     _release(world, channels, 1)
@@ -280,7 +280,7 @@ def test_a_channel_whose_index_names_other_content_is_verified_and_staged_on_its
 
 def test_a_shared_document_is_still_verified_by_each_channel(world: World) -> None:
     """Nothing is trusted from the memo: other bytes under a manifest's key are refused."""
-    from kristal.release_io import DocumentMemo, verify_release
+    from kristal.verify.fetch import DocumentMemo, verify_release
 
     channels = _fleet(world, 2)
     _release(world, channels, 1)
@@ -305,7 +305,7 @@ def test_a_shared_document_is_still_verified_by_each_channel(world: World) -> No
 def test_skew_report_takes_known_checks_only_for_the_live_activation(
     world: World, gets: Counter[str]
 ) -> None:
-    from kristal.pipeline import activate_release
+    from kristal.operations.pipeline import activate_release
 
     channels = _fleet(world, 2)
     _release(world, channels, 1)
@@ -324,7 +324,7 @@ def test_fleet_dry_run_verifies_every_channel_and_switches_nothing(
     prefect_api: str, world: World
 ) -> None:
     from flows.fleet import fleet_activate
-    from kristal.governance import revoke
+    from kristal.channel.governance import revoke
 
     channels = _fleet(world, 4)
     _release(world, channels, 1)

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from world import World
 
-from kristal import pointer as ptr
+from kristal.channel import pointer as ptr
 from kristal.errors import CheckFailed, KristalError
 
 BROKEN = {
@@ -181,7 +181,7 @@ def _downgrade_with_approval(world: World) -> Any:
     approval pause."""
     from flows.activate import activate
     from flows.params import DowngradeRequest
-    from kristal.governance import authorize
+    from kristal.channel.governance import authorize
 
     world.publish(1, generation=1)
     world.publish(2, generation=2)

@@ -18,15 +18,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from world import World
 
-from kristal import layout
-from kristal import pointer as ptr
-from kristal.canonical import canonical_bytes, canonical_sha256, parse_json
-from kristal.channel_index import read_index_bytes
+from kristal.channel import pointer as ptr
+from kristal.channel.index import read_index_bytes
 from kristal.errors import KristalError, ManifestSchemaInvalid, PathInvalid
-from kristal.identity import DocKind, check_id
-from kristal.models import RuntimePackManifest, parse_model, validate_relative_path
-from kristal.pipeline import activate_release
-from kristal.signing import require_signatures, sign_document
+from kristal.formats import layout
+from kristal.formats.artifacts import RuntimePackManifest
+from kristal.formats.canonical import canonical_bytes, canonical_sha256, parse_json
+from kristal.formats.identity import DocKind, check_id
+from kristal.formats.models import parse_model, validate_relative_path
+from kristal.operations.pipeline import activate_release
+from kristal.trust.signing import require_signatures, sign_document
 
 MiB = 1024 * 1024
 
@@ -390,7 +391,7 @@ def test_history_record_breaking_the_chain_is_refused(live: World) -> None:
     first = world.read_json(layout.history(world.channel, 1))
     world.write_json(layout.history(world.channel, 2), _next_record(first, "sha256:" + "0" * 64))
     assert _chain_breaks(world) == [2]  # the test's own check sees the break
-    from kristal.records import history
+    from kristal.channel.history import history
 
     with pytest.raises(KristalError) as info:
         history(world.store, world.channel)

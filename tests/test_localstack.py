@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import TEST_ACCESS_KEY, TEST_SECRET_KEY
 
-from kristal.localstack import (
+from kristal.dev.processes import (
     find_weed,
     free_port,
     group_members,
@@ -19,7 +19,7 @@ from kristal.localstack import (
     stop_seaweed,
     weed_mini_flags,
 )
-from kristal.objectstore import ObjectStore, StoreConfig
+from kristal.store.s3 import ObjectStore, StoreConfig
 
 
 def test_free_port_is_bindable():

@@ -19,13 +19,7 @@ from kristal.errors import (
     ManifestSchemaInvalid,
     StorageUnavailable,
 )
-from kristal.objectstore import (
-    MiB,
-    ObjectNotFound,
-    ObjectStore,
-    StoreConfig,
-    WriteStatus,
-)
+from kristal.store.s3 import MiB, ObjectNotFound, ObjectStore, StoreConfig, WriteStatus
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -14,24 +14,24 @@ from typing import Any
 import pytest
 from world import World
 
-from kristal import layout
-from kristal.canonical import canonical_bytes, parse_json, sha256_hex
-from kristal.channel_index import load_verified_index, read_index_bytes
+from kristal.channel.governance import authorize, parse_duration, revoke, set_floor
+from kristal.channel.index import load_verified_index, read_index_bytes
 from kristal.errors import KristalError
-from kristal.governance import authorize, parse_duration, revoke, set_floor
-from kristal.identity import DocKind, verify_identity
-from kristal.models import (
+from kristal.formats import layout
+from kristal.formats.artifacts import RuntimePackManifest
+from kristal.formats.canonical import canonical_bytes, parse_json, sha256_hex
+from kristal.formats.channel_docs import ChannelIndex
+from kristal.formats.identity import DocKind, verify_identity
+from kristal.formats.models import (
     BLOBS_EXT,
     EXPECTATIONS_EXT,
     GENERATION_EXT,
     QUERY_CONTRACT,
     SQLITE_PROFILE,
-    ChannelIndex,
-    RuntimePackManifest,
     parse_model,
 )
-from kristal.release_io import verify_release
-from kristal.signing import require_signatures
+from kristal.trust.signing import require_signatures
+from kristal.verify.fetch import verify_release
 
 UPSTREAM_PACK_REQUIRED = {
     "schema_version", "artifact_type", "runtime_pack_id", "runtime_pack_version", "created_at",
@@ -404,7 +404,7 @@ def _race(world: World, first: int, second: int) -> dict[int, Any]:
     outcomes: dict[int, Any] = {}
 
     def run(release_id: int) -> None:
-        from kristal.publisher import publish
+        from kristal.publish.publisher import publish
 
         try:
             outcomes[release_id] = publish(
@@ -536,7 +536,7 @@ def test_written_data_file_is_unchanged_input(world: World) -> None:
 def test_republishing_the_same_content_keeps_earlier_releases_verifiable(world: World) -> None:
     """Content-addressed manifests are write-once: release 2 of identical data adopts release 1's
     signed manifests instead of overwriting them (which would break release 1's pack binding)."""
-    from kristal.release_io import verify_release
+    from kristal.verify.fetch import verify_release
 
     data = world.data(1)
     first = world.publish(1, data=data)

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from kristal.canonical import canonical_bytes, sha256_hex
-from kristal.datagen import generate_triples
 from kristal.errors import ManifestSchemaInvalid, PathInvalid, ProfileUnsupported
-from kristal.query import PROFILE, PinnedReader, build_index, result_digest
+from kristal.formats.canonical import canonical_bytes, sha256_hex
+from kristal.publish.datagen import generate_triples
+from kristal.runtime.sqlite_index import PROFILE, PinnedReader, build_index, result_digest
 
 ORDER = ("subject", "predicate", "statement_id")
 

@@ -14,12 +14,14 @@ from typing import Any
 import pytest
 from world import World
 
-from kristal import activation, layout, staging
-from kristal import pointer as ptr
-from kristal import reverify as rv
+from kristal.channel import pointer as ptr
 from kristal.errors import CheckFailed, KristalError
-from kristal.pipeline import activate_release
-from kristal.reverify import ChannelReport, list_channels, reverify_channel, verify_chain
+from kristal.formats import layout
+from kristal.operations import plan as activation
+from kristal.operations import reverify as rv
+from kristal.operations.pipeline import activate_release
+from kristal.operations.reverify import ChannelReport, list_channels, reverify_channel, verify_chain
+from kristal.runtime import staging
 
 
 def _activate(world: World, release_id: int) -> None:

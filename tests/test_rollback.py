@@ -9,12 +9,12 @@ from typing import Any
 import pytest
 from world import World
 
-from kristal import pointer as ptr
+from kristal.channel import pointer as ptr
+from kristal.channel.governance import authorize, revoke
 from kristal.errors import KristalError
-from kristal.governance import authorize, revoke
-from kristal.identity import DocKind
-from kristal.pipeline import activate_release, downgrade_release, rollback_release
-from kristal.signing import sign_document
+from kristal.formats.identity import DocKind
+from kristal.operations.pipeline import activate_release, downgrade_release, rollback_release
+from kristal.trust.signing import sign_document
 
 BROKEN = {"row_count": 60, "smoke_queries": [
     {"pattern": {"s": "entity:001", "p": None, "o": None}, "expect_count": 999}],
@@ -101,8 +101,8 @@ def test_rollback_guard_makes_a_second_request_a_no_op(three_live: World) -> Non
 def test_rollback_fast_path_uses_the_cache_and_rehashes(three_live: World) -> None:
     world = three_live
     # Corrupt the cached copy of release 2's pack: the fast path must notice and re-download.
-    from kristal.release_io import verify_release
-    from kristal.staging import _inventory
+    from kristal.runtime.staging import _inventory
+    from kristal.verify.fetch import verify_release
 
     release = verify_release(world.ctx, world.channel, release_id=2)
     entry = next(e for k, e in _inventory(release) if k.endswith("triples.jsonl"))
@@ -153,8 +153,8 @@ def test_rollback_across_generations_is_refused_as_a_downgrade(world: World) -> 
 
 
 def test_concurrent_activation_moving_the_pointer_during_a_rollback(three_live: World) -> None:
-    from kristal import activation
-    from kristal.rollback import plan_rollback
+    from kristal.operations import plan as activation
+    from kristal.operations.rollback import plan_rollback
 
     world = three_live
     decision = plan_rollback(world.ctx, world.channel, to="previous")
@@ -268,7 +268,7 @@ def test_authorization_not_signed_by_channel_authority_is_refused(gen2_live: Wor
 
 
 def test_downgrade_that_would_mix_generations_is_refused(gen2_live: World) -> None:
-    from kristal import layout
+    from kristal.formats import layout
 
     world = gen2_live
     # A validly signed pack built from release 1's exchange but carrying generation 2, bound to

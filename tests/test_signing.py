@@ -27,9 +27,10 @@ from kristal.errors import (
     TrustRootMissing,
     UsageInvalid,
 )
-from kristal.identity import DocKind, compute_id, with_identity
-from kristal.keys import generate_key, load_role_key, load_signing_key, public_key_b64url
-from kristal.signing import (
+from kristal.formats.identity import DocKind, compute_id, with_identity
+from kristal.trust.keys import generate_key, load_role_key, load_signing_key, public_key_b64url
+from kristal.trust.roots import ChannelTrust, TrustedKey, TrustFile, load_trust_file
+from kristal.trust.signing import (
     SignatureStatus,
     SigningKey,
     b64decode_any,
@@ -38,7 +39,6 @@ from kristal.signing import (
     require_signatures,
     sign_document,
 )
-from kristal.trust import ChannelTrust, TrustedKey, TrustFile, load_trust_file
 
 NOW = datetime(2026, 9, 16, 12, 0, tzinfo=UTC)
 EX = DocKind.EXCHANGE

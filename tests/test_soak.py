@@ -12,7 +12,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from kristal.localstack import SeaweedProcess
+from kristal.dev.processes import SeaweedProcess
 
 SOAK = Path(__file__).resolve().parent.parent / "bench" / "soak.py"
 

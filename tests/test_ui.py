@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from kristal.localstack import PrefectServerProcess, start_prefect_server, stop_process
+from kristal.dev.processes import PrefectServerProcess, start_prefect_server, stop_process
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCREENSHOT = REPO_ROOT / "docs" / "ui-activate-form.png"

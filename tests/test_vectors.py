@@ -14,16 +14,16 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from kristal.canonical import canonical_bytes, parse_json, sha256_hex
 from kristal.errors import FileHashMismatch, FileInventoryMissing, IdentityMismatch
-from kristal.identity import (
+from kristal.formats.canonical import canonical_bytes, parse_json, sha256_hex
+from kristal.formats.identity import (
     DocKind,
     canonical_target_bytes,
     compute_id,
     digest_bytes,
     verify_identity,
 )
-from kristal.signing import b64decode_any, b64url_encode
+from kristal.trust.signing import b64decode_any, b64url_encode
 
 VECTORS_DIR = Path(__file__).resolve().parents[2] / "shared" / "vectors"
 

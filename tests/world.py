@@ -16,18 +16,18 @@ from typing import Any
 
 import pytest
 
-from kristal import layout
-from kristal import pointer as ptr
-from kristal.activation import Who
-from kristal.canonical import canonical_bytes, parse_json
-from kristal.channel_index import index_body, update_index
+from kristal.channel import pointer as ptr
+from kristal.channel.index import index_body, update_index
 from kristal.config import Settings
 from kristal.context import Context
-from kristal.devstack import dev_env
-from kristal.keys import generate_key
-from kristal.localstack import SeaweedProcess
-from kristal.objectstore import ObjectStore, StoreConfig
-from kristal.publisher import PublisherKeys, PublishResult, load_publisher_keys, publish
+from kristal.dev.devstack import dev_env
+from kristal.dev.processes import SeaweedProcess
+from kristal.formats import layout
+from kristal.formats.canonical import canonical_bytes, parse_json
+from kristal.operations.plan import Who
+from kristal.publish.publisher import PublisherKeys, PublishResult, load_publisher_keys, publish
+from kristal.store.s3 import ObjectStore, StoreConfig
+from kristal.trust.keys import generate_key
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = REPO_ROOT / "samples" / "triples.jsonl"
@@ -139,7 +139,7 @@ class World:
             doc = self.trust_doc()
             doc["channels"]["*"]["keys"].append(entry.model_dump(mode="json", exclude_none=True))
             self.write_trust(doc)
-        from kristal.keys import load_signing_key
+        from kristal.trust.keys import load_signing_key
 
         return load_signing_key(key_dir, key_id)
 

@@ -1,0 +1,214 @@
+"""Models of the published artifacts (DESIGN §1, §5): Exchange, Runtime Pack, federation root
+and validation report, with the payload inventories they list.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+from pydantic_core import PydanticCustomError
+
+from kristal.errors import PathInvalid
+from kristal.formats.models import (
+    BLOBS_EXT,
+    FEDERATION_EXT,
+    GENERATION_EXT,
+    Hex64,
+    NonEmpty,
+    Open,
+    Sha256Id,
+    Strict,
+    parse_model,
+    validate_relative_path,
+)
+
+
+# --- payload inventories ---------------------------------------------------------------------
+class FileEntry(Strict):
+    path: str
+    role: Literal[
+        "parquet_data",
+        "index",
+        "bitmap",
+        "membership_filter",
+        "dictionary",
+        "metadata",
+        "statistics",
+        "other",
+    ]
+    sha256: Hex64
+    size_bytes: int = Field(ge=0)
+    mime_type: str | None = None
+
+    @field_validator("path")
+    @classmethod
+    def _safe_path(cls, value: str) -> str:
+        try:
+            return validate_relative_path(value)
+        except PathInvalid as exc:
+            raise PydanticCustomError("path_invalid", exc.message) from None
+
+
+# --- Exchange (upstream v5, reduced to what we read; unknown fields are carried) --------------
+class ContentHash(Strict):
+    alg: Literal["sha256"]
+    value: Hex64
+
+
+class Assertion(Open):
+    assertion_id: NonEmpty
+    subject: NonEmpty
+    predicate: NonEmpty
+    object: NonEmpty
+    assertion_status: str
+    certainty_level: str
+
+
+class ExchangeManifest(Open):
+    schema_version: str = Field(pattern=r"^5\.\d+$")
+    artifact_type: Literal["working_exchange", "reference_exchange"]
+    exchange_version: str
+    kristal_id: Sha256Id
+    content_hash: ContentHash | None = None
+    artifact_status: Literal["working", "reference", "candidate", "deprecated"]
+    canonicalization_profile: Literal["kristal.v5:jcs-rfc8785"]
+    canonicalization_version: Literal["1"]
+    scope: dict[str, Any]
+    assertions: list[Assertion] = Field(default_factory=list)
+    validation_refs: list[Any] = Field(default_factory=list)
+    authority_recognition_refs: list[Any] = Field(default_factory=list)
+    reader_policy_refs: list[Any] = Field(default_factory=list)
+    extensions: dict[str, Any] = Field(default_factory=dict)
+    signatures: list[dict[str, Any]] = Field(default_factory=list)
+
+    def blobs(self) -> list[FileEntry]:
+        raw = self.extensions.get(BLOBS_EXT, [])
+        return [parse_model(FileEntry, entry, what="exchange blob") for entry in raw]
+
+    def generation(self) -> int | None:
+        value = self.extensions.get(GENERATION_EXT)
+        return value if isinstance(value, int) else None
+
+    def federation_id(self) -> str | None:
+        value = self.extensions.get(FEDERATION_EXT)
+        return value if isinstance(value, str) else None
+
+
+# --- Runtime Pack (upstream v5: 14 required fields, additionalProperties false) --------------
+class SourceExchangeRef(Strict):
+    exchange_id: Sha256Id
+    artifact_type: Literal["working_exchange", "reference_exchange"]
+    exchange_manifest_hash: Sha256Id
+    exchange_version: str
+
+
+class Compiler(Strict):
+    name: NonEmpty
+    version: NonEmpty
+    git_commit: str | None = None
+    build_platform: str | None = None
+
+
+class Build(Strict):
+    build_id: str | None = None
+    deterministic: bool
+    canonicalization_profile: Literal["kristal.v5:jcs-rfc8785"]
+    canonicalization_version: Literal["1"]
+    config_hash: Sha256Id
+    compile_status: Literal["succeeded", "failed", "partial"]
+
+
+class QueryContractRef(Strict):
+    contract_id: NonEmpty
+    contract_version: NonEmpty
+
+
+class Integrity(Strict):
+    hash_alg: Literal["sha256"]
+    pack_hash: str | None = None
+    manifest_hash: str | None = None
+
+
+class RuntimePackManifest(Strict):
+    schema_version: str = Field(pattern=r"^5\.\d+$")
+    artifact_type: Literal["runtime_pack_manifest"]
+    runtime_pack_id: Sha256Id
+    runtime_pack_version: NonEmpty
+    created_at: datetime
+    source_exchange_ref: SourceExchangeRef
+    source_artifact_status: Literal["working", "reference", "candidate", "deprecated"]
+    compiler: Compiler
+    build: Build
+    policies: dict[str, Any]
+    reader_policy_refs: list[Any]
+    query_contract_ref: QueryContractRef
+    files: list[FileEntry] = Field(min_length=1)
+    integrity: Integrity
+    profiles: list[str] | None = None
+    validation_refs: list[Any] | None = None
+    authority_recognition_refs: list[Any] | None = None
+    query_capabilities: dict[str, Any] | None = None
+    signatures: list[dict[str, Any]] | None = None
+    extensions: dict[str, Any] | None = None
+
+    @field_validator("files")
+    @classmethod
+    def _unique_paths(cls, files: list[FileEntry]) -> list[FileEntry]:
+        seen: set[str] = set()
+        for entry in files:
+            if entry.path in seen:
+                raise ValueError(f"duplicate path {entry.path!r}")
+            seen.add(entry.path)
+        return files
+
+    def generation(self) -> int | None:
+        value = (self.extensions or {}).get(GENERATION_EXT)
+        return value if isinstance(value, int) else None
+
+
+# --- Federation root --------------------------------------------------------------------------
+class ShardRef(Strict):
+    shard_id: NonEmpty
+    scope: dict[str, Any]
+    artifact_status: str
+    shard_manifest_ref: str
+    shard_manifest_hash: Sha256Id
+
+
+class FederationManifest(Strict):
+    schema_version: str = Field(pattern=r"^\d+\.\d+$")
+    artifact_type: Literal["exchange_federation_manifest"]
+    federation_id: Sha256Id
+    manifest_id: str | None = None
+    created_at: datetime | None = None
+    shards: list[ShardRef] = Field(min_length=1)
+    extensions: dict[str, Any] = Field(default_factory=dict)
+    signatures: list[dict[str, Any]] = Field(default_factory=list)
+
+    def generation(self) -> int | None:
+        value = self.extensions.get(GENERATION_EXT)
+        return value if isinstance(value, int) else None
+
+
+# --- Validation report ------------------------------------------------------------------------
+class Finding(Strict):
+    check_id: NonEmpty
+    status: Literal["passed", "failed", "warning"]
+    message: str
+
+
+class ValidationReport(Strict):
+    artifact_type: Literal["validation_report"] = "validation_report"
+    validation_report_id: Sha256Id
+    profile: NonEmpty
+    target_artifact_ids: list[Sha256Id] = Field(min_length=1)
+    result: Literal["passed", "failed"]
+    findings: list[Finding]
+    validator: NonEmpty
+    created_at: datetime
+    expires_at: datetime
+    signatures: list[dict[str, Any]] = Field(default_factory=list)
+
+

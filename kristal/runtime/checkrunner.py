@@ -1,0 +1,45 @@
+"""Runs one pack's post-activation checks in a fresh process, so that peak RSS is the
+checks' own and not the orchestrator's (DESIGN §7: memory is the peak RSS of the process
+running the checks). `python -m kristal.runtime.checkrunner DB` reads expectations JSON on stdin.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from kristal.errors import StorageUnavailable
+from kristal.formats.expectations import Expectations
+from kristal.runtime.checks import CheckReport, run_checks
+from kristal.runtime.sqlite_index import PinnedReader
+
+CHECK_TIMEOUT_S = 600
+
+
+def run_checks_isolated(db_path: Path, expectations: Expectations) -> CheckReport:
+    proc = subprocess.run(
+        [sys.executable, "-m", "kristal.runtime.checkrunner", str(db_path)],
+        input=expectations.model_dump_json().encode(),
+        capture_output=True,
+        timeout=CHECK_TIMEOUT_S,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise StorageUnavailable(
+            f"check process failed ({proc.returncode}): "
+            f"{proc.stderr.decode(errors='replace')[-400:]}"
+        )
+    return CheckReport.model_validate_json(proc.stdout)
+
+
+def main() -> None:
+    expectations = Expectations.model_validate(json.loads(sys.stdin.read()))
+    with PinnedReader(Path(sys.argv[1])) as reader:
+        report = run_checks(reader, expectations)
+    sys.stdout.write(report.model_dump_json())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,629 @@
+"""A boto3 adapter for any S3-compatible endpoint (DESIGN §4, §6, §10).
+
+Reads stream with flat memory and typed errors; conditional writes (If-Match / If-None-Match: *)
+never raise for ambiguous failures but answer WRITTEN, PRECONDITION_FAILED or UNKNOWN.
+
+Rules this module enforces:
+- botocore never retries a conditional PUT (a separate client with total_max_attempts=1), so a
+  write is never resent blindly; a 409 ConditionalRequestConflict (nothing written) is retried
+  here, a few times, with the same condition.
+- 412 and, on If-Match, 404 mean "changed or absent" (SeaweedFS answers 412, AWS 404).
+- Timeouts, 5xx and dropped connections on a conditional PUT are UNKNOWN: the caller re-reads.
+- Downloads hash in the same pass as they write, and stop as soon as the object is longer than
+  declared. No botocore exception crosses this module's boundary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import boto3
+import botocore.exceptions
+import urllib3.exceptions
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+
+from kristal.errors import (
+    EndpointUnsafe,
+    FileHashMismatch,
+    FileInventoryMissing,
+    ManifestSchemaInvalid,
+    PathInvalid,
+    StorageUnavailable,
+    UsageInvalid,
+)
+
+MiB = 1024 * 1024
+_CHUNK = 1 * MiB  # read/hash buffer: the only per-stream memory a download holds
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_CONFLICT_RETRIES = 3  # 409 ConditionalRequestConflict: nothing was written, safe to resend
+_STREAM_RESUMES = 3  # a body cut mid-transfer is resumed with a Range GET this many times
+_NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
+# What a body read raises when the connection dies mid-transfer (botocore wraps most of them).
+_BODY_ERRORS = (botocore.exceptions.BotoCoreError, urllib3.exceptions.HTTPError, OSError)
+# A cut-short error response raises urllib3's own errors, not botocore's: both are transport.
+_TRANSPORT_ERRORS = (botocore.exceptions.BotoCoreError, urllib3.exceptions.HTTPError)
+
+
+_PROBED: set[tuple[str | None, str, str]] = set()
+_PROBE_LOCK = threading.Lock()
+
+
+class ObjectNotFound(FileInventoryMissing):
+    """The key does not exist in the bucket."""
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    endpoint_url: str | None
+    bucket: str
+    prefix: str = ""
+    region: str = "us-east-1"
+    access_key: str | None = None
+    # repr=False: configs end up in logs and Prefect artifacts; the secret must not.
+    secret_key: str | None = field(default=None, repr=False)
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+
+    @classmethod
+    def from_env(cls) -> StoreConfig:
+        """Build from KRISTAL_S3_* and AWS_* variables; no credentials -> boto3's default chain."""
+        bucket = os.environ.get("KRISTAL_S3_BUCKET", "").strip()
+        if not bucket:
+            raise UsageInvalid("KRISTAL_S3_BUCKET is not set", field="KRISTAL_S3_BUCKET")
+        access_key = os.environ.get("AWS_ACCESS_KEY_ID") or None
+        secret_key = os.environ.get("AWS_SECRET_ACCESS_KEY") or None
+        if access_key is None or secret_key is None:
+            # Half a key pair is useless; let boto3 find a whole one (profile, IMDS, ...).
+            access_key = secret_key = None
+        return cls(
+            endpoint_url=os.environ.get("KRISTAL_S3_ENDPOINT") or None,
+            bucket=bucket,
+            prefix=os.environ.get("KRISTAL_S3_PREFIX", ""),
+            region=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+            or "us-east-1",
+            access_key=access_key,
+            secret_key=secret_key,
+        )
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str  # relative to StoreConfig.prefix
+    size: int
+    etag: str  # opaque, quoted as the server sent it; not a content hash
+
+
+class WriteStatus(StrEnum):
+    WRITTEN = "written"
+    PRECONDITION_FAILED = "precondition_failed"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class WriteOutcome:
+    status: WriteStatus
+    etag: str | None = None
+    detail: str = ""
+
+
+def _error_code(exc: botocore.exceptions.ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _http_status(exc: botocore.exceptions.ClientError) -> int:
+    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, botocore.exceptions.ClientError):
+        return f"HTTP {_http_status(exc)} {_error_code(exc)}: {exc.response.get('Error', {})}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _fd_name(fd: int) -> str:
+    """A readable name for an open file descriptor in error messages."""
+    with contextlib.suppress(OSError):
+        return os.readlink(f"/proc/self/fd/{fd}")
+    return f"fd {fd}"
+
+
+class _TooLong(Exception):
+    """Internal: the stream delivered more bytes than allowed."""
+
+
+class ObjectStore:
+    """One bucket (plus optional prefix) on one S3-compatible endpoint."""
+
+    def __init__(
+        self,
+        config: StoreConfig,
+        *,
+        parallel_threshold: int = 64 * MiB,
+        part_size: int = 16 * MiB,
+        workers: int = 4,
+    ) -> None:
+        self.config = config
+        self.parallel_threshold = parallel_threshold
+        self.part_size = part_size
+        self.workers = workers
+        self._prefix = config.prefix.strip("/")
+        # One session per store: sessions are not thread-safe, clients are.
+        session = boto3.session.Session(
+            aws_access_key_id=config.access_key,
+            aws_secret_access_key=config.secret_key,
+            region_name=config.region,
+        )
+        common: dict[str, Any] = {
+            "region_name": config.region,
+            "signature_version": "s3v4",
+            "s3": {"addressing_style": "path"},
+            "connect_timeout": config.connect_timeout,
+            "read_timeout": config.read_timeout,
+            # Staging downloads, manifest fetches and fleet threads share one client: room for all.
+            "max_pool_connections": max(32, workers * 2 + 2),
+            # Our sha256 is the integrity check; boto3>=1.36 default CRC checksums break several
+            # S3-compatible servers and cost a second pass over every byte.
+            "request_checksum_calculation": "when_required",
+            "response_checksum_validation": "when_required",
+        }
+        self._client = session.client(
+            "s3",
+            endpoint_url=config.endpoint_url,
+            config=Config(retries={"total_max_attempts": 3, "mode": "standard"}, **common),
+        )
+        # Conditional writes: exactly one attempt on the wire, ever (DESIGN §6 invariant 3).
+        self._cond_client = session.client(
+            "s3",
+            endpoint_url=config.endpoint_url,
+            config=Config(retries={"total_max_attempts": 1, "mode": "standard"}, **common),
+        )
+
+    # --- keys --------------------------------------------------------------------------------
+    def _full(self, key: str) -> str:
+        if not key or key.startswith("/"):
+            raise PathInvalid(f"object key must be relative and non-empty: {key!r}")
+        return f"{self._prefix}/{key}" if self._prefix else key
+
+    def _relative(self, full_key: str) -> str:
+        if self._prefix and full_key.startswith(self._prefix + "/"):
+            return full_key[len(self._prefix) + 1 :]
+        return full_key
+
+    def _unavailable(self, action: str, key: str, exc: BaseException) -> StorageUnavailable:
+        return StorageUnavailable(
+            f"{action} s3://{self.config.bucket}/{self._full(key) if key else ''} at "
+            f"{self.config.endpoint_url or 'AWS'} failed: {_describe(exc)}"
+        )
+
+    # --- bucket ------------------------------------------------------------------------------
+    def ensure_bucket(self) -> None:
+        """Create the bucket if it does not exist (idempotent, safe under races)."""
+        try:
+            self._client.head_bucket(Bucket=self.config.bucket)
+            return
+        except botocore.exceptions.ClientError as exc:
+            if _http_status(exc) != 404:
+                raise self._unavailable("head bucket", "", exc) from None
+        except _TRANSPORT_ERRORS as exc:
+            raise self._unavailable("head bucket", "", exc) from None
+        try:
+            if self.config.region == "us-east-1":
+                self._client.create_bucket(Bucket=self.config.bucket)
+            else:
+                self._client.create_bucket(
+                    Bucket=self.config.bucket,
+                    CreateBucketConfiguration={"LocationConstraint": self.config.region},
+                )
+        except botocore.exceptions.ClientError as exc:
+            if _error_code(exc) not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                raise self._unavailable("create bucket", "", exc) from None
+        except _TRANSPORT_ERRORS as exc:
+            raise self._unavailable("create bucket", "", exc) from None
+
+    # --- reads -------------------------------------------------------------------------------
+    def _get(self, key: str, **extra: Any) -> dict[str, Any]:
+        try:
+            return self._client.get_object(Bucket=self.config.bucket, Key=self._full(key), **extra)
+        except botocore.exceptions.ClientError as exc:
+            if _error_code(exc) in _NOT_FOUND_CODES:
+                raise ObjectNotFound(
+                    f"s3://{self.config.bucket}/{self._full(key)} does not exist"
+                ) from None
+            if _http_status(exc) == 412:
+                # Only ranged resumes send If-Match: the object changed under us.
+                raise FileHashMismatch(
+                    f"{self._full(key)} changed while it was being read"
+                ) from None
+            raise self._unavailable("GET", key, exc) from None
+        except _TRANSPORT_ERRORS as exc:
+            raise self._unavailable("GET", key, exc) from None
+
+    def head(self, key: str) -> ObjectInfo | None:
+        """Size and etag of `key`, or None when it does not exist."""
+        try:
+            resp = self._client.head_object(Bucket=self.config.bucket, Key=self._full(key))
+        except botocore.exceptions.ClientError as exc:
+            if _http_status(exc) == 404:
+                return None
+            raise self._unavailable("HEAD", key, exc) from None
+        except _TRANSPORT_ERRORS as exc:
+            raise self._unavailable("HEAD", key, exc) from None
+        return ObjectInfo(key=key, size=int(resp["ContentLength"]), etag=str(resp["ETag"]))
+
+    def get_bytes(self, key: str, *, max_bytes: int) -> tuple[bytes, str]:
+        """The whole (small) object and its etag; more than `max_bytes` -> ManifestSchemaInvalid."""
+        resp = self._get(key)
+        body = resp["Body"]
+        try:
+            declared = int(resp.get("ContentLength", 0) or 0)
+            if declared > max_bytes:
+                raise ManifestSchemaInvalid(
+                    f"{self._full(key)} is {declared} bytes, more than the {max_bytes} allowed"
+                )
+            parts: list[bytes] = []
+            total = 0
+            # Bounded read even if Content-Length lied: never more than max_bytes + one chunk.
+            while True:
+                chunk = body.read(min(_CHUNK, max_bytes + 1 - total))
+                if not chunk:
+                    break
+                total += len(chunk)
+                if total > max_bytes:
+                    raise ManifestSchemaInvalid(
+                        f"{self._full(key)} is longer than the {max_bytes} bytes allowed"
+                    )
+                parts.append(chunk)
+        except (*_TRANSPORT_ERRORS, OSError) as exc:
+            raise self._unavailable("GET", key, exc) from None
+        finally:
+            body.close()
+        return b"".join(parts), str(resp["ETag"])
+
+    def _stream(
+        self,
+        key: str,
+        sink: Callable[[bytes], None],
+        *,
+        limit: int | None,
+        start: int = 0,
+        end: int | None = None,
+        etag: str | None = None,
+    ) -> tuple[int, str]:
+        """Feed bytes [start, end) (or to EOF) to `sink` in order; returns (count, etag).
+
+        A connection cut mid-body is resumed from the last byte received with a Range GET
+        pinned by If-Match, so the bytes still come from one version of the object.
+        `limit`: raise _TooLong as soon as more than `limit` bytes arrived.
+        """
+        count = 0
+        resumes = 0
+        while True:
+            offset = start + count
+            extra: dict[str, Any] = {}
+            if offset > 0 or end is not None:
+                extra["Range"] = f"bytes={offset}-{'' if end is None else end - 1}"
+            if etag is not None:
+                extra["IfMatch"] = etag
+            # A failing GET itself was already retried by botocore: it raises from here.
+            resp = self._get(key, **extra)
+            if etag is None:
+                etag = str(resp["ETag"])
+            body = resp["Body"]
+            try:
+                while True:
+                    try:
+                        chunk = body.read(_CHUNK)
+                    except _BODY_ERRORS as exc:
+                        resumes += 1
+                        if resumes > _STREAM_RESUMES:
+                            raise self._unavailable("GET (body)", key, exc) from None
+                        break  # resume from start + count
+                    if not chunk:
+                        return count, etag
+                    count += len(chunk)
+                    if limit is not None and count > limit:
+                        raise _TooLong
+                    sink(chunk)
+            finally:
+                body.close()
+            time.sleep(0.1 * resumes)
+
+    def stream_sha256(self, key: str, *, expected_size: int | None = None) -> tuple[str, int]:
+        """Re-hash an object in the bucket without storing it: (hex sha256, size)."""
+        hasher = hashlib.sha256()
+        try:
+            size, _ = self._stream(key, hasher.update, limit=expected_size)
+        except _TooLong:
+            raise FileHashMismatch(
+                f"{self._full(key)} is longer than the declared {expected_size} bytes"
+            ) from None
+        if expected_size is not None and size != expected_size:
+            raise FileHashMismatch(
+                f"{self._full(key)} is {size} bytes, declared {expected_size}"
+            )
+        return hasher.hexdigest(), size
+
+    def download_to(
+        self, key: str, dest: Path, *, expected_sha256: str, expected_size: int
+    ) -> None:
+        """Stream `key` into `dest`, hashing in the same pass; any mismatch -> FileHashMismatch.
+
+        `dest` is created or truncated; on any failure it is removed, so a caller renaming it
+        into a content-addressed cache never sees a partial or wrong file.
+        """
+        expected = expected_sha256.lower()
+        if not _HEX64.match(expected):
+            raise ManifestSchemaInvalid(
+                f"expected sha256 is not 64 hex digits: {expected_sha256!r}"
+            )
+        if expected_size < 0:
+            raise ManifestSchemaInvalid(f"expected size is negative: {expected_size}")
+        hasher = hashlib.sha256()
+        # O_RDWR: the parallel path reads finished parts back to hash them in order.
+        fd = os.open(dest, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        ok = False
+        try:
+            if expected_size >= self.parallel_threshold:
+                size = self._download_parallel(key, fd, hasher, expected_size)
+            else:
+                def sink(chunk: bytes) -> None:
+                    hasher.update(chunk)
+                    os.write(fd, chunk)
+
+                try:
+                    size, _ = self._stream(key, sink, limit=expected_size)
+                except _TooLong:
+                    raise FileHashMismatch(
+                        f"{self._full(key)} is longer than the declared {expected_size} bytes"
+                    ) from None
+            if size != expected_size:
+                raise FileHashMismatch(
+                    f"{self._full(key)} is {size} bytes, declared {expected_size}"
+                )
+            digest = hasher.hexdigest()
+            if digest != expected:
+                raise FileHashMismatch(
+                    f"{self._full(key)} has sha256 {digest}, declared {expected}"
+                )
+            # No fsync here: durability is the stager's call (kristal.runtime.staging flushes what it
+            # staged before anything can switch to it), so this is download + verify only.
+            ok = True
+        finally:
+            os.close(fd)
+            if not ok:
+                with contextlib.suppress(OSError):
+                    os.unlink(dest)
+
+    def _download_parallel(
+        self, key: str, fd: int, hasher: Any, expected_size: int
+    ) -> int:
+        """Ranged GETs in parallel, written with pwrite; hashed in order by reading them back.
+
+        Memory stays flat: each worker holds one _CHUNK at a time and the hasher re-reads each
+        finished part from the (page-cached) file. Workers run at most `workers` parts ahead of
+        the hasher, so disk use beyond the hashed prefix is bounded too.
+        """
+        info = self.head(key)
+        if info is None:
+            raise ObjectNotFound(f"s3://{self.config.bucket}/{self._full(key)} does not exist")
+        if info.size != expected_size:
+            # Known before any byte is transferred: no point downloading.
+            raise FileHashMismatch(
+                f"{self._full(key)} is {info.size} bytes, declared {expected_size}"
+            )
+        os.ftruncate(fd, expected_size)
+        ranges = [
+            (start, min(start + self.part_size, expected_size))
+            for start in range(0, expected_size, self.part_size)
+        ]
+        cancel = threading.Event()
+
+        def fetch(start: int, end: int) -> int:
+            pos = start
+
+            def sink(chunk: bytes) -> None:
+                nonlocal pos
+                if cancel.is_set():
+                    raise StorageUnavailable("download cancelled")
+                os.pwrite(fd, chunk, pos)
+                pos += len(chunk)
+
+            try:
+                count, _ = self._stream(
+                    key, sink, limit=end - start, start=start, end=end, etag=info.etag
+                )
+            except _TooLong:
+                raise FileHashMismatch(
+                    f"{self._full(key)}: range {start}-{end} returned too many bytes"
+                ) from None
+            return count
+
+        total = 0
+        pending: deque[tuple[int, int, Future[int]]] = deque()
+        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="s3get") as pool:
+            try:
+                next_part = 0
+                while pending or next_part < len(ranges):
+                    while next_part < len(ranges) and len(pending) < self.workers:
+                        start, end = ranges[next_part]
+                        pending.append((start, end, pool.submit(fetch, start, end)))
+                        next_part += 1
+                    start, end, future = pending.popleft()
+                    got = future.result()
+                    if got != end - start:
+                        raise FileHashMismatch(
+                            f"{self._full(key)}: range {start}-{end} returned {got} bytes"
+                        )
+                    pos = start
+                    while pos < end:
+                        chunk = os.pread(fd, min(_CHUNK, end - pos), pos)
+                        if not chunk:
+                            raise StorageUnavailable(f"short read back of {_fd_name(fd)}")
+                        hasher.update(chunk)
+                        pos += len(chunk)
+                    total += end - start
+            except BaseException:
+                cancel.set()
+                for _, _, future in pending:
+                    future.cancel()
+                raise
+        return total
+
+    # --- unconditional writes (content-addressed objects only) ------------------------------
+    def put_bytes(self, key: str, data: bytes, content_type: str = "application/json") -> str:
+        """Unconditional PUT (retried by botocore); only for content-addressed keys."""
+        try:
+            resp = self._client.put_object(
+                Bucket=self.config.bucket, Key=self._full(key), Body=data, ContentType=content_type
+            )
+        except (botocore.exceptions.ClientError, *_TRANSPORT_ERRORS) as exc:
+            raise self._unavailable("PUT", key, exc) from None
+        return str(resp["ETag"])
+
+    def upload_file(self, key: str, path: Path) -> str:
+        """Upload a file (multipart above 16 MiB, bounded memory); returns the resulting etag."""
+        transfer = TransferConfig(
+            multipart_threshold=16 * MiB,
+            multipart_chunksize=8 * MiB,
+            max_concurrency=self.workers,
+            use_threads=True,
+        )
+        try:
+            self._client.upload_file(
+                str(path), self.config.bucket, self._full(key), Config=transfer
+            )
+        except (botocore.exceptions.ClientError, *_TRANSPORT_ERRORS) as exc:
+            raise self._unavailable("upload", key, exc) from None
+        except boto3.exceptions.S3UploadFailedError as exc:
+            raise self._unavailable("upload", key, exc) from None
+        info = self.head(key)
+        if info is None:
+            raise StorageUnavailable(f"{self._full(key)} is missing right after its upload")
+        return info.etag
+
+    def delete(self, key: str) -> None:
+        """Remove `key` (no error when absent). Used for probe clean-up and by tests."""
+        try:
+            self._client.delete_object(Bucket=self.config.bucket, Key=self._full(key))
+        except (botocore.exceptions.ClientError, *_TRANSPORT_ERRORS) as exc:
+            raise self._unavailable("DELETE", key, exc) from None
+
+    # --- conditional writes ------------------------------------------------------------------
+    def put_if_absent(self, key: str, data: bytes) -> WriteOutcome:
+        """PUT with If-None-Match: * (create only)."""
+        return self._conditional_put(key, data, {"IfNoneMatch": "*"})
+
+    def put_if_match(self, key: str, data: bytes, etag: str) -> WriteOutcome:
+        """PUT with If-Match: etag (compare-and-swap)."""
+        return self._conditional_put(key, data, {"IfMatch": etag})
+
+    def _conditional_put(self, key: str, data: bytes, condition: dict[str, str]) -> WriteOutcome:
+        full_key = self._full(key)
+        for attempt in range(_CONFLICT_RETRIES + 1):
+            try:
+                resp = self._cond_client.put_object(
+                    Bucket=self.config.bucket,
+                    Key=full_key,
+                    Body=data,
+                    ContentType="application/json",
+                    **condition,
+                )
+                return WriteOutcome(WriteStatus.WRITTEN, etag=str(resp["ETag"]))
+            except botocore.exceptions.ClientError as exc:
+                status, code = _http_status(exc), _error_code(exc)
+                if status == 412:
+                    return WriteOutcome(WriteStatus.PRECONDITION_FAILED, detail=_describe(exc))
+                if status == 404 and "IfMatch" in condition and code != "NoSuchBucket":
+                    # AWS answers 404 to If-Match on a missing key: "changed or absent".
+                    return WriteOutcome(WriteStatus.PRECONDITION_FAILED, detail=_describe(exc))
+                if status == 409:
+                    # ConditionalRequestConflict: a concurrent operation won the lock and
+                    # nothing of ours was written, so resending the same condition is safe.
+                    if attempt < _CONFLICT_RETRIES:
+                        time.sleep(0.05 * (2**attempt))
+                        continue
+                    return WriteOutcome(WriteStatus.UNKNOWN, detail=_describe(exc))
+                if status >= 500 or status == 0:
+                    return WriteOutcome(WriteStatus.UNKNOWN, detail=_describe(exc))
+                # 400/403/404-bucket...: definitely not written, and not a race: misconfiguration.
+                raise self._unavailable("conditional PUT", key, exc) from None
+            except _TRANSPORT_ERRORS as exc:
+                # Timeouts, resets, closed connections: the PUT may or may not have landed.
+                return WriteOutcome(WriteStatus.UNKNOWN, detail=_describe(exc))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # --- listing -----------------------------------------------------------------------------
+    def list_keys(self, prefix: str) -> Iterator[str]:
+        """Keys under `prefix` (relative to the store prefix), in the server's (UTF-8) order."""
+        full = f"{self._prefix}/{prefix}" if self._prefix else prefix
+        paginator = self._client.get_paginator("list_objects_v2")
+        try:
+            for page in paginator.paginate(Bucket=self.config.bucket, Prefix=full):
+                for item in page.get("Contents", []) or []:
+                    yield self._relative(str(item["Key"]))
+        except (botocore.exceptions.ClientError, *_TRANSPORT_ERRORS) as exc:
+            raise StorageUnavailable(
+                f"LIST s3://{self.config.bucket}/{full} failed: {_describe(exc)}"
+            ) from None
+
+    # --- endpoint safety ---------------------------------------------------------------------
+    def ensure_conditional_writes(self) -> None:
+        """Probe this endpoint once per process before the first write that relies on
+        conditions (DESIGN §6 invariant 6); an unsafe endpoint is refused every time."""
+        scope = (self.config.endpoint_url, self.config.bucket, self._prefix)
+        with _PROBE_LOCK:
+            if scope in _PROBED:
+                return
+            self.probe_conditional_writes()
+            _PROBED.add(scope)
+
+    def probe_conditional_writes(self) -> None:
+        """Refuse an endpoint that ignores If-Match / If-None-Match (DESIGN §6 invariant 6)."""
+        key = f"_probe/{uuid.uuid4().hex}"
+        try:
+            first = self.put_if_absent(key, b'{"probe":1}')
+            if first.status is not WriteStatus.WRITTEN or first.etag is None:
+                raise StorageUnavailable(f"probe: create of a fresh key failed: {first}")
+            again = self.put_if_absent(key, b'{"probe":2}')
+            if again.status is WriteStatus.WRITTEN:
+                raise EndpointUnsafe(
+                    f"{self.config.endpoint_url} ignores If-None-Match: * (overwrote {key})"
+                )
+            if again.status is WriteStatus.UNKNOWN:
+                raise StorageUnavailable(f"probe: If-None-Match outcome unknown: {again.detail}")
+            swapped = self.put_if_match(key, b'{"probe":3}', first.etag)
+            if swapped.status is not WriteStatus.WRITTEN:
+                raise EndpointUnsafe(
+                    f"{self.config.endpoint_url} refused If-Match with the current etag: "
+                    f"{swapped.status} {swapped.detail}"
+                )
+            stale = self.put_if_match(key, b'{"probe":4}', first.etag)
+            if stale.status is WriteStatus.WRITTEN:
+                raise EndpointUnsafe(
+                    f"{self.config.endpoint_url} ignores If-Match (a stale etag overwrote {key})"
+                )
+            if stale.status is WriteStatus.UNKNOWN:
+                raise StorageUnavailable(f"probe: If-Match outcome unknown: {stale.detail}")
+            body, _ = self.get_bytes(key, max_bytes=1024)
+            if body != b'{"probe":3}':
+                raise EndpointUnsafe(
+                    f"{self.config.endpoint_url} lost a conditional write: read back {body!r}"
+                )
+        finally:
+            with contextlib.suppress(StorageUnavailable):
+                self.delete(key)
+
