@@ -4,7 +4,7 @@ one channel, each from a cold cache, on a private SeaweedFS; also counts payload
 Measured two ways, in one run:
 - `flow`: the Prefect `fleet-activate` flow vs the `activate` flow for one channel, against a
   temporary Prefect server (prefect_test_harness; its ~10 s start is not timed);
-- `plain` (a reference, not the product path): `kristal.pipeline.activate_release` per
+- `plain` (a reference, not the product path): the activate operation with the plain runner per
   channel, the fleet staged once and then activated wave by wave in a thread pool of
   `--max-parallel`; nothing else is shared, so every channel runs its own checks process.
 Targets (on the flow, which `kristalctl fleet-activate` runs): fleet time under 5x one channel;
@@ -31,8 +31,12 @@ from benchlib import note, table, verdict
 
 from kristal.config import Settings
 from kristal.context import Context
-from kristal.operations.fleet import plan_waves, publish_to_channels, skew_report, skew_summary
-from kristal.operations.pipeline import activate_release
+from kristal.operations.fleet_rules import (
+    plan_waves,
+    publish_to_channels,
+    skew_report,
+    skew_summary,
+)
 from kristal.publish.datagen import generate_triples
 from kristal.runtime import staging
 from kristal.store.s3 import ObjectStore
@@ -74,7 +78,7 @@ def plain_fleet(ctx: Context, waves: list[list[str]], release_id: int, who: Any,
     staging.stage_release(ctx, verify_release(ctx, waves[0][0], release_id=release_id))
     with ThreadPoolExecutor(max_workers=max_parallel) as pool:
         for wave in waves:
-            list(pool.map(lambda c: activate_release(ctx, c, release_id, who), wave))
+            list(pool.map(lambda c: benchlib.activate_plain(ctx, c, release_id, who), wave))
 
 
 def main() -> int:
@@ -121,7 +125,7 @@ def main() -> int:
         note("plain: one channel ...", quiet=quiet)
         ctx = fresh_cache(work, "p-one")
         t = time.perf_counter()
-        activate_release(ctx, sets["p-one"][0], 1, who)
+        benchlib.activate_plain(ctx, sets["p-one"][0], 1, who)
         results["plain_one_s"] = round(time.perf_counter() - t, 3)
         results["plain_one_downloads"] = counter.take()
         note(f"plain: {args.channels} channels ...", quiet=quiet)

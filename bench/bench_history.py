@@ -17,10 +17,11 @@ import time
 
 import benchlib
 
-from kristal.channel import pointer as ptr
-from kristal.operations.pipeline import activate_release
-from kristal.operations.plan import ActivationPlan, record_checks, switch
-from kristal.operations.rollback import plan_rollback
+from kristal.channel import records
+from kristal.operations.plan import ActivationPlan
+from kristal.operations.rollback_target import plan_rollback
+from kristal.operations.steps import record_checks
+from kristal.operations.steps import switch_pointer as switch
 from kristal.publish.datagen import generate_triples
 from kristal.runtime.checks import CheckReport
 from kristal.verify.fetch import verify_release
@@ -32,13 +33,13 @@ def grow(world: benchlib.BenchWorld, records: int) -> float:
     report = CheckReport(passed=True, outcomes=[], row_count=0, latency_p95_ms=0.0,
                          peak_rss_mb=0.0, runs=50)
     started = time.perf_counter()
-    state = ptr.read_pointer(world.store, world.channel)
+    state = records.read_pointer(world.store, world.channel)
     while state.sequence < records:
         target = 1 if state.record.active.release_id == 2 else 2
         plan = ActivationPlan(world.channel, state, releases[target], "rollback", forced=False)
         record = switch(world.ctx, plan, world.who("grow history"))
         record_checks(world.ctx, record, [report])
-        state = ptr.read_pointer(world.store, world.channel)
+        state = records.read_pointer(world.store, world.channel)
     return time.perf_counter() - started
 
 
@@ -46,8 +47,8 @@ def measure(world: benchlib.BenchWorld, runs: int) -> dict[str, float]:
     status, decide, listing = [], [], []
     for _ in range(runs):
         t0 = time.perf_counter()
-        state = ptr.read_pointer(world.store, world.channel)
-        ptr.read_checks(world.store, world.channel, state.sequence)
+        state = records.read_pointer(world.store, world.channel)
+        records.read_checks(world.store, world.channel, state.sequence)
         t1 = time.perf_counter()
         plan_rollback(world.ctx, world.channel, to="last-known-good")
         t2 = time.perf_counter()
@@ -81,8 +82,8 @@ def main() -> None:
             generate_triples(data, 2000)
             world.publish(1, data)
             world.publish(2, data)
-            activate_release(world.ctx, world.channel, 1, world.who())
-            activate_release(world.ctx, world.channel, 2, world.who())
+            benchlib.activate_plain(world.ctx, world.channel, 1, world.who())
+            benchlib.activate_plain(world.ctx, world.channel, 2, world.who())
             build_s = grow(world, size)
             results[label] = {"records": size, "build_s": round(build_s, 1),
                               **{k: round(v, 2) for k, v in measure(world, args.runs).items()}}

@@ -1,6 +1,7 @@
-"""Benchmark `kristal.query.build_index` against plain sqlite3 `executemany` (same pragmas, same
-table and indexes, no validation), then the p95 latency of indexed triple-pattern queries that
-return at most 100 rows. Usage: python bench/bench_index_build.py [--rows N] [--workdir DIR]
+"""Benchmark `kristal.runtime.sqlite_index.build_index` against plain sqlite3
+(same pragmas, same table and indexes, no validation), then the p95 latency of indexed
+triple-pattern queries that return at most 100 rows.
+Usage: python bench/bench_index_build.py [--rows N] [--workdir DIR]
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """Orchestration overhead: the `activate` flow's wall time against the same steps called as
-plain functions (kristal.pipeline) for a small release, both in this process, alternating, with
+plain functions (the operation, plain runner) for a small release, both in this process,
+alternating, with
 a per-step breakdown of the plain path so the flow's fixed cost can be read off.
 
 The flow runs against a temporary Prefect server (Prefect's test harness) started here.
@@ -17,17 +18,17 @@ from pathlib import Path
 
 import benchlib
 
-from kristal.operations import plan as activation
-from kristal.operations.pipeline import activate_release
+from kristal.operations import steps
+from kristal.operations.plan import plan_activation
 from kristal.publish.datagen import generate_triples
 from kristal.runtime import staging
 
 
 def plain_steps(world: benchlib.BenchWorld, release_id: int) -> dict[str, float]:
-    """The pipeline's steps one by one, timed (same calls as kristal.pipeline.activate_release)."""
+    """The activate operation's steps one by one, timed (the plain runner's calls)."""
     marks = {}
     t = time.perf_counter()
-    plan = activation.plan_activation(world.ctx, world.channel, release_id=release_id)
+    plan = plan_activation(world.ctx, world.channel, release_id=release_id)
     marks["resolve+verify"] = time.perf_counter() - t
     t = time.perf_counter()
     staging.stage_release(world.ctx, plan.release)
@@ -35,13 +36,13 @@ def plain_steps(world: benchlib.BenchWorld, release_id: int) -> dict[str, float]
     t = time.perf_counter()
     if plan.state.record is not None:
         staging.confirm_restorable(world.ctx, plan.state.record.active)
-    record = activation.switch(world.ctx, plan, world.who())
+    record = steps.switch_pointer(world.ctx, plan, world.who())
     marks["switch"] = time.perf_counter() - t
     t = time.perf_counter()
-    reports = activation.measure(world.ctx, record, plan.release)
+    reports = steps.measure_pinned(world.ctx, record, plan.release)
     marks["checks"] = time.perf_counter() - t
     t = time.perf_counter()
-    activation.record_checks(world.ctx, record, reports)
+    steps.record_checks(world.ctx, record, reports)
     marks["record checks"] = time.perf_counter() - t
     return marks
 
@@ -63,7 +64,7 @@ def main() -> None:
         total = 3 * args.runs + 1
         for release_id in range(1, total + 1):
             world.publish(release_id, data if release_id % 2 else _variant(data, work))
-        activate_release(world.ctx, world.channel, 1, world.who())  # warm caches and imports
+        benchlib.activate_plain(world.ctx, world.channel, 1, world.who())  # warm caches and imports
 
         from prefect.testing.utilities import prefect_test_harness
 
@@ -76,7 +77,7 @@ def main() -> None:
             for _ in range(args.runs):
                 release_id += 1
                 t = time.perf_counter()
-                activate_release(world.ctx, world.channel, release_id, world.who())
+                benchlib.activate_plain(world.ctx, world.channel, release_id, world.who())
                 plain_s.append(time.perf_counter() - t)
                 release_id += 1
                 t = time.perf_counter()

@@ -17,7 +17,8 @@ import benchlib
 from benchlib import median, note, p95, table
 
 from kristal.channel import pointer as ptr
-from kristal.channel.history import new_record
+from kristal.channel import records
+from kristal.channel.pointer import new_record
 from kristal.formats.channel_docs import ReleaseRef
 from kristal.publish.datagen import generate_triples
 from kristal.verify.fetch import verify_release
@@ -49,7 +50,7 @@ def main() -> int:
         plain_key = f"channels/{world.channel}/bench-plain.json"
         cond_key = f"channels/{world.channel}/bench-if-match.json"
 
-        def next_record(state: ptr.PointerState) -> Any:
+        def next_record(state: records.PointerState) -> Any:
             return new_record(state, channel_id=world.channel, kind="activate", active=active,
                               last_known_good=None,
                               index_version=release.index.index_version, forced=False,
@@ -57,7 +58,7 @@ def main() -> int:
                               correlation_id=who.correlation_id, flow_run_id=None,
                               now=world.ctx.now(), evidence=evidence)
 
-        state = ptr.read_pointer(store, world.channel)
+        state = records.read_pointer(store, world.channel)
         commit_ms: list[float] = []
         plain_ms: list[float] = []
         if_match_ms: list[float] = []
@@ -66,7 +67,7 @@ def main() -> int:
         note(f"{WARMUP} warm-up + {args.runs} rounds of commit / put_object / put_if_match ...")
         for i in range(WARMUP + args.runs):
             record = next_record(state)  # built outside the timed region
-            body, _raw = ptr.record_bytes(record)
+            body, _raw = records.record_bytes(record)
             t0 = time.perf_counter()
             state = ptr.commit(store, record, state)
             t1 = time.perf_counter()
@@ -80,7 +81,7 @@ def main() -> int:
                 commit_ms.append((t1 - t0) * 1000)
                 plain_ms.append((t2 - t1) * 1000)
                 if_match_ms.append((t3 - t2) * 1000)
-        final = ptr.read_pointer(store, world.channel)
+        final = records.read_pointer(store, world.channel)
         assert final.record is not None and final.record.sequence == WARMUP + args.runs
         assert final.etag == state.etag, "the fast path's ETag must be the live one"
 

@@ -19,8 +19,7 @@ import time
 
 import benchlib
 
-from kristal.channel import pointer as ptr
-from kristal.operations.pipeline import activate_release
+from kristal.channel import records
 from kristal.publish.datagen import generate_triples
 
 
@@ -34,7 +33,7 @@ def _cli(env: dict[str, str], *args: str) -> None:
 def _wait_for(world: benchlib.BenchWorld, release_id: int, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        live = ptr.read_pointer(world.store, world.channel).record
+        live = records.read_pointer(world.store, world.channel).record
         if live is not None and live.active.release_id == release_id:
             return
         time.sleep(0.05)
@@ -66,14 +65,14 @@ def main() -> None:
             for release_id in range(1, releases + 1):
                 world.publish(release_id, data)
             time.sleep(8)  # serve registers its deployments and automations
-            activate_release(world.ctx, world.channel, 1, world.who())
+            benchlib.activate_plain(world.ctx, world.channel, 1, world.who())
             release_id = 1
             automated, direct = [], []
             for _ in range(args.runs):
                 for samples, how in ((automated, "report"), (direct, "rollback")):
                     previous = release_id
                     release_id += 1
-                    activate_release(world.ctx, world.channel, release_id, world.who())
+                    benchlib.activate_plain(world.ctx, world.channel, release_id, world.who())
                     started = time.monotonic()
                     if how == "report":
                         _cli(env, "report-failure", world.channel, "--reason", "bench")
@@ -84,7 +83,7 @@ def main() -> None:
                     samples.append(time.monotonic() - started)
                     # Move on past the quarantined/rolled-back release for the next sample.
                     release_id += 1
-                    activate_release(world.ctx, world.channel, release_id, world.who())
+                    benchlib.activate_plain(world.ctx, world.channel, release_id, world.who())
         finally:
             if serve is not None:
                 serve.terminate()

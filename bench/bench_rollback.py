@@ -4,7 +4,7 @@
   switch, measure, record_checks, then quarantine + plan_rollback + stage_release + switch +
   measure + record_checks): from the moment `record_checks` returns the failed outcome to the
   pointer naming the previous release, and to the end of the rollback's own checks;
-- the same through `pipeline.activate_release`, read from the records' own `created_at`
+- the same through the activate operation (plain runner), read from the records' own `created_at`
   (checks record of the failed sequence -> auto_rollback record; one clock);
 - baseline: a plain manual rollback (`to="previous"`) of a good release, same split;
 - the rollback fast path (target still staged) beside the same rollback with the target's
@@ -26,10 +26,11 @@ import benchlib
 from benchlib import BenchWorld, median, note, table, verdict
 
 from kristal.channel import pointer as ptr
+from kristal.channel import records
 from kristal.errors import CheckFailed
-from kristal.operations import pipeline
-from kristal.operations import plan as activation
-from kristal.operations.rollback import plan_rollback
+from kristal.operations import steps
+from kristal.operations.plan import plan_activation
+from kristal.operations.rollback_target import plan_rollback
 from kristal.publish.datagen import generate_triples
 from kristal.runtime import staging
 from kristal.verify.fetch import verify_release
@@ -37,18 +38,18 @@ from kristal.verify.fetch import verify_release
 ROLLBACK_TARGET_S = 1.0
 FAST_PATH_TARGET_S = 0.3
 
-# The instant the pointer PUT returned inside activation.switch (before the history write).
+# The instant the pointer PUT returned inside steps.switch_pointer (before the history write).
 _COMMITTED: list[float] = []
 _real_commit = ptr.commit
 
 
-def _timed_commit(*args: Any, **kwargs: Any) -> ptr.PointerState:
+def _timed_commit(*args: Any, **kwargs: Any) -> records.PointerState:
     state = _real_commit(*args, **kwargs)
     _COMMITTED.append(time.perf_counter())
     return state
 
 
-ptr.commit = _timed_commit  # activation.switch calls ptr.commit through the module
+ptr.commit = _timed_commit  # steps.switch_pointer calls ptr.commit through the module
 
 
 class Releases:
@@ -79,24 +80,24 @@ class Releases:
 
 
 def activate_good(world: BenchWorld, rid: int) -> None:
-    result = pipeline.activate_release(world.ctx, world.channel, rid, world.who("good"))
-    assert result.checks is not None and result.checks.result == "passed", result
+    result = benchlib.activate_plain(world.ctx, world.channel, rid, world.who("good"))
+    assert result.check_result == "passed", result
 
 
 def switch_bad_and_check(world: BenchWorld, rid: int) -> Any:
     """Activate a release whose smoke expectation is wrong; returns (record, failed checks)."""
     ctx, who = world.ctx, world.who("bad")
-    plan = activation.plan_activation(ctx, world.channel, release_id=rid)
+    plan = plan_activation(ctx, world.channel, release_id=rid)
     staging.stage_release(ctx, plan.release)
-    record = activation.switch(ctx, plan, who)
-    checks = activation.record_checks(ctx, record, activation.measure(ctx, record, plan.release))
+    record = steps.switch_pointer(ctx, plan, who)
+    checks = steps.record_checks(ctx, record, steps.measure_pinned(ctx, record, plan.release))
     assert checks.result == "failed", checks
     return record, checks
 
 
 def rollback_steps(world: BenchWorld, *, kind: str, expected: str | None) -> dict[str, float]:
     """plan_rollback + stage_release + switch + measure + record_checks, as
-    pipeline.rollback_release runs them; times from the call (t0 = now)."""
+    the rollback operation runs them; times from the call (t0 = now)."""
     ctx, who = world.ctx, world.who(kind)
     t0 = time.perf_counter()
     decision = plan_rollback(ctx, world.channel, to="previous", expected_activation_id=expected,
@@ -106,14 +107,14 @@ def rollback_steps(world: BenchWorld, *, kind: str, expected: str | None) -> dic
     staging.stage_release(ctx, decision.plan.release)
     t_stage = time.perf_counter()
     _COMMITTED.clear()
-    record = activation.switch(ctx, decision.plan, who)
+    record = steps.switch_pointer(ctx, decision.plan, who)
     t_switch = time.perf_counter()
     t_commit = _COMMITTED[-1]
-    checks = activation.record_checks(ctx, record,
-                                      activation.measure(ctx, record, decision.plan.release))
+    checks = steps.record_checks(ctx, record,
+                                      steps.measure_pinned(ctx, record, decision.plan.release))
     t_checks = time.perf_counter()
     assert checks.result == "passed", checks
-    live = ptr.read_pointer(ctx.store, world.channel).record
+    live = records.read_pointer(ctx.store, world.channel).record
     assert live is not None and live.activation_id == record.activation_id
     return {"plan": t_plan - t0, "stage": t_stage - t_plan,
             "to_commit": t_commit - t0, "to_switch_return": t_switch - t0,
@@ -155,28 +156,28 @@ def main() -> int:
             record, _checks = switch_bad_and_check(world, rid)
             # t0: record_checks has returned the failed outcome.
             t0 = time.perf_counter()
-            activation.quarantine(world.ctx, record, "bench: failed check")
+            steps.quarantine_release(world.ctx, record, "bench: failed check")
             t_q = time.perf_counter() - t0
-            steps = rollback_steps(world, kind="auto_rollback", expected=record.activation_id)
-            steps = {k: v + t_q if k in ("to_commit", "to_switch_return", "with_checks") else v
-                     for k, v in steps.items()}
-            steps["quarantine"] = t_q
-            auto.append(steps)
+            timings = rollback_steps(world, kind="auto_rollback", expected=record.activation_id)
+            timings = {k: v + t_q if k in ("to_commit", "to_switch_return", "with_checks") else v
+                       for k, v in timings.items()}
+            timings["quarantine"] = t_q
+            auto.append(timings)
 
         for run in range(args.runs):
-            note(f"auto rollback, pipeline.activate_release: run {run + 1}/{args.runs} ...")
+            note(f"auto rollback, activate operation: run {run + 1}/{args.runs} ...")
             rid = releases.publish(bad=True)
             t0 = time.perf_counter()
             try:
-                pipeline.activate_release(world.ctx, world.channel, rid, world.who("bad"))
+                benchlib.activate_plain(world.ctx, world.channel, rid, world.who("bad"))
                 raise AssertionError("the bad release passed its checks")
             except CheckFailed:
                 wall = time.perf_counter() - t0
-            live = ptr.read_pointer(world.store, world.channel).record
+            live = records.read_pointer(world.store, world.channel).record
             assert live is not None and live.kind == "auto_rollback"
-            failed = ptr.read_checks(world.store, world.channel, live.sequence - 1)
+            failed = records.read_checks(world.store, world.channel, live.sequence - 1)
             assert failed is not None and failed.result == "failed"
-            own = ptr.read_checks(world.store, world.channel, live.sequence)
+            own = records.read_checks(world.store, world.channel, live.sequence)
             assert own is not None
             via_pipeline.append({
                 "checks_to_rollback_record": (live.created_at - failed.created_at).total_seconds(),
@@ -188,7 +189,7 @@ def main() -> int:
             for run in range(args.runs):
                 note(f"{label}: run {run + 1}/{args.runs} ...")
                 activate_good(world, releases.publish(bad=False))
-                live = ptr.read_pointer(world.store, world.channel).record
+                live = records.read_pointer(world.store, world.channel).record
                 assert live is not None and live.previous is not None
                 target = live.previous.release_id
                 if prepare:

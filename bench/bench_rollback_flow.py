@@ -4,7 +4,7 @@ for a small release (target < 300 ms) and, beside it, a release of about 1 GiB
 (exchange blob + pack), whose fast path is dominated by re-hashing the cached files.
 
 The baseline beside each figure is the same rollback through plain functions
-(kristal.pipeline.rollback_release) in the same run. The flow runs against a temporary Prefect
+(the rollback operation, plain runner) in the same run. The flow runs against a temporary Prefect
 server (Prefect's test harness) started here.
 
     python bench/bench_rollback_flow.py [--small-rows 5000] [--big-rows 4500000] [--runs 3]
@@ -21,7 +21,6 @@ from pathlib import Path
 import benchlib
 
 from kristal.channel import pointer as ptr
-from kristal.operations.pipeline import activate_release, rollback_release
 from kristal.publish.datagen import generate_triples
 
 
@@ -76,8 +75,8 @@ def main() -> None:
                 benchlib.note(f"{label}: publishing {rows} rows ...", quiet=args.json)
                 _release_pair(world, rows, 1, home)
                 size = sum(e.size_bytes for _k, e in _inventory(world, 1))
-                activate_release(world.ctx, world.channel, 1, world.who())
-                activate_release(world.ctx, world.channel, 2, world.who())
+                benchlib.activate_plain(world.ctx, world.channel, 1, world.who())
+                benchlib.activate_plain(world.ctx, world.channel, 2, world.who())
                 flow_ms, plain_ms = [], []
                 for _ in range(args.runs):
                     for path, samples in (("flow", flow_ms), ("plain", plain_ms)):
@@ -87,10 +86,12 @@ def main() -> None:
                             rollback(RollbackRequest(channel_id=world.channel, to="previous",
                                                      operator="bench", reason="bench"))
                         else:
-                            rollback_release(world.ctx, world.channel, "previous", world.who())
+                            benchlib.rollback_plain(world.ctx, world.channel, world.who(),
+                                                    to="previous")
                         samples.append((stamps[0] - started) * 1000)
                         # Untimed: forward to 2 again, so that 1 is the previous release.
-                        rollback_release(world.ctx, world.channel, "previous", world.who())
+                        benchlib.rollback_plain(world.ctx, world.channel, world.who(),
+                                                to="previous")
                 results[label] = {"rows": rows, "release_bytes": size,
                                   "flow_to_switch_ms": round(benchlib.median(flow_ms), 1),
                                   "plain_to_switch_ms": round(benchlib.median(plain_ms), 1)}

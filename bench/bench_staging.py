@@ -37,8 +37,8 @@ RSS_TARGET_MB = 64
 _PROBE = r"""
 import json, resource, sys, time
 from pathlib import Path
-from kristal.checks import reset_peak_rss
-from kristal.objectstore import ObjectStore, StoreConfig
+from kristal.runtime.measure import reset_peak_rss
+from kristal.store.s3 import ObjectStore, StoreConfig
 
 def status(field):
     for line in Path("/proc/self/status").read_text().splitlines():

@@ -25,7 +25,7 @@ from kristal.config import Settings
 from kristal.context import Context
 from kristal.dev.devstack import dev_env
 from kristal.dev.processes import SeaweedProcess, start_seaweed, stop_seaweed
-from kristal.operations.plan import Who
+from kristal.operations.outcome import Outcome, Who
 from kristal.publish.publisher import PublisherKeys, PublishResult, load_publisher_keys, publish
 from kristal.store.s3 import ObjectStore, StoreConfig
 
@@ -129,7 +129,7 @@ def median(samples: Sequence[float]) -> float:
 
 
 def p95(samples: Sequence[float]) -> float:
-    """Nearest-rank 95th percentile (as kristal.checks)."""
+    """Nearest-rank 95th percentile (as kristal.runtime.checks)."""
     ordered = sorted(samples)
     return ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
 
@@ -182,3 +182,23 @@ def note(message: str, *, quiet: bool = False) -> None:
         import sys
 
         print(message, file=sys.stderr, flush=True)
+
+
+# --- the operations with the plain runner (the domain's own steps, no orchestrator) ---------
+def activate_plain(ctx: Context, channel_id: str, release_id: int, who: Who, *,
+                   force: bool = False) -> Outcome:
+    from kristal.operations.activate import activate
+    from kristal.operations.runner import PlainRunner
+
+    return activate(PlainRunner(), ctx, channel_id=channel_id, release_id=release_id,
+                    force=force, who=who)
+
+
+def rollback_plain(ctx: Context, channel_id: str, who: Who, *, to: Any = "last-known-good",
+                   automatic: bool = False,
+                   expected_activation_id: str | None = None) -> Outcome:
+    from kristal.operations.rollback import rollback
+    from kristal.operations.runner import PlainRunner
+
+    return rollback(PlainRunner(), ctx, channel_id=channel_id, to=to, automatic=automatic,
+                    expected_activation_id=expected_activation_id, who=who)

@@ -3,9 +3,9 @@ the invariant checker over every channel.
 
     python bench/soak.py --ops 1000 --channels 10 --seed 1
 
-Starts its own SeaweedFS (kristal.localstack.start_seaweed) and a fault proxy in front of it
+Starts its own SeaweedFS (kristal.dev.processes.start_seaweed) and a fault proxy in front of it
 (tests/faultproxy.py), publishes a first release per channel and activates it, then runs `--ops`
-random operations through `kristal.pipeline` (no Prefect): activate (of a freshly published
+random operations with the plain runner (no Prefect): activate (of a freshly published
 release; some fail their checks, some start a new generation), rollback (last-known-good or
 previous), downgrade (to an older generation, under a fresh rollback authorization) and reverify
 (whose policy here resumes or finishes the live record's checks when they are missing or failed,
@@ -40,6 +40,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from kristal.channel import records
 
 HERE = Path(__file__).resolve()
 REPO_ROOT = HERE.parent.parent
@@ -80,12 +82,42 @@ FAILING_EXPECT: dict[str, Any] = {
 }
 
 
+# --- the operations, with the plain runner (the soak's own processes, no orchestrator) -------
+def activate_op(ctx: Any, channel: str, release_id: int, who: Any, *, force: bool = False) -> Any:
+    from kristal.operations.activate import activate
+    from kristal.operations.runner import PlainRunner
+
+    return activate(PlainRunner(), ctx, channel_id=channel, release_id=release_id, force=force,
+                    who=who)
+
+
+def rollback_op(ctx: Any, channel: str, to: Any, who: Any) -> Any:
+    from kristal.operations.rollback import rollback
+    from kristal.operations.runner import PlainRunner
+
+    return rollback(PlainRunner(), ctx, channel_id=channel, to=to, who=who)
+
+
+def downgrade_op(ctx: Any, channel: str, release_id: int, authorization_id: str, who: Any) -> Any:
+    from kristal.operations.downgrade import downgrade
+    from kristal.operations.runner import PlainRunner
+
+    return downgrade(PlainRunner(), ctx, channel_id=channel, release_id=release_id,
+                     authorization_id=authorization_id, who=who)
+
+
+def channel_report(ctx: Any, channel: str, checks_timeout_s: float) -> Any:
+    from kristal.operations.reverify import reverify_channel
+    from kristal.operations.runner import PlainRunner
+
+    return reverify_channel(PlainRunner(), ctx, channel, checks_timeout_s=checks_timeout_s)
+
+
 # --- worker mode: one operation in its own process (for kill -9) --------------------------------
 def worker_main(argv: list[str]) -> int:
     from kristal.context import Context
     from kristal.errors import KristalError
-    from kristal.operations.pipeline import activate_release, downgrade_release, rollback_release
-    from kristal.operations.plan import Who
+    from kristal.operations.outcome import Who
 
     op, channel, *rest = argv
     ctx = Context.from_settings()
@@ -93,11 +125,11 @@ def worker_main(argv: list[str]) -> int:
     out: dict[str, Any] = {"op": op}
     try:
         if op == "activate":
-            activate_release(ctx, channel, int(rest[0]), who, force=rest[1:] == ["force"])
+            activate_op(ctx, channel, int(rest[0]), who, force=rest[1:] == ["force"])
         elif op == "rollback":
-            rollback_release(ctx, channel, _to(rest[0]), who)
+            rollback_op(ctx, channel, _to(rest[0]), who)
         elif op == "downgrade":
-            downgrade_release(ctx, channel, int(rest[0]), rest[1], who)
+            downgrade_op(ctx, channel, int(rest[0]), rest[1], who)
         out["code"] = "ok"
     except KristalError as exc:
         out["code"] = exc.code
@@ -265,25 +297,24 @@ class Soak:
         return rid
 
     def who(self, op: str) -> Any:
-        from kristal.operations.plan import Who
+        from kristal.operations.outcome import Who
 
         return Who(operator="soak", reason=op, correlation_id=f"soak-{uuid.uuid4().hex[:8]}")
 
     def setup(self, channels: int) -> None:
-        from kristal.operations.pipeline import activate_release
 
         for i in range(channels):
             ch = Channel(f"soak/ch{i:02d}/s{self.seed}")
             self.channels.append(ch)
             rid = self.publish(ch, generation=1, failing=False)
-            activate_release(self.direct, ch.channel_id, rid, self.who("setup"))
+            activate_op(self.direct, ch.channel_id, rid, self.who("setup"))
 
     # --- one random operation --------------------------------------------------------------------
     def plan(self, ch: Channel) -> tuple[str, list[str]]:
-        from kristal.channel import pointer as ptr
+        from kristal.channel import records
 
         op = self.rng.choices(list(WEIGHTS), weights=list(WEIGHTS.values()))[0]
-        live = ptr.read_pointer(self.direct.store, ch.channel_id).record
+        live = records.read_pointer(self.direct.store, ch.channel_id).record
         live_gen = live.active.generation if live else 1
         if op == "activate":
             if self.rng.random() < 0.15:
@@ -295,7 +326,8 @@ class Soak:
         if op == "downgrade":
             candidates = [rid for rid, (gen, _f) in ch.published.items()
                           if gen < live_gen and (live is None or rid != live.active.release_id)
-                          and ptr.read_quarantine(self.direct.store, ch.channel_id, rid) is None]
+                          and records.read_quarantine(self.direct.store, ch.channel_id,
+                                                      rid) is None]
             if not candidates:
                 return "reverify", []
             from kristal.channel.governance import authorize
@@ -306,34 +338,28 @@ class Soak:
         return op, []
 
     def run_inline(self, op: str, ch: Channel, args: list[str]) -> str:
-        from kristal.channel import pointer as ptr
-        from kristal.operations.pipeline import (
-            activate_release,
-            downgrade_release,
-            rollback_release,
-        )
-        from kristal.operations.reverify import CHECKS_RECORD, reverify_channel
+        from kristal.operations.reverify_checks import CHECKS_RECORD
 
         who = self.who(op)
         if op == "activate":
-            activate_release(self.ctx, ch.channel_id, int(args[0]), who)
+            activate_op(self.ctx, ch.channel_id, int(args[0]), who)
         elif op == "rollback":
-            result = rollback_release(self.ctx, ch.channel_id, _to(args[0]), who)
-            if result.record is None:
+            result = rollback_op(self.ctx, ch.channel_id, _to(args[0]), who)
+            if result.outcome == "nothing_to_do":
                 return "noop"
         elif op == "downgrade":
-            downgrade_release(self.ctx, ch.channel_id, int(args[0]), args[1], who)
+            downgrade_op(self.ctx, ch.channel_id, int(args[0]), args[1], who)
         else:
-            report = reverify_channel(self.ctx, ch.channel_id, checks_timeout_s=0)
+            report = channel_report(self.ctx, ch.channel_id, checks_timeout_s=0)
             if report.ok:
                 return "ok"
             codes = sorted({r.code or "failed" for r in report.failures})
             if any(r.name == CHECKS_RECORD for r in report.failures):
                 # Policy: the live record's checks are missing or failed: re-run them (or
                 # finish the rollback they call for) with the forced re-activation.
-                live = ptr.read_pointer(self.ctx.store, ch.channel_id).record
+                live = records.read_pointer(self.ctx.store, ch.channel_id).record
                 assert live is not None
-                activate_release(self.ctx, ch.channel_id, live.active.release_id, who,
+                activate_op(self.ctx, ch.channel_id, live.active.release_id, who,
                                  force=True)
                 return "repaired:" + ",".join(codes)
             return "rows:" + ",".join(codes)
@@ -421,9 +447,7 @@ class Soak:
     def check(self, result: SoakResult) -> None:
         from invariants import read_channel
 
-        from kristal.channel import pointer as ptr
         from kristal.errors import KristalError
-        from kristal.operations.pipeline import activate_release
 
         for ch in self.channels:
             facts = read_channel(self.direct, ch.channel_id)
@@ -438,13 +462,13 @@ class Soak:
             # Converge (invariant 5): the live record's checks resumed or finished.
             try:
                 for _ in range(3):
-                    live = ptr.read_pointer(self.direct.store, ch.channel_id).record
+                    live = records.read_pointer(self.direct.store, ch.channel_id).record
                     assert live is not None
-                    checks = ptr.read_checks(self.direct.store, ch.channel_id, live.sequence)
+                    checks = records.read_checks(self.direct.store, ch.channel_id, live.sequence)
                     if checks is not None and checks.result == "passed":
                         break
                     try:
-                        activate_release(self.direct, ch.channel_id, live.active.release_id,
+                        activate_op(self.direct, ch.channel_id, live.active.release_id,
                                          self.who("converge"), force=True)
                     except KristalError as exc:
                         if exc.code != "check_failed":

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 from prefect.automations import (
@@ -22,42 +22,37 @@ from prefect.automations import (
 from prefect.deployments.runner import RunnerDeployment
 from prefect.schedules import Cron
 
-REVERIFY_CRON = os.environ.get("KRISTAL_REVERIFY_CRON", "0 3 * * *")
-REVERIFY_TIMEZONE = os.environ.get("KRISTAL_REVERIFY_TIMEZONE", "Europe/Paris")
-FOLLOWUP_BLOCK = "kristal-followup"
-
-AUTO_ROLLBACK_ON_FAILED_RUN = "kristal: roll back a failed activate or downgrade run"
-AUTO_ROLLBACK_ON_CHECK_FAILED = "kristal: roll back on kristal.check.failed"
-FOLLOWUP_NOTIFICATION = "kristal: carry rollback follow-ups to the tracker"
+from kristal.config import ServeSettings
+from kristal.operations import events
+from tasks.names import (
+    AUTO_ROLLBACK_ON_CHECK_FAILED,
+    AUTO_ROLLBACK_ON_FAILED_RUN,
+    CHANNEL_RESOURCE_PREFIX,
+    FOLLOWUP_BLOCK,
+    FOLLOWUP_NOTIFICATION,
+)
 
 
 def build_deployments() -> list[RunnerDeployment]:
     from flows.activate import activate
     from flows.downgrade import downgrade
+    from flows.fleet import fleet_activate
+    from flows.reverify import reverify
     from flows.rollback import rollback
 
-    deployments = [
+    settings = ServeSettings.from_env()
+    # Prefect types its sync-compatible methods as `X | Coroutine`: in sync code they are X.
+    return [cast(RunnerDeployment, d) for d in (
         activate.to_deployment(name="activate", description=activate.__doc__),
         rollback.to_deployment(name="rollback", description=rollback.__doc__),
         downgrade.to_deployment(name="downgrade", description=downgrade.__doc__),
-    ]
-    try:
-        from flows.reverify import reverify
-    except ImportError:  # pragma: no cover - reverify lands separately
-        reverify = None
-    if reverify is not None:
-        deployments.append(reverify.to_deployment(
+        reverify.to_deployment(
             name="nightly", description="Nightly re-verification of every live store.",
-            schedules=[Cron(REVERIFY_CRON, timezone=REVERIFY_TIMEZONE)],
+            schedules=[Cron(settings.reverify_cron, timezone=settings.reverify_timezone)],
             parameters={"request": {}},
-        ))
-    try:
-        from flows.fleet import fleet_activate
-    except ImportError:  # pragma: no cover - fleet lands separately
-        fleet_activate = None
-    if fleet_activate is not None:
-        deployments.append(fleet_activate.to_deployment(name="fleet-activate"))
-    return deployments
+        ),
+        fleet_activate.to_deployment(name="fleet-activate", description=fleet_activate.__doc__),
+    )]
 
 
 @dataclass(frozen=True)
@@ -66,7 +61,7 @@ class Registered:
 
 
 def register(deployments: list[RunnerDeployment]) -> Registered:
-    return Registered({d.flow_name: d.apply() for d in deployments})
+    return Registered({str(d.flow_name): cast(UUID, d.apply()) for d in deployments})
 
 
 def _upsert(automation: Automation) -> Automation:
@@ -75,8 +70,8 @@ def _upsert(automation: Automation) -> Automation:
     except ValueError:
         existing = None
     if existing is None:
-        return automation.create()
-    automation.id = existing.id
+        return cast(Automation, automation.create())
+    automation.id = cast(Automation, existing).id
     automation.update()
     return automation
 
@@ -112,15 +107,15 @@ def automations(registered: Registered, followup_block_id: UUID | None) -> list[
             name=AUTO_ROLLBACK_ON_CHECK_FAILED,
             description="A monitor reported a failed check for a live activation.",
             trigger=EventTrigger(
-                expect={"kristal.check.failed"},
-                match={"prefect.resource.id": "kristal.channel.*"},
+                expect={events.CHECK_FAILED},
+                match={"prefect.resource.id": f"{CHANNEL_RESOURCE_PREFIX}*"},
                 for_each={"prefect.resource.id"},
                 posture=Posture.Reactive, threshold=1, within=0,
             ),
             actions=[RunDeployment(
                 source="selected", deployment_id=rollback_id,
                 parameters=_rollback_parameters(
-                    channel_id="{{ event.resource.id | replace('kristal.channel.', '') "
+                    channel_id=f"{{{{ event.resource.id | replace('{CHANNEL_RESOURCE_PREFIX}', '') "
                     "| replace('.', '/') }}",
                     reason="monitor: {{ event.payload.reason }}",
                     correlation_id="{{ event.id | string }}",
@@ -134,8 +129,8 @@ def automations(registered: Registered, followup_block_id: UUID | None) -> list[
         result.append(Automation(
             name=FOLLOWUP_NOTIFICATION,
             description="Every rollback opens a follow-up in the team's tracker.",
-            trigger=EventTrigger(expect={"kristal.rollback.recorded"},
-                                 match={"prefect.resource.id": "kristal.channel.*"},
+            trigger=EventTrigger(expect={events.ROLLBACK_RECORDED},
+                                 match={"prefect.resource.id": f"{CHANNEL_RESOURCE_PREFIX}*"},
                                  posture=Posture.Reactive, threshold=1, within=0),
             actions=[CallWebhook(block_document_id=followup_block_id, payload=(
                 '{"title": "kristal rollback in {{ event.payload.channel_id }}", '
@@ -155,13 +150,13 @@ def followup_webhook(url: str | None) -> UUID | None:
         return None
     from prefect.blocks.webhook import Webhook
 
-    block = Webhook(method="POST", url=url, allow_private_urls=True,
-                    headers={"Content-Type": "application/json"})
-    return block.save(FOLLOWUP_BLOCK, overwrite=True)
+    block = Webhook.model_validate({"method": "POST", "url": url, "allow_private_urls": True,
+                                    "headers": {"Content-Type": "application/json"}})
+    return cast(UUID, block.save(FOLLOWUP_BLOCK, overwrite=True))
 
 
 def apply_automations(registered: Registered, webhook_url: str | None = None) -> list[Automation]:
-    block_id = followup_webhook(webhook_url or os.environ.get("KRISTAL_FOLLOWUP_WEBHOOK_URL"))
+    block_id = followup_webhook(webhook_url or ServeSettings.from_env().followup_webhook_url)
     return [_upsert(a) for a in automations(registered, block_id)]
 
 

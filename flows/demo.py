@@ -44,11 +44,13 @@ def _write_variant(src: Path, dst: Path, extra: int) -> None:
 
 
 def _ensure_stack(as_json: bool) -> None:
-    if os.environ.get("KRISTAL_S3_ENDPOINT") and os.environ.get("PREFECT_API_URL"):
+    from kristal.config import home_dir, s3_endpoint_set
+
+    if s3_endpoint_set() and os.environ.get("PREFECT_API_URL"):
         return
     from kristal.dev.devstack import dev_up
 
-    home = Path(os.environ.get("KRISTAL_HOME", Path.home() / ".kristal")).expanduser()
+    home = home_dir()
     _say(as_json, f"starting the local stack under {home} (SeaweedFS + Prefect server) ...")
     stack = dev_up(home)
     os.environ.update(stack.exports())
@@ -58,18 +60,19 @@ def _ensure_stack(as_json: bool) -> None:
 def run_demo(*, as_json: bool = False) -> dict[str, Any]:
     started = time.monotonic()
     _ensure_stack(as_json)
-    from flows.cli import _publisher_keys, _quiet_prefect
+    from flows.console import quiet_prefect
+    from kristal.config import Settings
     from kristal.context import Context
-    from kristal.publish.publisher import publish
+    from kristal.publish.publisher import load_publisher_keys, publish
 
-    _quiet_prefect()
+    quiet_prefect()
     from flows.activate import activate
     from flows.params import ActivateRequest
 
     ctx = Context.from_settings()
     ctx.store.ensure_bucket()
     channel = f"demo/dev/run-{time.strftime('%Y%m%d-%H%M%S')}"
-    keys = _publisher_keys()
+    keys = load_publisher_keys(Settings.from_env().key_dir)
     summary: dict[str, Any] = {"channel_id": channel, "steps": []}
     with tempfile.TemporaryDirectory(prefix="kristal-demo-") as tmp:
         work = Path(tmp)
@@ -128,21 +131,23 @@ def run_demo(*, as_json: bool = False) -> dict[str, Any]:
             summary["steps"].append(
                 {"activate": release_id, "outcome": "rolled_back", "error": exc.code}
             )
-    from kristal.channel import pointer as ptr
+    from kristal.channel import records
     from kristal.channel.history import history
 
-    records = history(ctx.store, channel)
-    live = ptr.read_pointer(ctx.store, channel).record
+    listed = history(ctx.store, channel)
+    live = records.read_pointer(ctx.store, channel).record
     summary["history"] = [
         {
             "sequence": r.sequence,
             "kind": r.kind,
             "release_id": r.active.release_id,
             "checks": (
-                c.result if (c := ptr.read_checks(ctx.store, channel, r.sequence)) else "pending"
+                c.result
+                if (c := records.read_checks(ctx.store, channel, r.sequence))
+                else "pending"
             ),
         }
-        for r in records
+        for r in listed
     ]
     summary["live_release_id"] = live.active.release_id if live else None
     summary["seconds"] = round(time.monotonic() - started, 1)

@@ -4,11 +4,21 @@ and are validated by the server when a run is created.
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-CHANNEL_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}/[a-z0-9][a-z0-9-]{0,62}/[a-z0-9][a-z0-9-]{0,62}$"
+from kristal.config import DEFAULT_CHECKS_TIMEOUT_S, checks_timeout_s
+from kristal.formats.models import CHANNEL_PATTERN
+from kristal.operations.fleet_channel import ChannelOutcome, FleetOutcome
+from kristal.operations.outcome import Outcome as RunOutcome
+from kristal.operations.reverify import ReverifyResult
+
+__all__ = ["ActivateRequest", "ChannelOutcome", "DowngradeRequest", "FleetOutcome",
+           "FleetRequest", "Operator", "ReverifyRequest", "ReverifyResult", "RollbackRequest",
+           "RunOutcome"]
+
 ID_PATTERN = r"^sha256:[0-9a-f]{64}$"
 
 
@@ -55,28 +65,6 @@ class RollbackRequest(Operator):
     )
 
 
-class RunOutcome(BaseModel):
-    """What a flow run did, for the CLI's --json and for callers."""
-
-    channel_id: str
-    outcome: Literal[
-        "downgraded",
-        "activated",
-        "resumed",
-        "already_live",
-        "planned",
-        "rolled_back",
-        "nothing_to_do",
-        "activated_then_rolled_back",
-    ]
-    sequence: int | None = None
-    activation_id: str | None = None
-    release_id: int | None = None
-    check_result: str | None = None
-    message: str = ""
-    plan: dict | None = None
-
-
 class DowngradeRequest(Operator):
     channel_id: str = Field(pattern=CHANNEL_PATTERN)
     release_id: int = Field(ge=1, description="The blessed target release.")
@@ -84,3 +72,69 @@ class DowngradeRequest(Operator):
     require_approval: bool = Field(
         False, description="Pause for a human approval before switching."
     )
+
+
+def _channels(value: list[str] | None) -> list[str] | None:
+    for channel_id in value or []:
+        if not re.fullmatch(CHANNEL_PATTERN, channel_id):
+            raise ValueError(f"{channel_id!r} is not <tenant>/<environment>/<region>")
+    return value
+
+
+class ReverifyRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    channel_ids: list[str] | None = Field(
+        None, description="Channels to re-verify (<tenant>/<environment>/<region>); empty: all."
+    )
+    checks_timeout_s: float | None = Field(
+        None,
+        ge=0,
+        description=(
+            "A live record whose post-activation checks are missing for longer than this is "
+            "treated as failed; empty: $KRISTAL_CHECKS_TIMEOUT_S, else "
+            f"{DEFAULT_CHECKS_TIMEOUT_S:.0f}."
+        ),
+    )
+    rollback_on_failure: list[str] = Field(
+        [],
+        description=(
+            "Channels whose policy is to roll back (to last-known-good) when re-verification "
+            "fails; every other channel is only alerted (kristal.reverify.failed)."
+        ),
+    )
+    operator: str = Field("reverify", min_length=1, description="Recorded on a rollback.")
+
+    @model_validator(mode="after")
+    def _resolve(self) -> ReverifyRequest:
+        _channels([*(self.channel_ids or []), *self.rollback_on_failure])
+        if self.checks_timeout_s is None:
+            self.checks_timeout_s = checks_timeout_s()
+        return self
+
+
+class FleetRequest(Operator):
+    channel_ids: list[str] = Field(
+        min_length=1, description="Every channel of the fleet, in rollout order."
+    )
+    release_id: int = Field(ge=1, description="The release, published in every channel's index.")
+    canary_channel_ids: list[str] | None = Field(
+        None, description="Activated first, alone; default the first channel ([] for none)."
+    )
+    wave_size: int = Field(10, ge=1, description="Channels per wave after the canary.")
+    max_parallel: int = Field(4, ge=1, le=64, description="Channels activated at once.")
+    revoke_vetoed: bool = Field(
+        False,
+        description="On a halt, also revoke the release (reason fleet-veto) in the vetoed "
+        "channels' indexes; needs the channel-authority key (KRISTAL_KEY_DIR).",
+    )
+    dry_run: bool = Field(
+        False,
+        description="Verify the release in every channel (against its own index) and stage "
+        "it once; report what each channel would do. Nothing is switched.",
+    )
+
+    @field_validator("channel_ids", "canary_channel_ids")
+    @classmethod
+    def _valid_channels(cls, value: list[str] | None) -> list[str] | None:
+        return _channels(value)

@@ -43,5 +43,5 @@ def no_heartbeat_join() -> bool:
         return original(flow_engine, join_on_exit=False)
 
     setattr(send_heartbeats, _PATCHED, True)
-    engine._send_heartbeats = send_heartbeats
+    setattr(engine, "_send_heartbeats", send_heartbeats)  # noqa: B010 - a patch of a private name
     return True

@@ -1,7 +1,8 @@
-"""Settings read from the environment (DESIGN §9), one place for every default.
+"""Settings read from the environment (DESIGN §9): the one reader of `KRISTAL_*` variables and
+the one place for every default. Nothing here talks to the network.
 
 `KRISTAL_HOME` holds local state (dev stack, keys, trust file, cache) unless a variable points
-elsewhere. Nothing here talks to the network.
+elsewhere.
 """
 
 from __future__ import annotations
@@ -10,7 +11,64 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from kristal.errors import UsageInvalid
 from kristal.store.s3 import StoreConfig
+
+DEFAULT_RETRY_DELAYS_S = (1.0, 2.0, 4.0)
+DEFAULT_CHECKS_TIMEOUT_S = 900.0
+
+
+def _env(name: str, default: str = "") -> str:
+    return os.environ.get(name, default).strip()
+
+
+def _float(name: str, default: float) -> float:
+    text = _env(name)
+    if not text:
+        return default
+    try:
+        return float(text)
+    except ValueError:
+        raise UsageInvalid(f"{name}={text!r} is not a number", field=name) from None
+
+
+def _floats(name: str, default: tuple[float, ...]) -> tuple[float, ...]:
+    text = _env(name)
+    if not text:
+        return default
+    try:
+        return tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise UsageInvalid(f"{name}={text!r} is not a comma-separated list of seconds",
+                           field=name) from None
+
+
+def home_dir() -> Path:
+    return Path(os.environ.get("KRISTAL_HOME") or Path.home() / ".kristal").expanduser()
+
+
+def store_config() -> StoreConfig:
+    """KRISTAL_S3_* and AWS_* variables; no credentials -> boto3's default chain."""
+    bucket = _env("KRISTAL_S3_BUCKET")
+    if not bucket:
+        raise UsageInvalid('KRISTAL_S3_BUCKET is not set (for the local stack: '
+                           'eval "$(kristalctl dev up)")', field="KRISTAL_S3_BUCKET")
+    access_key = os.environ.get("AWS_ACCESS_KEY_ID") or None
+    secret_key = os.environ.get("AWS_SECRET_ACCESS_KEY") or None
+    if access_key is None or secret_key is None:
+        # Half a key pair is useless; let boto3 find a whole one (profile, IMDS, ...).
+        access_key = secret_key = None
+    return StoreConfig(
+        endpoint_url=_env("KRISTAL_S3_ENDPOINT") or None,
+        bucket=bucket,
+        prefix=_env("KRISTAL_S3_PREFIX"),
+        region=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        or "us-east-1",
+        access_key=access_key,
+        secret_key=secret_key,
+        connect_timeout=_float("KRISTAL_S3_CONNECT_TIMEOUT_S", 5.0),
+        read_timeout=_float("KRISTAL_S3_READ_TIMEOUT_S", 30.0),
+    )
 
 
 @dataclass(frozen=True)
@@ -21,15 +79,60 @@ class Settings:
     cache_dir: Path
     store: StoreConfig
     checks_timeout_s: float
+    retry_delays_s: tuple[float, ...] = DEFAULT_RETRY_DELAYS_S
 
     @classmethod
     def from_env(cls) -> Settings:
-        home = Path(os.environ.get("KRISTAL_HOME", Path.home() / ".kristal")).expanduser()
+        home = home_dir()
         return cls(
             home=home,
-            trust_file=Path(os.environ.get("KRISTAL_TRUST_FILE", home / "trust.json")),
-            key_dir=Path(os.environ.get("KRISTAL_KEY_DIR", home / "keys")),
-            cache_dir=Path(os.environ.get("KRISTAL_CACHE_DIR", home / "cache")),
-            store=StoreConfig.from_env(),
-            checks_timeout_s=float(os.environ.get("KRISTAL_CHECKS_TIMEOUT_S", "900")),
+            trust_file=Path(os.environ.get("KRISTAL_TRUST_FILE") or home / "trust.json"),
+            key_dir=Path(os.environ.get("KRISTAL_KEY_DIR") or home / "keys"),
+            cache_dir=Path(os.environ.get("KRISTAL_CACHE_DIR") or home / "cache"),
+            store=store_config(),
+            checks_timeout_s=_float("KRISTAL_CHECKS_TIMEOUT_S", DEFAULT_CHECKS_TIMEOUT_S),
+            retry_delays_s=_floats("KRISTAL_RETRY_DELAYS_S", DEFAULT_RETRY_DELAYS_S),
         )
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """What `kristalctl serve` and the automations read."""
+
+    reverify_cron: str
+    reverify_timezone: str
+    followup_webhook_url: str | None
+
+    @classmethod
+    def from_env(cls) -> ServeSettings:
+        return cls(
+            reverify_cron=_env("KRISTAL_REVERIFY_CRON", "0 3 * * *"),
+            reverify_timezone=_env("KRISTAL_REVERIFY_TIMEZONE", "Europe/Paris"),
+            followup_webhook_url=_env("KRISTAL_FOLLOWUP_WEBHOOK_URL") or None,
+        )
+
+
+def s3_endpoint_set() -> bool:
+    """Whether `KRISTAL_S3_ENDPOINT` names an endpoint (the demo then uses it as it is)."""
+    return bool(_env("KRISTAL_S3_ENDPOINT"))
+
+
+def verbose() -> bool:
+    """`KRISTAL_VERBOSE`: show Prefect's console logs from the CLI."""
+    return bool(_env("KRISTAL_VERBOSE"))
+
+
+def crash_request() -> tuple[str | None, str | None]:
+    """(`KRISTAL_CRASH_AT`, `KRISTAL_CRASH_ARMED_FILE`) for kill -9 tests (`crashpoints`)."""
+    return os.environ.get("KRISTAL_CRASH_AT"), os.environ.get("KRISTAL_CRASH_ARMED_FILE")
+
+
+def retry_delays_s() -> tuple[float, ...]:
+    """`KRISTAL_RETRY_DELAYS_S` (seconds before each retry of a storage hiccup), without
+    needing the rest of the settings."""
+    return _floats("KRISTAL_RETRY_DELAYS_S", DEFAULT_RETRY_DELAYS_S)
+
+
+def checks_timeout_s() -> float:
+    """`KRISTAL_CHECKS_TIMEOUT_S`, without needing the rest of the settings."""
+    return _float("KRISTAL_CHECKS_TIMEOUT_S", DEFAULT_CHECKS_TIMEOUT_S)

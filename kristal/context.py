@@ -8,17 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 from kristal.config import Settings
+from kristal.formats.time import utc_now
 from kristal.store.blobcache import BlobCache
 from kristal.store.s3 import ObjectStore
 from kristal.trust.roots import ChannelTrust, TrustFile, load_trust_file
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass

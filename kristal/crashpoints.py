@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import signal
 
+from kristal.config import crash_request
+
 POINTS = (
     "after_verify",  # verified, nothing staged
     "after_stage",  # staged, pointer untouched
@@ -25,9 +27,9 @@ POINTS = (
 def crash_point(name: str) -> None:
     if name not in POINTS:
         raise ValueError(f"unknown crash point {name!r}")
-    if os.environ.get("KRISTAL_CRASH_AT") != name:
+    at, armed = crash_request()
+    if at != name:
         return
-    armed = os.environ.get("KRISTAL_CRASH_ARMED_FILE")
     if armed:
         try:
             os.unlink(armed)  # atomic: exactly one process consumes an armed crash

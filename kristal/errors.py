@@ -1,7 +1,14 @@
-"""The one exception hierarchy of kristal-activate.
+"""The one exception hierarchy of kristal-activate, in families (after python-tuf and Iceberg).
 
-Every failure the product can report is a `KristalError` subclass carrying its upstream-style
-error code (DESIGN §9) and the CLI exit status it maps to. Nothing else is raised across modules.
+Every failure the product reports is a `KristalError` carrying its upstream-style error code
+(DESIGN §9). Its family says what happened to the channel and what a caller may do next, and
+gives the CLI exit status; nothing else is raised across modules.
+
+  Refused (1)         nothing live changed; fix the input or the policy, then ask again
+  UsageError (2)      the request itself is malformed; nothing was read or written
+  Conflict (3)        another writer won a race; nothing of ours was written: re-read, retry
+  Infrastructure (4)  the store or orchestrator failed, or a write's outcome is unknown
+  RolledBack (5)      a release went live, failed its checks and was rolled back
 """
 
 from __future__ import annotations
@@ -18,7 +25,8 @@ EXIT_ROLLED_BACK = 5
 
 
 class KristalError(Exception):
-    """Base of every coded failure. `code` is the stable machine-readable name."""
+    """Base of every coded failure. `code` is the stable machine-readable name; the family
+    (the direct subclass of this one) fixes `exit_status`."""
 
     code: ClassVar[str] = "kristal_error"
     exit_status: ClassVar[int] = EXIT_REFUSED
@@ -33,164 +41,254 @@ class KristalError(Exception):
         return f"error: {self.code}: {self.message}"
 
     def as_dict(self) -> dict[str, object]:
-        out: dict[str, object] = {"error_code": self.code, "message": self.message}
+        out: dict[str, object] = {"error_code": self.code, "message": self.message,
+                                  "exit_status": self.exit_status}
         if self.field:
             out["field"] = self.field
         return out
 
 
-# --- documents and identity ------------------------------------------------------------------
-class ManifestSchemaInvalid(KristalError):
-    code = "manifest_schema_invalid"
+# --- the families ----------------------------------------------------------------------------
+class Refused(KristalError):
+    """Verification or policy said no, before anything live changed.
 
+    The channel is exactly as it was. Retrying the same request gives the same answer; change
+    the input (a good artifact, an authorization, `--force --reason`) or the policy first."""
 
-class IdentityMismatch(KristalError):
-    code = "identity_mismatch"
+    exit_status = EXIT_REFUSED
 
 
-class PathInvalid(KristalError):
-    code = "path_invalid"
+class UsageError(KristalError):
+    """The request is malformed (a flag, a channel id, the configuration). Nothing was read or
+    written; correct the request."""
 
-
-class FileInventoryMissing(KristalError):
-    code = "file_inventory_missing"
-
-
-class FileHashMismatch(KristalError):
-    code = "file_hash_mismatch"
-
-
-class ProfileUnsupported(KristalError):
-    code = "profile_unsupported"
-
-
-# --- signatures and trust --------------------------------------------------------------------
-class SignatureInvalid(KristalError):
-    code = "signature_invalid"
-
-
-class SignatureMissing(KristalError):
-    code = "signature_missing"
-
-
-class KeyUnknown(KristalError):
-    code = "key_unknown"
-
-
-class KeyExpired(KristalError):
-    code = "key_expired"
-
-
-class KeyRevoked(KristalError):
-    code = "key_revoked"
-
-
-class TrustRootMissing(KristalError):
-    code = "trust_root_missing"
-
-
-# --- validation reports ----------------------------------------------------------------------
-class ValidationReportMissing(KristalError):
-    code = "validation_report_missing"
-
-
-class ValidationFailed(KristalError):
-    code = "validation_failed"
-
-
-# --- release policy --------------------------------------------------------------------------
-class RuntimePackRevoked(KristalError):
-    code = "runtime_pack_revoked"
-
-
-class ReleaseRevoked(KristalError):
-    code = "release_revoked"
-
-
-class ReleaseQuarantined(KristalError):
-    code = "release_quarantined"
-
-
-class SourceExchangeMismatch(KristalError):
-    code = "source_exchange_mismatch"
-
-
-class GenerationMismatch(KristalError):
-    code = "generation_mismatch"
-
-
-class ReleaseIdDowngradeBlocked(KristalError):
-    code = "release_id_downgrade_blocked"
-
-
-class ReleaseIdSubstitutionBlocked(KristalError):
-    code = "release_id_substitution_blocked"
-
-
-class RollbackNotAuthorized(KristalError):
-    code = "rollback_not_authorized"
-
-
-class RollbackTargetMissing(KristalError):
-    code = "rollback_target_missing"
-
-
-class IndexReplayed(KristalError):
-    code = "index_replayed"
-
-
-class IndexExpired(KristalError):
-    code = "index_expired"
-
-
-# --- the pointer -----------------------------------------------------------------------------
-class PointerInvalid(KristalError):
-    code = "pointer_invalid"
-
-
-class PointerConflict(KristalError):
-    code = "pointer_conflict"
-    exit_status = EXIT_CONFLICT
-
-
-class CommitUnknown(KristalError):
-    code = "commit_unknown"
-    exit_status = EXIT_INFRA
-
-
-class CheckFailed(KristalError):
-    """Post-activation checks failed; the flow rolled back (exit 5)."""
-
-    code = "check_failed"
-    exit_status = EXIT_ROLLED_BACK
-
-
-class EndpointUnsafe(KristalError):
-    code = "endpoint_unsafe"
-    exit_status = EXIT_INFRA
-
-
-class ActivationAborted(KristalError):
-    code = "activation_aborted"
-
-
-# --- our own codes (no upstream name) --------------------------------------------------------
-class StorageUnavailable(KristalError):
-    """The object store could not be reached or kept failing (timeouts, 5xx, resets)."""
-
-    code = "storage_unavailable"
-    exit_status = EXIT_INFRA
-
-
-class UsageInvalid(KristalError):
-    """Bad command-line input or configuration."""
-
-    code = "usage_invalid"
     exit_status = EXIT_USAGE
 
 
+class Conflict(KristalError):
+    """Another writer changed the channel first; none of our writes landed.
+
+    Safe to retry: re-read the pointer (or index) and decide again on what is there now."""
+
+    exit_status = EXIT_CONFLICT
+
+
+class Infrastructure(KristalError):
+    """The object store or the orchestrator failed, or kept failing through the retries.
+
+    Nothing was decided on the failure: retrying the whole operation later is safe, since every
+    write is conditional or write-once."""
+
+    exit_status = EXIT_INFRA
+
+
+class UnknownOutcome(Infrastructure):
+    """A write was sent but whether it landed could not be learned (Iceberg's
+    `CommitStateUnknownException`).
+
+    Never clean up after it (nothing staged may be deleted). Re-read the pointer: if it holds
+    our activation the write succeeded; re-running the same activation with `--force` resumes
+    at the checks."""
+
+
+class RolledBack(KristalError):
+    """The release went live, failed its post-activation checks, was quarantined and the
+    channel was rolled back to the release that was live before it (which is live now).
+
+    Do not retry the same release: publish a fixed one, or `--force` it deliberately."""
+
+    exit_status = EXIT_ROLLED_BACK
+
+
+# --- documents and identity (refused) --------------------------------------------------------
+class ManifestSchemaInvalid(Refused):
+    code = "manifest_schema_invalid"
+
+
+class IdentityMismatch(Refused):
+    code = "identity_mismatch"
+
+
+class PathInvalid(Refused):
+    code = "path_invalid"
+
+
+class FileInventoryMissing(Refused):
+    code = "file_inventory_missing"
+
+
+class ObjectNotFound(FileInventoryMissing):
+    """The key does not exist in the bucket."""
+
+
+class FileHashMismatch(Refused):
+    code = "file_hash_mismatch"
+
+
+class ProfileUnsupported(Refused):
+    code = "profile_unsupported"
+
+
+# --- signatures and trust (refused) ----------------------------------------------------------
+class SignatureInvalid(Refused):
+    code = "signature_invalid"
+
+
+class SignatureMissing(Refused):
+    code = "signature_missing"
+
+
+class KeyUnknown(Refused):
+    code = "key_unknown"
+
+
+class KeyExpired(Refused):
+    code = "key_expired"
+
+
+class KeyRevoked(Refused):
+    code = "key_revoked"
+
+
+class TrustRootMissing(Refused):
+    code = "trust_root_missing"
+
+
+# --- validation reports (refused) ------------------------------------------------------------
+class ValidationReportMissing(Refused):
+    code = "validation_report_missing"
+
+
+class ValidationFailed(Refused):
+    code = "validation_failed"
+
+
+# --- release policy (refused) ----------------------------------------------------------------
+class RuntimePackRevoked(Refused):
+    code = "runtime_pack_revoked"
+
+
+class ReleaseRevoked(Refused):
+    code = "release_revoked"
+
+
+class ReleaseQuarantined(Refused):
+    code = "release_quarantined"
+
+
+class SourceExchangeMismatch(Refused):
+    code = "source_exchange_mismatch"
+
+
+class GenerationMismatch(Refused):
+    code = "generation_mismatch"
+
+
+class ReleaseIdDowngradeBlocked(Refused):
+    code = "release_id_downgrade_blocked"
+
+
+class ReleaseIdSubstitutionBlocked(Refused):
+    code = "release_id_substitution_blocked"
+
+
+class RollbackNotAuthorized(Refused):
+    code = "rollback_not_authorized"
+
+
+class RollbackTargetMissing(Refused):
+    code = "rollback_target_missing"
+
+
+class IndexReplayed(Refused):
+    code = "index_replayed"
+
+
+class IndexExpired(Refused):
+    code = "index_expired"
+
+
+class ChannelUnknown(Refused):
+    """No index, or no record, for that channel: nothing is published or nothing was live."""
+
+    code = "channel_unknown"
+
+
+class ReleaseUnknown(Refused):
+    """The release is not in the channel's signed index."""
+
+    code = "release_unknown"
+
+
+class RollbackFailed(Refused):
+    """An automatic rollback found no safe target (DESIGN §5): nothing was changed by it."""
+
+    code = "rollback_failed"
+
+
+class ActivationAborted(Refused):
+    code = "activation_aborted"
+
+
+# --- the pointer -----------------------------------------------------------------------------
+class PointerInvalid(Refused):
+    """A channel record does not verify (signature, chain link, binding): nothing is written on
+    top of it until an operator looks."""
+
+    code = "pointer_invalid"
+
+
+class PointerConflict(Conflict):
+    code = "pointer_conflict"
+
+
+class CommitUnknown(UnknownOutcome):
+    code = "commit_unknown"
+
+
+class CheckFailed(RolledBack):
+    """Post-activation checks failed; the operation rolled back (exit 5)."""
+
+    code = "check_failed"
+
+
+# --- infrastructure --------------------------------------------------------------------------
+class EndpointUnsafe(Infrastructure):
+    """The S3 endpoint ignores conditional writes (DESIGN §6 invariant 6): never write to it."""
+
+    code = "endpoint_unsafe"
+
+
+class StorageUnavailable(Infrastructure):
+    """The object store could not be reached or kept failing (timeouts, 5xx, resets)."""
+
+    code = "storage_unavailable"
+
+
+class InternalError(Infrastructure):
+    """A failure with no code of its own (a bug): the last resort, never a traceback."""
+
+    code = "internal_error"
+
+
+# --- usage -----------------------------------------------------------------------------------
+class UsageInvalid(UsageError):
+    """Bad command-line input or configuration."""
+
+    code = "usage_invalid"
+
+
+FAMILIES: tuple[type[KristalError], ...] = (
+    Refused, UsageError, Conflict, Infrastructure, UnknownOutcome, RolledBack,
+)
 ALL_ERRORS: tuple[type[KristalError], ...] = tuple(
     cls
     for cls in list(globals().values())
-    if isinstance(cls, type) and issubclass(cls, KristalError) and cls is not KristalError
+    if isinstance(cls, type) and issubclass(cls, KristalError)
+    and cls is not KristalError and cls not in FAMILIES
 )
+
+
+def error_class(code: str | None) -> type[KristalError] | None:
+    """The error class with this code, or None."""
+    return next((cls for cls in ALL_ERRORS if cls.code == code), None)

@@ -1,102 +1,59 @@
-"""Prefect artifacts every run leaves: a markdown verification report and a table of changes."""
+"""Where an operation's reports go under Prefect: markdown and table artifacts attached to the
+run, and a progress artifact that moves as a long operation advances (a fleet's waves).
+"""
 
 from __future__ import annotations
 
+import contextvars
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from prefect import task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.cache_policies import NO_CACHE
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 
-from kristal.formats.channel_docs import ActivationRecord, CheckRecord
-from kristal.operations.plan import ActivationPlan
-
-
-def _artifact_key(channel_id: str, what: str) -> str:
-    # Artifact keys allow lowercase letters, digits and dashes only.
-    return f"{what}-" + channel_id.replace("/", "-")
-
-
-def verification_markdown(
-    plan: ActivationPlan, record: ActivationRecord | None, checks: CheckRecord | None, outcome: str
-) -> str:
-    release = plan.release
-    lines = [
-        f"# {plan.kind} `{plan.channel_id}` → release {release.entry.release_id}",
-        "",
-        f"**Outcome:** {outcome}",
-        "",
-        "## Verified",
-        f"- channel index v{release.index.index_version} "
-        f"(`{release.evidence['index']['index_id']}`), signed by channel-authority",
-        f"- exchange `{release.entry.exchange_id}` (generation {release.entry.generation})",
-    ]
-    lines += [f"- runtime pack `{p.pack_id}`" for p in release.packs]
-    if release.entry.federation_id:
-        lines.append(
-            f"- federation root `{release.entry.federation_id}` with "
-            f"{len(release.shard_exchanges)} shards"
-        )
-    lines += [f"- validation report `{rid}`" for rid in release.report_ids]
-    if plan.notes:
-        lines += ["", "## Notes", *[f"- {n}" for n in plan.notes]]
-    if record is not None:
-        lines += [
-            "",
-            "## Record",
-            f"- sequence {record.sequence}, activation `{record.activation_id}`",
-            f"- operator {record.operator}; reason: {record.reason}",
-            f"- correlation id `{record.correlation_id}`",
-        ]
-    if checks is not None:
-        lines += [
-            "",
-            f"## Post-activation checks: {checks.result}",
-            "",
-            "| check | expected | measured | passed |",
-            "|---|---|---|---|",
-        ]
-        lines += [
-            f"| {o['name']} | {o['expected']} | {o['measured']} | {o['passed']} |"
-            for o in checks.figures.get("outcomes", [])
-        ]
-        if checks.previous_figures:
-            prev = checks.previous_figures
-            lines += ["", "| figure | this release | previous release |", "|---|---|---|"]
-            for name in ("row_count", "latency_p95_ms", "peak_rss_mb"):
-                lines.append(f"| {name} | {checks.figures.get(name)} | {prev.get(name)} |")
-    return "\n".join(lines)
+from kristal.operations.runner import Artifact
+from tasks.locks import run_logger
+from tasks.names import artifact_key
 
 
-def change_rows(plan: ActivationPlan, record: ActivationRecord | None) -> list[dict[str, Any]]:
-    live = plan.state.record
-    new = record.active if record else None
-    rows = []
-    for field in ("release_id", "generation", "exchange_id", "runtime_pack_ids", "federation_id"):
-        before = getattr(live.active, field) if live else None
-        after = getattr(new, field) if new else before
-        rows.append(
-            {
-                "field": field,
-                "before": str(before),
-                "after": str(after),
-                "changed": str(before != after),
-            }
-        )
-    return rows
+def publish_artifact(artifact: Artifact) -> None:
+    key = artifact_key(artifact.kind, artifact.scope)
+    if artifact.markdown is not None:
+        create_markdown_artifact(key=key, markdown=artifact.markdown,
+                                 description=artifact.description)
+    if artifact.table is not None:
+        create_table_artifact(key=key, table=artifact.table, description=artifact.description)
 
 
-@task(name="report-run", cache_policy=NO_CACHE)
-def report_run(
-    plan: ActivationPlan, record: ActivationRecord | None, checks: CheckRecord | None, outcome: str
-) -> None:
-    create_markdown_artifact(
-        key=_artifact_key(plan.channel_id, "verification"),
-        markdown=verification_markdown(plan, record, checks, outcome),
-        description=f"{plan.kind} of {plan.channel_id}: {outcome}",
-    )
-    create_table_artifact(
-        key=_artifact_key(plan.channel_id, "changes"),
-        table=change_rows(plan, record),
-        description=f"what changed in {plan.channel_id}",
-    )
+class ProgressArtifact:
+    """The fleet's progress artifact in the UI: the share of channels done, after each wave.
+
+    Written by a thread of its own, in order, so the waves never wait on the artifact API
+    (in line, its seven calls added 0.2-0.4 s to a 50-channel fleet); `close()` waits for the
+    last write. A failed write is logged, never a reason to fail the fleet."""
+
+    def __init__(self, key: str, description: str) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kristal-progress")
+        self._writes: list[Future[Any]] = []
+        self._id = self._submit(create_progress_artifact, 0.0, key=key, description=description)
+
+    def _submit(self, fn: Any, *args: Any, **kwargs: Any) -> Future[Any]:
+        write = self._pool.submit(contextvars.copy_context().run, fn, *args, **kwargs)
+        self._writes.append(write)
+        return write
+
+    def update(self, fraction: float, description: str) -> None:
+        percent = round(100.0 * fraction, 1)
+        self._submit(lambda: update_progress_artifact(self._id.result(), percent,
+                                                      description=description))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        failed = next((f for f in self._writes if f.exception() is not None), None)
+        if failed is not None:
+            run_logger().warning(f"fleet progress artifact not written: "
+                                          f"{failed.exception()}")

@@ -38,6 +38,8 @@ def aws_test_env() -> Iterator[None]:
     patch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     patch.delenv("AWS_PROFILE", raising=False)
     patch.delenv("AWS_SESSION_TOKEN", raising=False)
+    # Storage hiccups are retried after these delays (production: 1, 2, 4 s).
+    patch.setenv("KRISTAL_RETRY_DELAYS_S", "0.1,0.2,0.4")
     yield
     patch.undo()
 

@@ -31,13 +31,13 @@ from dataclasses import dataclass, field
 from typing import Any
 from unittest import mock
 
-from kristal.channel import pointer as ptr
+from kristal.channel import records
+from kristal.channel.history import walk_chain
 from kristal.context import Context
 from kristal.errors import KristalError, ReleaseRevoked, RuntimePackRevoked
 from kristal.formats import layout
 from kristal.formats.canonical import canonical_sha256
 from kristal.formats.channel_docs import ActivationRecord, ReleaseRef
-from kristal.operations.reverify import verify_chain
 from kristal.verify import verifier as kverify
 from kristal.verify.fetch import verify_release
 
@@ -107,7 +107,7 @@ def read_channel(
     store = ctx.store
     facts = ChannelFacts(channel)
     bad = facts.violations.append
-    state = ptr.read_pointer(store, channel)
+    state = records.read_pointer(store, channel)
     facts.live = state.record
     history_keys = sorted(store.list_keys(layout.history_prefix(channel)))
     history_seqs = [s for s in (_sequence_of(k) for k in history_keys) if s is not None]
@@ -118,13 +118,13 @@ def read_channel(
         if seq is None:
             bad(f"stray object {key}")
             continue
-        facts.checks[seq] = ptr.read_checks(store, channel, seq)
+        facts.checks[seq] = records.read_checks(store, channel, seq)
     for key in store.list_keys(quarantine_prefix):
         rid = _sequence_of(key)
         if rid is None:
             bad(f"stray object {key}")
             continue
-        facts.quarantined[rid] = ptr.read_quarantine(store, channel, rid)
+        facts.quarantined[rid] = records.read_quarantine(store, channel, rid)
 
     if state.record is None:
         if history_seqs or facts.checks or facts.quarantined:
@@ -145,36 +145,32 @@ def read_channel(
     # Chain valid (up to the last record stored; the pointer links to it when pending).
     upto = n - 1 if facts.pending_history else n
     try:
-        if upto >= 1:
-            if facts.pending_history:
-                verify_chain(store, channel, upto, pointer=_pointer_like(store, channel, upto))
-            else:
-                verify_chain(store, channel, upto, pointer=state)
+        walk_chain(store, channel, pointer=state, allow_pending=facts.pending_history)
     except KristalError as exc:
         bad(f"chain invalid: {exc.code}: {exc.message}")
         return facts
-    records = [r for r in (ptr.read_history(store, channel, s) for s in range(1, upto + 1))
+    walked = [r for r in (records.read_history(store, channel, s) for s in range(1, upto + 1))
                if r is not None]
     if facts.pending_history:
         live = state.record
-        last = records[-1] if records else None
+        last = walked[-1] if walked else None
         expected_link = (canonical_sha256(last.model_dump(mode="json"))
                          if last is not None else None)
         if live.prev_record_sha256 != expected_link or live.previous_sequence != (
             last.sequence if last else None
         ):
             bad(f"the pointer (sequence {n}) does not link to history record {upto}")
-        records.append(live)
-    facts.records = records
+        walked.append(live)
+    facts.records = walked
 
     # No activation id twice.
-    ids = [r.activation_id for r in records]
+    ids = [r.activation_id for r in walked]
     if len(set(ids)) != len(ids):
         dupes = sorted({i for i in ids if ids.count(i) > 1})
         bad(f"activation ids recorded twice: {dupes}")
 
-    # Checks belong to existing records, one each, naming that record's activation.
-    by_seq = {r.sequence: r for r in records}
+    # Checks belong to existing walked, one each, naming that record's activation.
+    by_seq = {r.sequence: r for r in walked}
     for seq, checks in sorted(facts.checks.items()):
         record = by_seq.get(seq)
         if record is None:
@@ -199,7 +195,7 @@ def read_channel(
 
     # Monotonic highest; forward activations go above it (or are forced).
     highest = 0
-    for record in records:
+    for record in walked:
         if record.highest_activated_release_id < highest:
             bad(f"record {record.sequence}: highest_activated_release_id went down from "
                 f"{highest} to {record.highest_activated_release_id}")
@@ -213,7 +209,7 @@ def read_channel(
     # Every release that was ever live: published, same artifacts, verifies.
     if verify_releases:
         seen: dict[int, ReleaseRef] = {}
-        for record in records:
+        for record in walked:
             ref = record.active
             if ref.release_id in seen:
                 if seen[ref.release_id] != ref:
@@ -224,13 +220,6 @@ def read_channel(
             if problem:
                 bad(f"record {record.sequence} ({record.kind}): {problem}")
     return facts
-
-
-def _pointer_like(store: Any, channel: str, sequence: int) -> ptr.PointerState:
-    """A pointer state holding history[sequence], so `verify_chain` can end the walk there."""
-    data, _ = store.get_bytes(layout.history(channel, sequence), max_bytes=ptr.MAX_RECORD_BYTES)
-    record, raw = ptr.parse_record(data, channel, what=f"history record {sequence}")
-    return ptr.PointerState(record, None, raw)
 
 
 def check_channel(ctx: Context, channel: str, *, allow_pending_history: bool = True,

@@ -10,23 +10,18 @@ from typing import Any
 import pytest
 from world import World
 
-from kristal.channel import pointer as ptr
+from kristal.channel import records
 from kristal.errors import CheckFailed, KristalError
 from kristal.formats import layout
 from kristal.formats.canonical import canonical_sha256
 from kristal.formats.identity import DocKind
-from kristal.operations.pipeline import activate_release
 from kristal.trust.signing import sign_document
-
-
-def _activate(world: World, release_id: int, **kw: Any) -> Any:
-    return activate_release(world.ctx, world.channel, release_id, world.who(), **kw)
 
 
 def _refused(world: World, release_id: int, code: str) -> KristalError:
     before = world.snapshot()
     with pytest.raises(KristalError) as info:
-        _activate(world, release_id)
+        world.activate(release_id)
     assert info.value.code == code, info.value.line()
     assert world.snapshot() == before, "a refused activation changed the channel"
     return info.value
@@ -35,19 +30,19 @@ def _refused(world: World, release_id: int, code: str) -> KristalError:
 def test_activate_two_releases_records_chain_and_checks(world: World) -> None:
     world.publish(1)
     world.publish(2)
-    first = _activate(world, 1)
-    second = _activate(world, 2)
-    assert first.checks.result == "passed" and second.checks.result == "passed"
+    first = world.activate(1)
+    second = world.activate(2)
+    assert first.check_result == "passed" and second.check_result == "passed"
     live = world.pointer().record
     assert live.sequence == 2 and live.active.release_id == 2
     assert live.previous.release_id == 1 and live.previous_sequence == 1
     assert live.last_known_good.release_id == 1
     assert live.highest_activated_release_id == 2 and not live.rollback_mode
-    history1 = ptr.read_history(world.store, world.channel, 1)
+    history1 = records.read_history(world.store, world.channel, 1)
     assert live.prev_record_sha256 == canonical_sha256(history1.model_dump(mode="json"))
     assert history1.prev_record_sha256 is None
-    assert ptr.read_history(world.store, world.channel, 2) == live
-    checks = ptr.read_checks(world.store, world.channel, 2)
+    assert records.read_history(world.store, world.channel, 2) == live
+    checks = records.read_checks(world.store, world.channel, 2)
     assert checks.previous_figures["row_count"] == checks.figures["row_count"] == 60
     assert live.evidence["report_ids"] and live.operator == "pytest"
 
@@ -65,19 +60,19 @@ def test_failed_check_quarantines_and_rolls_back_to_previous(world: World) -> No
             "max_rss_mb": 512,
         },
     )
-    _activate(world, 1)
+    world.activate(1)
     with pytest.raises(CheckFailed) as info:
-        _activate(world, 2)
+        world.activate(2)
     assert info.value.exit_status == 5
     live = world.pointer().record
     assert (live.sequence, live.kind, live.active.release_id) == (3, "auto_rollback", 1)
     assert live.highest_activated_release_id == 2 and live.rollback_mode
-    failed = ptr.read_checks(world.store, world.channel, 2)
+    failed = records.read_checks(world.store, world.channel, 2)
     assert failed.result == "failed" and "expected 999" in failed.reason
-    assert ptr.read_quarantine(world.store, world.channel, 2).sequence == 2
+    assert records.read_quarantine(world.store, world.channel, 2).sequence == 2
     # The quarantined release is refused unless forced.
     with pytest.raises(KristalError) as again:
-        _activate(world, 2)
+        world.activate(2)
     assert again.value.code == "release_quarantined"
 
 
@@ -85,10 +80,10 @@ def test_first_activation_failing_its_checks_stays_live_quarantined(world: World
     world.publish(
         1, expect={"row_count": 61, "smoke_queries": [], "latency_p95_ms": 50, "max_rss_mb": 512}
     )
-    with pytest.raises(CheckFailed, match="no rollback"):
-        _activate(world, 1)
+    with pytest.raises(CheckFailed, match="no automatic rollback"):
+        world.activate(1)
     assert world.pointer().record.active.release_id == 1
-    assert ptr.read_quarantine(world.store, world.channel, 1) is not None
+    assert records.read_quarantine(world.store, world.channel, 1) is not None
 
 
 def test_dry_run_like_plan_changes_nothing(world: World) -> None:
@@ -121,7 +116,7 @@ def test_exact_ids_must_name_one_index_entry(world: World) -> None:
 def live_one(world: World) -> World:
     world.publish(1)
     world.publish(2)
-    _activate(world, 1)
+    world.activate(1, via="plain")  # set-up: the refusals below go through the flow
     return world
 
 
@@ -247,7 +242,7 @@ def test_part_of_another_generation_is_refused(live_one: World) -> None:
 def test_replayed_lower_release_id_is_refused(world: World) -> None:
     world.publish(1)
     world.publish(2)
-    _activate(world, 2)
+    world.activate(2)
     _refused(world, 1, "release_id_downgrade_blocked")
 
 
@@ -300,7 +295,7 @@ def test_replayed_older_index_is_refused(live_one: World) -> None:
     from kristal.channel.governance import set_floor
 
     set_floor(world.ctx, world.keys.authority, world.channel, 0)
-    _activate(world, 2)  # record now carries index v3
+    world.activate(2)  # record now carries index v3
     world.store.put_bytes(key, old)  # ... of v2, validly signed but older
     world.publish  # noqa: B018 - nothing else changes
     with pytest.raises(KristalError) as info:
@@ -314,7 +309,7 @@ def test_malformed_pointer_is_refused(live_one: World) -> None:
     world = live_one
     world.store.put_bytes(layout.pointer(world.channel), json.dumps({"sequence": "x"}).encode())
     with pytest.raises(KristalError) as info:
-        _activate(world, 2)
+        world.activate(2)
     assert info.value.code == "pointer_invalid"
 
 
@@ -324,15 +319,10 @@ def test_endpoint_ignoring_conditions_is_refused_before_any_switch(
     """DESIGN §6 invariant 6: the first conditional write of a process probes the endpoint."""
     from faultproxy import Action
 
-    from kristal.context import Context
-    from kristal.store.s3 import ObjectStore
-
     world.publish(1)
     fault_proxy.add_rule(Action.STRIP_CONDITIONS, method="PUT", times=1000)
-    unsafe = ObjectStore(fault_proxy.config_for(world.store.config))
-    ctx = Context(store=unsafe, trust_file=world.ctx.trust_file, cache=world.ctx.cache,
-                  settings=world.ctx.settings)
+    world.flows_through(fault_proxy.url)
     with pytest.raises(KristalError) as info:
-        activate_release(ctx, world.channel, 1, world.who())
+        world.activate(1)
     assert info.value.code == "endpoint_unsafe" and info.value.exit_status == 4
     assert world.snapshot() == {}

@@ -11,7 +11,8 @@ from pydantic import ValidationError
 from kristal.errors import UsageInvalid
 from kristal.formats.expectations import Expectations, SmokeQuery, TriplePattern
 from kristal.publish.datagen import generate_triples
-from kristal.runtime.checks import derive_expectations, reset_peak_rss, run_checks
+from kristal.runtime.checks import derive_expectations, run_checks
+from kristal.runtime.measure import reset_peak_rss
 from kristal.runtime.sqlite_index import PinnedReader, build_index, result_digest
 
 
@@ -160,7 +161,7 @@ def test_expectations_json_shape_is_strict() -> None:
 
 
 def test_reset_peak_rss_lowers_the_reading_after_a_spike() -> None:
-    from kristal.runtime.checks import _peak_rss_mb
+    from kristal.runtime.measure import _peak_rss_mb
 
     spike = bytearray(200 * 1024 * 1024)
     spike[::4096] = b"\x01" * len(spike[::4096])

@@ -218,10 +218,8 @@ def test_publish_status_history_end_to_end(world: World) -> None:
     assert json.loads(status.stdout) == {"channel_id": world.channel, "active": None}
     assert "nothing is live" in kristalctl("status", world.channel, env=world.env).stdout
 
-    # A live record (made in-process: activate needs Prefect) shows in status and history.
-    from kristal.operations.pipeline import activate_release
-
-    activate_release(world.ctx, world.channel, 1, world.who("cli test"))
+    # A live record (made by the activate flow in-process) shows in status and history.
+    world.activate(1, reason="cli test")
     status = kristalctl("status", world.channel, "--json", env=world.env)
     assert status.returncode == 0, status.stderr
     live = json.loads(status.stdout)
@@ -290,9 +288,9 @@ def test_fleet_dry_run_reports_each_channel_and_exits_1_if_one_would_refuse(
 ) -> None:
     import uuid
 
-    from kristal.channel import pointer as ptr
+    from kristal.channel import records
     from kristal.channel.governance import revoke
-    from kristal.operations.fleet import publish_to_channels
+    from kristal.operations.fleet_rules import publish_to_channels
 
     tag = uuid.uuid4().hex[:6]
     channels = [f"acme/clifleet{i}/{tag}" for i in range(2)]
@@ -309,4 +307,4 @@ def test_fleet_dry_run_reports_each_channel_and_exits_1_if_one_would_refuse(
     assert "dry run: 1 would change, 0 already live, 1 would refuse" in proc.stdout
     assert f"{channels[1]}: release_revoked: " in proc.stdout
     assert "Traceback" not in proc.stdout + proc.stderr
-    assert [ptr.read_pointer(world.store, c).record for c in channels] == [None, None]
+    assert [records.read_pointer(world.store, c).record for c in channels] == [None, None]

@@ -1,6 +1,6 @@
 """Commit-unknown (DESIGN §6 invariant 3): ambiguous pointer writes, resolved by re-reading.
 
-The activation runs through the fault proxy, in front of the real SeaweedFS, with faults on the
+The `activate` flow runs through the fault proxy, in front of the real SeaweedFS, with faults on the
 PUT (and GET) of `active.json` only. A write whose response is lost must be recognised as ours
 from the re-read, never resent blindly; a write that was not forwarded is retried conditionally;
 and when the outcome cannot be learned the activation stops with `commit_unknown` (exit 4)
@@ -17,11 +17,9 @@ from faultproxy import Action, FaultProxy
 from world import World
 
 from kristal.channel import pointer as ptr
-from kristal.context import Context
+from kristal.channel import records
 from kristal.errors import CommitUnknown
-from kristal.operations.pipeline import activate_release
 from kristal.runtime.staging import index_path
-from kristal.store.s3 import ObjectStore
 
 POINTER = "active.json"
 
@@ -30,15 +28,14 @@ POINTER = "active.json"
 def live_one(world: World) -> World:
     world.publish(1)
     world.publish(2)
-    assert activate_release(world.ctx, world.channel, 1, world.who()).checks.result == "passed"
+    assert world.activate(1, via="plain").check_result == "passed"  # set-up
     return world
 
 
-def _proxied(world: World, proxy: FaultProxy) -> Context:
-    """The world's context, but every S3 request through the fault proxy (short timeouts)."""
-    config = proxy.config_for(world.store.config, connect_timeout=2, read_timeout=5)
-    return Context(store=ObjectStore(config), trust_file=world.ctx.trust_file,
-                   cache=world.ctx.cache, settings=world.ctx.settings)
+def _activate_through(world: World, proxy: FaultProxy) -> Any:
+    """The activate flow of release 2, every S3 request of it through the fault proxy."""
+    world.flows_through(proxy.url, connect_timeout=2, read_timeout=5)
+    return world.activate(2)
 
 
 def _pointer_puts(proxy: FaultProxy) -> list[Any]:
@@ -49,12 +46,12 @@ def _assert_activated_once(world: World, result: Any) -> None:
     """Release 2 live at sequence 2 with our record, exactly one record for it, history and
     checks written, nothing beyond."""
     live = world.pointer().record
-    assert result.record is not None and live == result.record
+    assert live.activation_id == result.activation_id
     assert (live.sequence, live.active.release_id) == (2, 2)
-    assert ptr.read_history(world.store, world.channel, 2) == live
-    assert ptr.read_history(world.store, world.channel, 3) is None
-    assert result.checks.result == "passed"
-    assert ptr.read_checks(world.store, world.channel, 2).activation_id == live.activation_id
+    assert records.read_history(world.store, world.channel, 2) == live
+    assert records.read_history(world.store, world.channel, 3) is None
+    assert result.check_result == "passed"
+    assert records.read_checks(world.store, world.channel, 2).activation_id == live.activation_id
     assert_history_complete(world.store, world.channel)
 
 
@@ -63,7 +60,7 @@ def test_lost_response_to_pointer_put_is_resolved_as_ours_without_resend(
 ) -> None:
     world = live_one
     rule = fault_proxy.add_rule(Action.DROP_RESPONSE, method="PUT", key_contains=POINTER, times=1)
-    result = activate_release(_proxied(world, fault_proxy), world.channel, 2, world.who())
+    result = _activate_through(world, fault_proxy)
     assert rule.fired == 1
     _assert_activated_once(world, result)
     puts = _pointer_puts(fault_proxy)
@@ -79,7 +76,7 @@ def test_503_on_pointer_put_is_retried_conditionally(
     etag = world.pointer().etag
     rule = fault_proxy.add_rule(Action.STATUS, method="PUT", key_contains=POINTER, status=503,
                                 times=1)
-    result = activate_release(_proxied(world, fault_proxy), world.channel, 2, world.who())
+    result = _activate_through(world, fault_proxy)
     assert rule.fired == 1
     _assert_activated_once(world, result)
     puts = _pointer_puts(fault_proxy)
@@ -94,7 +91,7 @@ def test_reset_on_pointer_put_is_retried_conditionally(
     world = live_one
     etag = world.pointer().etag
     rule = fault_proxy.add_rule(Action.RESET, method="PUT", key_contains=POINTER, times=1)
-    result = activate_release(_proxied(world, fault_proxy), world.channel, 2, world.who())
+    result = _activate_through(world, fault_proxy)
     assert rule.fired == 1
     _assert_activated_once(world, result)
     puts = _pointer_puts(fault_proxy)
@@ -113,7 +110,7 @@ def test_412_answering_our_own_landed_write_is_success(
     # re-read with botocore's own retries, fail.
     fault_proxy.add_rule(Action.DELAY, method="GET", key_contains=POINTER, delay=0, times=1)
     fault_proxy.add_rule(Action.STATUS, method="GET", key_contains=POINTER, status=503, times=3)
-    result = activate_release(_proxied(world, fault_proxy), world.channel, 2, world.who())
+    result = _activate_through(world, fault_proxy)
     _assert_activated_once(world, result)
     puts = _pointer_puts(fault_proxy)
     assert [p.upstream_status for p in puts] == [200, 412]
@@ -132,9 +129,8 @@ def test_outcome_still_unknown_after_rereads_is_commit_unknown(
                          times=1000)
     fault_proxy.add_rule(Action.STATUS, method="PUT", key_contains=POINTER, status=503,
                          times=1000)
-    ctx = _proxied(world, fault_proxy)
     with pytest.raises(CommitUnknown) as info:
-        activate_release(ctx, world.channel, 2, world.who())
+        _activate_through(world, fault_proxy)
     assert info.value.code == "commit_unknown" and info.value.exit_status == 4
     assert len(_pointer_puts(fault_proxy)) == ptr.COMMIT_ATTEMPTS
     assert not [p for p in fault_proxy.requests(key_contains=POINTER) if p.action is None
@@ -148,5 +144,5 @@ def test_outcome_still_unknown_after_rereads_is_commit_unknown(
     two = world.published[2].runtime_pack_ids[0]
     assert index_path(world.ctx, two).exists()
     # And once the store answers again, the same activation simply succeeds.
-    result = activate_release(ctx, world.channel, 2, world.who())
+    result = world.activate(2)
     _assert_activated_once(world, result)

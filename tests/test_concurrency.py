@@ -1,8 +1,11 @@
 """Concurrent writers of one channel's pointer (DESIGN §6 invariants 1, 2 and 4).
 
-No Prefect here: the per-channel concurrency limit is bypassed by construction, so the conditional
-write of `active.json` is the only lock. SeaweedFS queues simultaneous conditional writers of one
-key in 1 s steps, hence the generous timeouts.
+The race of eight processes runs the activate operation with the plain runner: the per-channel
+concurrency limit is bypassed by construction, so the conditional write of `active.json` is the
+only lock. The same race through the `activate` flow (three processes) shows the channel lock
+serializing them: one history, no lost record, no conflict left to the conditional write.
+SeaweedFS queues simultaneous conditional writers of one key in 1 s steps, hence the generous
+timeouts.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from activation_worker import (
 from world import World
 
 from kristal.channel import pointer as ptr
-from kristal.channel.history import new_record
+from kristal.channel import records
+from kristal.channel.pointer import new_record
 from kristal.errors import KristalError, PointerConflict
 from kristal.formats import layout
 from kristal.formats.channel_docs import ReleaseRef
@@ -35,10 +39,9 @@ PROCESS_TIMEOUT_S = 150
 LOSER_CODES = {"pointer_conflict", "release_id_downgrade_blocked"}
 
 
-def test_eight_processes_activating_different_releases_leave_one_consistent_chain(
-    world: World, tmp_path: Path
-) -> None:
-    for release_id in range(1, WRITERS + 1):
+def _race(world: World, tmp_path: Path, writers: int, via: str) -> dict[int, dict[str, Any]]:
+    """`writers` worker processes activating releases 1..writers at once (a barrier file)."""
+    for release_id in range(1, writers + 1):
         world.publish(release_id)
     barrier = tmp_path / "barrier"
     barrier.mkdir()
@@ -46,14 +49,15 @@ def test_eight_processes_activating_different_releases_leave_one_consistent_chai
     env = worker_env(world.env)
     procs = {
         release_id: subprocess.Popen(
-            worker_command(world.channel, release_id, ready=barrier / f"ready-{release_id}", go=go),
+            worker_command(world.channel, release_id, via=via,
+                           ready=barrier / f"ready-{release_id}", go=go),
             env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
-        for release_id in range(1, WRITERS + 1)
+        for release_id in range(1, writers + 1)
     }
     try:
         deadline = time.monotonic() + PROCESS_TIMEOUT_S
-        while len(list(barrier.glob("ready-*"))) < WRITERS:
+        while len(list(barrier.glob("ready-*"))) < writers:
             dead = {r: p.returncode for r, p in procs.items() if p.poll() is not None}
             assert not dead, f"workers exited before the barrier: {dead}"
             assert time.monotonic() < deadline, "workers never reached the barrier"
@@ -71,7 +75,26 @@ def test_eight_processes_activating_different_releases_leave_one_consistent_chai
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+    return outcomes
 
+
+def test_eight_processes_activating_different_releases_leave_one_consistent_chain(
+    world: World, tmp_path: Path
+) -> None:
+    _assert_one_consistent_chain(world, _race(world, tmp_path, WRITERS, "plain"))
+
+
+def test_three_activate_flows_on_one_channel_are_serialized_by_its_lock(
+    world: World, tmp_path: Path
+) -> None:
+    outcomes = _race(world, tmp_path, 3, "flow")
+    _assert_one_consistent_chain(world, outcomes)
+    # Under the lock nobody lost a race on the pointer: each one decided on what was live.
+    assert all(o["ok"] or o["code"] == "release_id_downgrade_blocked"
+               for o in outcomes.values()), outcomes
+
+
+def _assert_one_consistent_chain(world: World, outcomes: dict[int, dict[str, Any]]) -> None:
     winners = {r: o for r, o in outcomes.items() if o["ok"]}
     losers = {r: o for r, o in outcomes.items() if not o["ok"]}
     assert winners, f"nobody won: {outcomes}"
@@ -79,11 +102,11 @@ def test_eight_processes_activating_different_releases_leave_one_consistent_chai
     assert {o["code"] for o in losers.values()} <= LOSER_CODES, losers
 
     # One history object per sequence 1..N, N the pointer's, the hash chain intact.
-    records = assert_history_complete(world.store, world.channel)
+    walked = assert_history_complete(world.store, world.channel)
     state = world.pointer()
     n = state.sequence
-    assert n == len(records) >= 1
-    by_activation = {r.activation_id: r for r in records}
+    assert n == len(walked) >= 1
+    by_activation = {r.activation_id: r for r in walked}
 
     # No record lost: every reported success is in history with its sequence and release.
     for release_id, outcome in winners.items():
@@ -92,20 +115,20 @@ def test_eight_processes_activating_different_releases_leave_one_consistent_chai
         assert (record.sequence, record.active.release_id) == (outcome["sequence"], release_id)
         assert outcome["checks"] == "passed"
     # Each record is a distinct release, and the chain only ever moved upwards.
-    releases = [r.active.release_id for r in records]
+    releases = [r.active.release_id for r in walked]
     assert releases == sorted(set(releases)), f"release order along the chain: {releases}"
-    assert [r.highest_activated_release_id for r in records] == releases
-    assert all(r.kind == "activate" for r in records)
+    assert [r.highest_activated_release_id for r in walked] == releases
+    assert all(r.kind == "activate" for r in walked)
     # A record a loser committed and whose checks it then refused to run (superseded) may exist
     # only as a pointer_conflict outcome: every record belongs to one worker's release.
-    committed_by_losers = {r.active.release_id for r in records} - set(winners)
+    committed_by_losers = {r.active.release_id for r in walked} - set(winners)
     assert all(losers[rid]["code"] == "pointer_conflict" for rid in committed_by_losers)
 
     # The pointer names a published release whose checks passed.
     live = state.record
     assert live.active.release_id in world.published
     assert live.active == ReleaseRef.of(_entry(world, live.active.release_id))
-    checks = ptr.read_checks(world.store, world.channel, n)
+    checks = records.read_checks(world.store, world.channel, n)
     assert checks is not None and checks.result == "passed"
     assert checks.activation_id == live.activation_id
     assert live.active.release_id in winners
@@ -118,17 +141,15 @@ def _entry(world: World, release_id: int) -> Any:
 
 
 def test_commit_from_one_read_state_has_exactly_one_winner(world: World) -> None:
-    """8 threads commit records built from the same PointerState: one wins, seven conflict,
+    """8 threads commit built built from the same PointerState: one wins, seven conflict,
     the pointer holds the winner's record and nothing else was written."""
     world.publish(1)
-    from kristal.operations.pipeline import activate_release
-
-    activate_release(world.ctx, world.channel, 1, world.who())
+    world.activate(1)
     world.publish(2)
     state = world.pointer()
     assert state.sequence == 1
     target = ReleaseRef.of(_entry(world, 2))
-    records = [
+    built = [
         new_record(state, channel_id=world.channel, kind="activate", active=target,
                    last_known_good=None, index_version=state.record.index_version, forced=False,
                    operator=f"thread-{i}", reason="race", correlation_id=uuid.uuid4().hex,
@@ -142,7 +163,7 @@ def test_commit_from_one_read_state_has_exactly_one_winner(world: World) -> None
     def writer(i: int) -> None:
         barrier.wait()
         try:
-            results[i] = ptr.commit(world.store, records[i], state)
+            results[i] = ptr.commit(world.store, built[i], state)
         except KristalError as exc:
             results[i] = exc
 
@@ -153,16 +174,16 @@ def test_commit_from_one_read_state_has_exactly_one_winner(world: World) -> None
         thread.join(timeout=PROCESS_TIMEOUT_S)
     assert not any(thread.is_alive() for thread in threads), "a commit hung"
 
-    won = [i for i, r in enumerate(results) if isinstance(r, ptr.PointerState)]
+    won = [i for i, r in enumerate(results) if isinstance(r, records.PointerState)]
     kinds = Counter(type(r).__name__ for r in results)
     assert len(won) == 1, f"expected exactly one winner, got {kinds}"
     assert all(isinstance(r, PointerConflict) for i, r in enumerate(results) if i != won[0]), kinds
-    winner = records[won[0]]
+    winner = built[won[0]]
     live = world.pointer()
     assert live.record == winner and live.sequence == 2
     assert live.etag == results[won[0]].etag
     # Only the pointer changed (commit writes no history: that is the caller's next step).
     after = world.snapshot()
     assert {k for k in after if after[k] != before.get(k)} == {layout.pointer(world.channel)}
-    ptr.write_history(world.store, winner)
+    records.write_history(world.store, winner)
     assert_history_complete(world.store, world.channel)

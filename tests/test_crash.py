@@ -1,11 +1,12 @@
 """kill -9 of the activation process at every crash point (DESIGN §6 invariant 5).
 
-Release 1 is live and checked, release 2 published; a worker process activating release 2 is
-SIGKILLed at a named point (`KRISTAL_CRASH_AT`). Before the switch the channel must be exactly as
-it was; after it, release 2 is live without checks and re-running the same activation
-(`force=True`) resumes at the checks, repairs the history and ends checked-and-live; a crash
-between a failed check and the rollback must still converge to release 1 live, release 2
-quarantined, and a complete history.
+Release 1 is live and checked, release 2 published; a worker process running the `activate` flow
+for release 2 is SIGKILLed at a named point (`KRISTAL_CRASH_AT`); its channel lease outlives it,
+so the test frees the slot as an operator would before the re-runs (through the flow). Before
+the switch the channel must be exactly as it was; after it, release 2 is live without checks
+and re-running the same activation (`force=True`) resumes at the checks, repairs the history and
+ends checked-and-live; a crash between a failed check and the rollback must still converge to
+release 1 live, release 2 quarantined, and a complete history.
 """
 
 from __future__ import annotations
@@ -24,10 +25,9 @@ from activation_worker import (
 )
 from world import World
 
-from kristal.channel import pointer as ptr
+from kristal.channel import records
 from kristal.crashpoints import POINTS
 from kristal.errors import CheckFailed, KristalError
-from kristal.operations.pipeline import activate_release, rollback_release
 
 BEFORE_SWITCH = ("after_verify", "after_stage", "before_switch")
 AFTER_SWITCH = ("after_switch", "after_history", "after_checks")
@@ -48,10 +48,6 @@ def test_every_crash_point_is_covered() -> None:
     assert sorted(POINTS) == sorted(BEFORE_SWITCH + AFTER_SWITCH + FAILED_CHECKS)
 
 
-def _activate(world: World, release_id: int, **kw: Any) -> Any:
-    return activate_release(world.ctx, world.channel, release_id, world.who(), **kw)
-
-
 def _kill_worker_at(world: World, release_id: int, point: str) -> None:
     proc = subprocess.run(
         worker_command(world.channel, release_id),
@@ -64,13 +60,14 @@ def _kill_worker_at(world: World, release_id: int, point: str) -> None:
         f"path?\n{proc.stderr[-2000:]}"
     )
     assert parse_outcome(proc.stdout) is None, "a killed worker reported an outcome"
+    world.free_channel_lock()
 
 
 @pytest.fixture
 def one_live(world: World) -> World:
     world.publish(1)
-    first = _activate(world, 1)
-    assert first.checks.result == "passed"
+    first = world.activate(1, via="plain")  # set-up
+    assert first.check_result == "passed"
     return world
 
 
@@ -89,14 +86,14 @@ def test_kill_9_at_crash_point_converges(one_live: World, point: str) -> None:
         assert world.snapshot() == before
         assert state.record == live_before
         # Converges: a plain re-run activates release 2 as if nothing had happened.
-        result = _activate(world, 2)
-        assert result.record.sequence == 2 and result.checks.result == "passed"
+        result = world.activate(2)
+        assert result.sequence == 2 and result.check_result == "passed"
 
     elif point in AFTER_SWITCH:
         crashed = state.record
         assert (crashed.sequence, crashed.active.release_id, crashed.kind) == (2, 2, "activate")
-        assert ptr.read_checks(world.store, world.channel, 2) is None
-        history2 = ptr.read_history(world.store, world.channel, 2)
+        assert records.read_checks(world.store, world.channel, 2) is None
+        history2 = records.read_history(world.store, world.channel, 2)
         if point == "after_switch":
             assert history2 is None, "the history object came before the pointer"
         else:
@@ -104,36 +101,36 @@ def test_kill_9_at_crash_point_converges(one_live: World, point: str) -> None:
 
         # Re-running with force resumes at the checks: same record, no new sequence, and the
         # missing history object (after_switch) repaired on the way (invariant 4).
-        result = _activate(world, 2, force=True)
-        assert result.record.activation_id == crashed.activation_id
-        assert result.checks is not None and result.checks.result == "passed"
+        result = world.activate(2, force=True)
+        assert result.activation_id == crashed.activation_id
+        assert result.check_result == "passed"
         after = world.pointer()
         assert after.sequence == 2 and after.record == crashed
-        assert ptr.read_history(world.store, world.channel, 2) == crashed
-        checks = ptr.read_checks(world.store, world.channel, 2)
+        assert records.read_history(world.store, world.channel, 2) == crashed
+        checks = records.read_checks(world.store, world.channel, 2)
         assert checks.result == "passed" and checks.activation_id == crashed.activation_id
 
         # Converged: without force the live release is refused, with force it is a no-op.
         snapshot = world.snapshot()
         with pytest.raises(KristalError) as refused:
-            _activate(world, 2)
+            world.activate(2)
         assert refused.value.code == "release_id_downgrade_blocked"
-        again = _activate(world, 2, force=True)
-        assert again.note == "already live and checked"
+        again = world.activate(2, force=True)
+        assert again.outcome == "already_live"
         assert world.snapshot() == snapshot
 
     else:  # before_rollback: release 2 failed its checks, the rollback never happened
         crashed = state.record
         assert (crashed.sequence, crashed.active.release_id) == (2, 2)
-        failed = ptr.read_checks(world.store, world.channel, 2)
+        failed = records.read_checks(world.store, world.channel, 2)
         assert failed is not None and failed.result == "failed"
         assert failed.activation_id == crashed.activation_id
-        assert ptr.read_quarantine(world.store, world.channel, 2) is None
+        assert records.read_quarantine(world.store, world.channel, 2) is None
 
         # Re-running the same activation must finish what the killed run was doing:
         # quarantine release 2 and roll back automatically to release 1.
         with pytest.raises(CheckFailed) as info:
-            _activate(world, 2, force=True)
+            world.activate(2, force=True)
         assert info.value.exit_status == 5
         _assert_rolled_back(world, crashed.activation_id)
 
@@ -144,9 +141,9 @@ def _assert_rolled_back(world: World, failed_activation_id: str) -> None:
     live = world.pointer().record
     assert (live.sequence, live.kind, live.active.release_id) == (3, "auto_rollback", 1)
     assert live.previous_sequence == 2 and live.highest_activated_release_id == 2
-    checks3 = ptr.read_checks(world.store, world.channel, 3)
+    checks3 = records.read_checks(world.store, world.channel, 3)
     assert checks3 is not None and checks3.result == "passed"
-    quarantined = ptr.read_quarantine(world.store, world.channel, 2)
+    quarantined = records.read_quarantine(world.store, world.channel, 2)
     assert quarantined is not None
     assert (quarantined.sequence, quarantined.activation_id) == (2, failed_activation_id)
 
@@ -158,17 +155,15 @@ def test_kill_9_before_rollback_converges_by_guarded_auto_rollback(one_live: Wor
     world.publish(2, expect=FAILING_EXPECT)
     _kill_worker_at(world, 2, "before_rollback")
     failed = world.pointer().record
-    assert ptr.read_checks(world.store, world.channel, 2).result == "failed"
+    assert records.read_checks(world.store, world.channel, 2).result == "failed"
 
-    back = rollback_release(world.ctx, world.channel, "previous", world.who(),
-                            kind="auto_rollback", expected_activation_id=failed.activation_id)
-    assert back.rolled_back_to is not None and back.checks.result == "passed"
+    back = world.rollback(expected_activation_id=failed.activation_id, automatic=True)
+    assert back.outcome == "rolled_back" and back.check_result == "passed"
     live = world.pointer().record
     assert (live.sequence, live.kind, live.active.release_id) == (3, "auto_rollback", 1)
 
     snapshot = world.snapshot()
-    again = rollback_release(world.ctx, world.channel, "previous", world.who(),
-                             kind="auto_rollback", expected_activation_id=failed.activation_id)
-    assert again.record is None and "nothing rolled back" in again.note
+    again = world.rollback(expected_activation_id=failed.activation_id, automatic=True)
+    assert again.outcome == "nothing_to_do" and "nothing rolled back" in again.message
     assert world.snapshot() == snapshot
     assert_history_complete(world.store, world.channel)

@@ -1,9 +1,9 @@
 """kill -9 of rollback and downgrade at every crash point on their path (DESIGN §6 invariant 5),
 mirroring tests/test_crash.py for activate.
 
-A worker process (this module run as a script, see `worker_main`) runs
-`kristal.pipeline.rollback_release` or `downgrade_release` and SIGKILLs itself at the point
-named by `KRISTAL_CRASH_AT`. Then:
+A worker process (`tests/activation_worker.py`) runs the `rollback` or `downgrade` flow and
+SIGKILLs itself at the point named by `KRISTAL_CRASH_AT`; its channel lease outlives it, so the
+test frees the slot as an operator would. Then:
 
 - before the switch (`before_switch`): the channel is exactly as it was, and re-running the same
   operation completes;
@@ -12,7 +12,7 @@ named by `KRISTAL_CRASH_AT`. Then:
   (invariant 7: that activation is no longer live) that still repairs a missing history record
   (invariant 4); a downgrade re-run is refused (already live). `reverify` reports the checks
   pending within its timeout and failed past it (timeout 0). What converges is re-running the
-  checks of the live record: `activate_release(force=True)` of the live release resumes at the
+  checks of the live record: the forced re-activation of the live release resumes at the
   checks, keeps the record (same activation, same sequence) and ends checked-and-live;
 - between failed checks and the rollback (`before_rollback`, downgrade to a failing release):
   the forced re-run finishes the job: quarantine, automatic rollback to the record's previous
@@ -24,69 +24,27 @@ are checked to be unreached: the worker completes.
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
-import uuid
-from pathlib import Path
 from typing import Any
 
-WORKER = Path(__file__).resolve()
-
-# --- the worker (python tests/test_crash_rollback.py OP ...) -------------------------------------
-
-
-def worker_main(argv: list[str]) -> int:
-    """`rollback CHANNEL EXPECTED_ACTIVATION_ID` or `downgrade CHANNEL RELEASE AUTHORIZATION`:
-    one JSON line on stdout (outcome or error code), nothing if killed."""
-    from kristal.context import Context
-    from kristal.errors import KristalError
-    from kristal.operations.pipeline import downgrade_release, rollback_release
-    from kristal.operations.plan import Who
-
-    op, channel, *rest = argv
-    ctx = Context.from_settings()
-    who = Who(operator="crash-worker", reason="reliability test",
-              correlation_id=f"crash-{uuid.uuid4().hex[:8]}")
-    out: dict[str, Any] = {"op": op}
-    try:
-        if op == "rollback":
-            result = rollback_release(ctx, channel, "last-known-good", who,
-                                      expected_activation_id=rest[0])
-        elif op == "downgrade":
-            result = downgrade_release(ctx, channel, int(rest[0]), rest[1], who)
-        else:
-            raise SystemExit(f"unknown op {op}")
-    except KristalError as exc:
-        out.update(ok=False, code=exc.code, message=exc.message)
-    else:
-        out.update(ok=True, sequence=result.record.sequence if result.record else None,
-                   checks=result.checks.result if result.checks else None, note=result.note)
-    sys.stdout.write(json.dumps(out) + "\n")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(worker_main(sys.argv[1:]))
-
-# --- the tests -----------------------------------------------------------------------------------
-import pytest  # noqa: E402
-from activation_worker import (  # noqa: E402
+import pytest
+from activation_worker import (
     REPO_ROOT,
+    WORKER,
     assert_history_complete,
     parse_outcome,
     worker_env,
 )
-from invariants import check_channel  # noqa: E402
-from world import World  # noqa: E402
+from invariants import check_channel
+from world import World
 
-from kristal.channel import pointer as ptr  # noqa: E402
-from kristal.channel.governance import authorize  # noqa: E402
-from kristal.crashpoints import POINTS  # noqa: E402
-from kristal.errors import CheckFailed, KristalError  # noqa: E402
-from kristal.operations.pipeline import activate_release, downgrade_release, rollback_release  # noqa: E402
-from kristal.operations.reverify import CHECKS_RECORD, reverify_channel  # noqa: E402
+from kristal.channel import records
+from kristal.channel.governance import authorize
+from kristal.crashpoints import POINTS
+from kristal.errors import CheckFailed, KristalError
+from kristal.operations.reverify_checks import CHECKS_RECORD
 
 BEFORE_SWITCH = ("before_switch",)
 AFTER_SWITCH = ("after_switch", "after_history", "after_checks")
@@ -109,7 +67,8 @@ def test_every_crash_point_has_an_expected_outcome() -> None:
 def _run_worker(world: World, args: list[str], point: str | None) -> subprocess.CompletedProcess:
     extra = {"KRISTAL_CRASH_AT": point} if point else {}
     return subprocess.run(
-        [sys.executable, str(WORKER), *args], env=worker_env(world.env, **extra), cwd=REPO_ROOT,
+        [sys.executable, str(WORKER), *args, "--via", "flow"], env=worker_env(world.env, **extra),
+        cwd=REPO_ROOT,
         capture_output=True, text=True, timeout=WORKER_TIMEOUT_S, check=False,
     )
 
@@ -121,10 +80,11 @@ def _kill_at(world: World, args: list[str], point: str) -> None:
         f"{parse_outcome(proc.stdout)}): is crash_point({point!r}) on the {args[0]} path?\n"
         f"{proc.stderr[-2000:]}")
     assert parse_outcome(proc.stdout) is None
+    world.free_channel_lock()
 
 
 def _reverify_checks_row(world: World, timeout_s: float) -> Any:
-    report = reverify_channel(world.ctx, world.channel, checks_timeout_s=timeout_s)
+    report = world.channel_report(checks_timeout_s=timeout_s)
     return next(r for r in report.rows if r.name == CHECKS_RECORD)
 
 
@@ -136,20 +96,18 @@ def _resume_checks(world: World, crashed: Any) -> None:
     overdue = _reverify_checks_row(world, 0)
     assert not overdue.ok and overdue.code == "check_failed"
 
-    result = activate_release(world.ctx, world.channel, crashed.active.release_id, world.who(),
-                              force=True)
-    assert result.record.activation_id == crashed.activation_id
-    assert result.checks is not None and result.checks.result == "passed"
+    result = world.activate(crashed.active.release_id, force=True)
+    assert result.activation_id == crashed.activation_id
+    assert result.check_result == "passed"
     assert world.pointer().record == crashed
-    checks = ptr.read_checks(world.store, world.channel, crashed.sequence)
+    checks = records.read_checks(world.store, world.channel, crashed.sequence)
     assert checks.result == "passed" and checks.activation_id == crashed.activation_id
-    assert reverify_channel(world.ctx, world.channel, checks_timeout_s=0).ok
+    assert world.reverify(checks_timeout_s=0).ok
 
     # Converged: once more is a no-op.
     snapshot = world.snapshot()
-    again = activate_release(world.ctx, world.channel, crashed.active.release_id, world.who(),
-                             force=True)
-    assert again.note == "already live and checked"
+    again = world.activate(crashed.active.release_id, force=True)
+    assert again.outcome == "already_live"
     assert world.snapshot() == snapshot
 
 
@@ -158,8 +116,8 @@ def _assert_crashed_after_switch(world: World, point: str, sequence: int, releas
     crashed = world.pointer().record
     assert (crashed.sequence, crashed.active.release_id, crashed.kind) == (
         sequence, release_id, kind)
-    assert ptr.read_checks(world.store, world.channel, sequence) is None
-    history = ptr.read_history(world.store, world.channel, sequence)
+    assert records.read_checks(world.store, world.channel, sequence) is None
+    history = records.read_history(world.store, world.channel, sequence)
     if point == "after_switch":
         assert history is None, "the history object came before the pointer"
     else:
@@ -181,8 +139,7 @@ def two_live(world: World) -> World:
     world.publish(1)
     world.publish(2)
     for rid in (1, 2):
-        assert activate_release(world.ctx, world.channel, rid, world.who()).checks.result == (
-            "passed")
+        assert world.activate(rid, via="plain").check_result == "passed"  # set-up
     return world
 
 
@@ -198,18 +155,16 @@ def test_kill_9_during_rollback_converges(two_live: World, point: str) -> None:
     if point in BEFORE_SWITCH:
         assert world.snapshot() == before
         assert world.pointer().record == live_before
-        result = rollback_release(world.ctx, world.channel, "last-known-good", world.who(),
-                                  expected_activation_id=live_before.activation_id)
-        assert (result.record.sequence, result.record.active.release_id) == (3, 1)
-        assert result.checks.result == "passed"
+        result = world.rollback(expected_activation_id=live_before.activation_id)
+        assert (result.sequence, result.release_id) == (3, 1)
+        assert result.check_result == "passed"
     else:
         crashed = _assert_crashed_after_switch(world, point, 3, 1, "rollback")
         # The same rollback again (same expected activation): nothing rolled back twice, but
         # the missing history record is repaired on the way (invariant 4).
-        again = rollback_release(world.ctx, world.channel, "last-known-good", world.who(),
-                                 expected_activation_id=live_before.activation_id)
-        assert again.record is None and "nothing rolled back" in again.note
-        assert ptr.read_history(world.store, world.channel, 3) == crashed
+        again = world.rollback(expected_activation_id=live_before.activation_id)
+        assert again.outcome == "nothing_to_do" and "nothing rolled back" in again.message
+        assert records.read_history(world.store, world.channel, 3) == crashed
         assert world.pointer().record == crashed
         _resume_checks(world, crashed)
     _assert_converged(world, 1)
@@ -232,7 +187,7 @@ def _downgrade_world(world: World, *, failing: bool) -> str:
     authorization for release 1. Returns the authorization id."""
     world.publish(1, generation=1, expect=FAILING_EXPECT if failing else None)
     world.publish(2, generation=2)
-    assert activate_release(world.ctx, world.channel, 2, world.who()).checks.result == "passed"
+    assert world.activate(2, via="plain").check_result == "passed"  # set-up
     auth = authorize(world.ctx, world.keys.authority, world.channel, 1, "crash test", "1h")
     return auth["authorization_id"]
 
@@ -249,17 +204,17 @@ def test_kill_9_during_downgrade_converges(world: World, point: str) -> None:
     if point in BEFORE_SWITCH:
         assert world.snapshot() == before
         assert world.pointer().record == live_before
-        result = downgrade_release(world.ctx, world.channel, 1, auth_id, world.who())
-        assert (result.record.sequence, result.record.kind) == (2, "downgrade")
-        assert result.checks.result == "passed"
+        result = world.downgrade(1, auth_id)
+        assert (result.sequence, result.outcome) == (2, "downgraded")
+        assert result.check_result == "passed"
     else:
         crashed = _assert_crashed_after_switch(world, point, 2, 1, "downgrade")
         # Re-running the downgrade is refused (release 1 is already live) and changes nothing
         # but the repair of a missing history record.
         with pytest.raises(KristalError) as refused:
-            downgrade_release(world.ctx, world.channel, 1, auth_id, world.who())
+            world.downgrade(1, auth_id)
         assert refused.value.code == "rollback_target_missing"
-        assert ptr.read_history(world.store, world.channel, 2) == crashed
+        assert records.read_history(world.store, world.channel, 2) == crashed
         _resume_checks(world, crashed)
     _assert_converged(world, 1)
 
@@ -270,28 +225,27 @@ def test_kill_9_between_failed_downgrade_checks_and_rollback_converges(world: Wo
 
     crashed = world.pointer().record
     assert (crashed.sequence, crashed.active.release_id, crashed.kind) == (2, 1, "downgrade")
-    failed = ptr.read_checks(world.store, world.channel, 2)
+    failed = records.read_checks(world.store, world.channel, 2)
     assert failed is not None and failed.result == "failed"
-    assert ptr.read_quarantine(world.store, world.channel, 1) is None
+    assert records.read_quarantine(world.store, world.channel, 1) is None
     overdue = _reverify_checks_row(world, 3600)
     assert not overdue.ok and overdue.code == "check_failed"
 
     # The forced re-run finishes what the killed downgrade was doing: quarantine release 1 and
     # roll back automatically to release 2 (generation 2: it was live a moment ago).
     with pytest.raises(CheckFailed) as info:
-        activate_release(world.ctx, world.channel, 1, world.who(), force=True)
+        world.activate(1, force=True)
     assert info.value.exit_status == 5
     live = world.pointer().record
     assert (live.sequence, live.kind, live.active.release_id) == (3, "auto_rollback", 2)
-    quarantined = ptr.read_quarantine(world.store, world.channel, 1)
+    quarantined = records.read_quarantine(world.store, world.channel, 1)
     assert (quarantined.sequence, quarantined.activation_id) == (2, crashed.activation_id)
     _assert_converged(world, 2)
 
     # A late guarded rollback for the same failure does nothing (invariant 7).
     snapshot = world.snapshot()
-    late = rollback_release(world.ctx, world.channel, "previous", world.who(),
-                            kind="auto_rollback", expected_activation_id=crashed.activation_id)
-    assert late.record is None and "nothing rolled back" in late.note
+    late = world.rollback(expected_activation_id=crashed.activation_id, automatic=True)
+    assert late.outcome == "nothing_to_do" and "nothing rolled back" in late.message
     assert world.snapshot() == snapshot
 
 

@@ -1,8 +1,9 @@
 """Fault injection on every kind of S3 call of activate, rollback and reverify (the issue's
 "fault injection" contract, DESIGN §6).
 
-Each operation runs through the fault proxy (tests/faultproxy.py) in front of the real
-SeaweedFS, with a store config whose read timeout (2 s) a proxy-side delay (2.5 s) exceeds.
+Each operation runs as its Prefect flow, as production runs it, through the fault proxy
+(tests/faultproxy.py) in front of the real SeaweedFS, with a store config whose read timeout
+(2 s) a proxy-side delay (2.5 s) exceeds; the flows' tasks retry storage hiccups as configured.
 Call kinds (method + kind of key) are enumerated from a clean run of each operation
 (`test_call_kinds_are_enumerated` keeps the table below honest). Then, per (operation, fault,
 call kind), the fault is injected once on the first call of that kind, and:
@@ -14,11 +15,12 @@ call kind), the fault is injected once on the first call of that kind, and:
 - no history record was lost (every earlier record byte-identical) or added beyond the
   operation's own;
 - a re-run without faults converges: the same operation completes, or the live record's checks
-  are resumed (`activate_release(force=True)` of the live release), and the channel ends
+  are resumed (the forced re-activation of the live release), and the channel ends
   checked-and-live in the expected release.
 
 The matrix: every fault on every write kind (pointer, history, checks, quarantine PUTs), and
-two faults per read kind in rotation, so each fault meets every operation. With
+one fault per read kind in rotation, so each fault meets every operation (the flows' tasks
+retry a read that failed once, so more read faults per kind exercise the same retry). With
 `KRISTAL_FAULTS_FULL=1` the full product runs (several minutes).
 
 Each case starts from a snapshot of its channel restored in place (the test harness rewrites
@@ -28,7 +30,6 @@ cache so that every payload is downloaded through the proxy.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 import urllib.parse
@@ -43,13 +44,10 @@ from faultproxy import Action, FaultProxy, Seen
 from invariants import check_channel
 from world import World, make_world, write_triples
 
-from kristal.channel import pointer as ptr
+from kristal.channel import records
 from kristal.context import Context
 from kristal.dev.processes import SeaweedProcess
 from kristal.errors import CheckFailed, KristalError
-from kristal.operations.pipeline import activate_release, rollback_release
-from kristal.operations.reverify import reverify_channel
-from kristal.store.blobcache import BlobCache
 from kristal.store.s3 import ObjectStore, StoreConfig
 
 READ_TIMEOUT_S = 2.0
@@ -142,7 +140,7 @@ def _matrix() -> list[Any]:
             elif op == "activate-failing":
                 continue  # its reads are activate's reads
             else:
-                faults = (FAULTS[rotation % 5], FAULTS[(rotation + 2) % 5])
+                faults = (FAULTS[rotation % 5],)
                 rotation += 1
             cases += [pytest.param(op, fault, kind, id=f"{op}-{fault}-{kind.replace(' ', '_')}")
                       for fault in faults]
@@ -209,19 +207,16 @@ class Bed:
                 for k in self.store.list_keys(f"channels/{channel}/")}
 
     def proxied(self, proxy: FaultProxy) -> Context:
-        """The bed's context through the proxy, short timeouts, a fresh local cache."""
-        ctx = self.world.ctx
-        cache_dir = self.tmp / f"cache-{uuid.uuid4().hex[:8]}"
-        config = proxy.config_for(ctx.store.config, connect_timeout=2,
-                                  read_timeout=READ_TIMEOUT_S)
-        settings = dataclasses.replace(ctx.settings, cache_dir=cache_dir,
-                                       store=config)
-        return Context(store=ObjectStore(config), trust_file=ctx.trust_file,
-                       cache=BlobCache(cache_dir), settings=settings)
+        """The flows reach the store through the proxy, short timeouts, a fresh local cache;
+        returns their context (for reads in the judgement)."""
+        return self.world.flows_through(proxy.url, connect_timeout=2,
+                                        read_timeout=READ_TIMEOUT_S,
+                                        cache_dir=self.tmp / f"cache-{uuid.uuid4().hex[:8]}")
 
 
 @pytest.fixture(scope="module")
-def bed(seaweed: SeaweedProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
+def bed(seaweed: SeaweedProcess, tmp_path_factory: pytest.TempPathFactory,
+        prefect_api: str) -> Iterator[Bed]:
     from conftest import TEST_ACCESS_KEY, TEST_REGION, TEST_SECRET_KEY
 
     tmp = tmp_path_factory.mktemp("faults")
@@ -243,9 +238,9 @@ def bed(seaweed: SeaweedProcess, tmp_path_factory: pytest.TempPathFactory) -> It
                 world.publish(rid, channel=channel, data=data,
                               expect=FAILING_EXPECT if (op, rid) == ("activate-failing", 2)
                               else None)
-            activate_release(world.ctx, channel, 1, world.who())
+            world.activate(1, channel=channel, via="plain")  # set-up
             if op in ("rollback", "reverify"):
-                activate_release(world.ctx, channel, 2, world.who())
+                world.activate(2, channel=channel, via="plain")
         bed = Bed(world, channels, {}, tmp)
         bed.snapshots = {op: bed.take(op) for op in OPERATION_KINDS}
         yield bed
@@ -254,15 +249,15 @@ def bed(seaweed: SeaweedProcess, tmp_path_factory: pytest.TempPathFactory) -> It
 
 
 # --- the operations, their expected end state and their convergence ------------------------------
-def run_op(op: str, ctx: Context, bed: Bed) -> Any:
+def run_op(op: str, bed: Bed) -> Any:
     channel = bed.channels[op]
-    who = bed.world.who(f"fault test {op}")
+    world = bed.world
     if op in ("activate", "activate-failing"):
-        return activate_release(ctx, channel, 2, who)
+        return world.activate(2, channel=channel, reason=f"fault test {op}")
     if op == "rollback":
-        return rollback_release(ctx, channel, "last-known-good", who)
+        return world.rollback(channel=channel, reason=f"fault test {op}")
     if op == "reverify":
-        return reverify_channel(ctx, channel)
+        return world.reverify(channel=channel)
     raise ValueError(op)
 
 
@@ -273,36 +268,34 @@ MAX_NEW_RECORDS = {"activate": 1, "activate-failing": 2, "rollback": 1, "reverif
 def converge(op: str, ctx: Context, bed: Bed) -> None:
     """Re-run without faults until the channel is checked-and-live (at most a few steps)."""
     channel = bed.channels[op]
-    who = bed.world.who(f"re-run {op}")
+    world = bed.world
     for _ in range(3):
-        live = ptr.read_pointer(ctx.store, channel).record
+        live = records.read_pointer(ctx.store, channel).record
         assert live is not None
-        checks = ptr.read_checks(ctx.store, channel, live.sequence)
+        checks = records.read_checks(ctx.store, channel, live.sequence)
         if live.active.release_id == EXPECTED_LIVE[op] and checks is not None and (
             checks.result == "passed"
         ):
             return
         if op == "reverify":
-            report = reverify_channel(ctx, channel)
-            assert report.ok, report.reasons()
+            assert world.reverify(channel=channel).ok
         elif live.active.release_id == 2 and op == "activate-failing":
             # Live with failed or missing checks: the forced re-run finishes (rolls back).
             with pytest.raises(CheckFailed):
-                activate_release(ctx, channel, 2, who, force=True)
+                world.activate(2, channel=channel, force=True)
         elif live.active.release_id == 1 and live.sequence == 1 and op == "activate-failing":
             with pytest.raises(CheckFailed):
-                activate_release(ctx, channel, 2, who)
+                world.activate(2, channel=channel)
         elif op == "rollback" and live.active.release_id == 2:
-            result = rollback_release(ctx, channel, "last-known-good", who)
-            assert result.checks is not None and result.checks.result == "passed"
+            result = world.rollback(channel=channel)
+            assert result.check_result == "passed"
         elif op == "activate" and live.active.release_id == 1:
-            result = activate_release(ctx, channel, 2, who)
-            assert result.checks is not None and result.checks.result == "passed"
+            result = world.activate(2, channel=channel)
+            assert result.check_result == "passed"
         else:
             # The expected release is live, its checks pending: resume them (invariant 5).
-            result = activate_release(ctx, channel, live.active.release_id, who, force=True)
-            assert result.record is not None
-            assert result.record.activation_id == live.activation_id
+            result = world.activate(live.active.release_id, channel=channel, force=True)
+            assert result.activation_id == live.activation_id
     raise AssertionError(f"{channel} did not converge")
 
 
@@ -315,16 +308,11 @@ def judge_outcome(op: str, outcome: Any) -> str:
             f"{op}: an infrastructure fault surfaced as {outcome.code}: {outcome.message}")
         return outcome.code
     if op == "reverify":
-        for row in outcome.failures:
-            assert row.code in INFRA_CODES, (
-                f"reverify blamed the release for a network fault: {row.name}: {row.code}: "
-                f"{row.detail}")
-        return "ok" if outcome.ok else "rows:" + ",".join(sorted({r.code for r in
-                                                                   outcome.failures}))
+        assert outcome.ok  # a failing re-verification raises its first failure's code
+        return "ok"
     assert op != "activate-failing", "a failing release activated without CheckFailed"
-    assert outcome.checks is not None and outcome.checks.result == "passed"
-    assert outcome.record is not None
-    assert outcome.record.active.release_id == EXPECTED_LIVE[op]
+    assert outcome.check_result == "passed"
+    assert outcome.release_id == EXPECTED_LIVE[op]
     return "ok"
 
 
@@ -343,9 +331,9 @@ def test_call_kinds_are_enumerated(bed: Bed, seaweed: SeaweedProcess) -> None:
         bed.restore(op)
         with FaultProxy(seaweed.endpoint_url, access_key=TEST_ACCESS_KEY,
                         secret_key=TEST_SECRET_KEY, region=TEST_REGION) as proxy:
-            ctx = bed.proxied(proxy)
+            bed.proxied(proxy)
             try:
-                outcome: Any = run_op(op, ctx, bed)
+                outcome: Any = run_op(op, bed)
             except KristalError as exc:
                 outcome = exc
             kinds = {classify(s) for s in proxy.requests()}
@@ -364,13 +352,13 @@ def test_fault_once_on_call_kind(
     channel = bed.channels[op]
     store = bed.store
     history_before = _history(store, channel)
-    live_before = ptr.read_pointer(store, channel).record
+    live_before = records.read_pointer(store, channel).record
     assert live_before is not None
 
     ctx = bed.proxied(fault_proxy)
     rule = add_fault(fault_proxy, fault, KINDS[kind])
     try:
-        outcome: Any = run_op(op, ctx, bed)
+        outcome: Any = run_op(op, bed)
     except KristalError as exc:
         outcome = exc
     # Anything else (a botocore exception, an AssertionError...) propagates and fails the test.

@@ -14,7 +14,7 @@ import pytest
 from test_flows import BROKEN, _artifacts
 from world import World
 
-from kristal.channel import pointer as ptr
+from kristal.channel import records
 from kristal.errors import (
     GenerationMismatch,
     KristalError,
@@ -24,7 +24,12 @@ from kristal.errors import (
     UsageInvalid,
 )
 from kristal.formats import layout
-from kristal.operations.fleet import plan_waves, publish_to_channels, skew_report, skew_summary
+from kristal.operations.fleet_rules import (
+    plan_waves,
+    publish_to_channels,
+    skew_report,
+    skew_summary,
+)
 from kristal.store.s3 import ObjectStore
 
 A, B, C, D, E = (f"acme/fleet/{r}" for r in ("a", "b", "c", "d", "e"))
@@ -78,7 +83,7 @@ def _release(world: World, channels: list[str], release_id: int, **kw: object) -
 
 
 def _request(channels: list[str], release_id: int, **kw: object) -> object:
-    from flows.fleet import FleetRequest
+    from flows.params import FleetRequest
 
     return FleetRequest(channel_ids=channels, release_id=release_id, wave_size=2,
                         max_parallel=2, operator="pytest", reason=f"fleet {release_id}", **kw)
@@ -117,14 +122,14 @@ def test_fleet_activates_every_channel_in_waves_with_one_download(
         (channels[4], 3, "activated"),
     ]
     for channel in channels:
-        live = ptr.read_pointer(world.store, channel).record
+        live = records.read_pointer(world.store, channel).record
         assert live.active.release_id == 1 and live.sequence == 1
-        assert ptr.read_checks(world.store, channel, 1).result == "passed"
+        assert records.read_checks(world.store, channel, 1).result == "passed"
     # The pack's checks were measured once (by the canary); the others say whose figures they use.
-    canary_outcomes = ptr.read_checks(world.store, channels[0], 1).figures["outcomes"]
+    canary_outcomes = records.read_checks(world.store, channels[0], 1).figures["outcomes"]
     assert "measurement" not in {o["name"] for o in canary_outcomes}
     for channel in channels[1:]:
-        shared = [o for o in ptr.read_checks(world.store, channel, 1).figures["outcomes"]
+        shared = [o for o in records.read_checks(world.store, channel, 1).figures["outcomes"]
                   if o["name"] == "measurement"]
         assert len(shared) == 1 and f"measured by {channels[0]} sequence 1" in shared[0]["measured"]
     # One download of each payload object (exchange blob + pack triples), none per channel.
@@ -159,7 +164,7 @@ def test_failed_canary_halts_rolls_back_there_and_vetoes_the_rest(
     _release(world, channels, 1)
     assert fleet_activate(_request(channels, 1)).outcome == "activated"
     _release(world, channels, 2, expect=BROKEN)
-    before = {c: ptr.read_pointer(world.store, c).raw for c in channels[1:]}
+    before = {c: records.read_pointer(world.store, c).raw for c in channels[1:]}
 
     result = fleet_activate(_request(channels, 2, revoke_vetoed=True))
 
@@ -169,11 +174,11 @@ def test_failed_canary_halts_rolls_back_there_and_vetoes_the_rest(
         channels[0], "rolled_back", "check_failed")
     assert result.vetoed == channels[1:]
     assert all(o.result == "vetoed" for o in result.channels[1:])
-    live = ptr.read_pointer(world.store, channels[0]).record
+    live = records.read_pointer(world.store, channels[0]).record
     assert (live.kind, live.active.release_id, live.sequence) == ("auto_rollback", 1, 3)
-    assert ptr.read_quarantine(world.store, channels[0], 2) is not None
+    assert records.read_quarantine(world.store, channels[0], 2) is not None
     # The other channels were never touched: same pointer, release 1 live.
-    assert {c: ptr.read_pointer(world.store, c).raw for c in channels[1:]} == before
+    assert {c: records.read_pointer(world.store, c).raw for c in channels[1:]} == before
     assert result.veto_revocations == {c: "revoked" for c in channels[1:]}
     assert skew_summary(result.skew) == {"1": channels}
     assert result.skew[0]["kind"] == "auto_rollback"
@@ -187,21 +192,19 @@ def test_failed_canary_halts_rolls_back_there_and_vetoes_the_rest(
                                  reason="try anyway"))
     rerun = fleet_activate(_request(channels, 2))
     assert rerun.outcome == "halted" and rerun.channels[0].error_code == "release_quarantined"
-    assert {c: ptr.read_pointer(world.store, c).raw for c in channels[1:]} == before
+    assert {c: records.read_pointer(world.store, c).raw for c in channels[1:]} == before
     assert "halted at wave 1" in _artifacts(rerun.artifact_keys[0])[0].data
-    progress = _artifacts(rerun.artifact_keys[2])[0]
-    assert float(progress.data) == 100.0
-    assert progress.description == "halted at wave 1: 4 channels vetoed"
+    progress = _artifacts(rerun.artifact_keys[2])[0]  # a halted fleet is not 100 % done
+    assert float(progress.data) == 0.0
+    assert progress.description == "halted at wave 1: 0 of 5 channels live, 4 vetoed"
 
 
 def test_skew_report_reads_pointers_and_checks(world: World) -> None:
-    from kristal.operations.pipeline import activate_release
-
     channels = _fleet(world, 3)
     _release(world, channels, 1)
     _release(world, channels, 2)
-    activate_release(world.ctx, channels[0], 1, world.who())
-    activate_release(world.ctx, channels[1], 2, world.who())
+    world.activate(1, channel=channels[0])
+    world.activate(2, channel=channels[1])
     rows = skew_report(world.ctx, channels)
     assert [(r["channel"], r["release_id"], r["generation"], r["sequence"], r["checks"])
             for r in rows] == [(channels[0], 1, 1, 1, "passed"), (channels[1], 2, 1, 1, "passed"),
@@ -249,13 +252,13 @@ def test_fleet_fetches_shared_manifests_once_and_reads_every_channels_own_index(
     _release(world, channels, 1)
     gets.clear()
     assert fleet_activate(_request(channels, 1)).outcome == "activated"
-    live = ptr.read_pointer(world.store, channels[0]).record
+    live = records.read_pointer(world.store, channels[0]).record
     assert gets[layout.exchange_manifest(live.active.exchange_id)] == 1
     for pack_id in live.active.runtime_pack_ids:
         assert gets[layout.pack_manifest(pack_id)] == 1
     for channel in channels:  # each verified against its own signed index, read afresh
         assert gets[layout.channel_index(channel)] >= 1
-        assert ptr.read_checks(world.store, channel, 1).result == "passed"
+        assert records.read_checks(world.store, channel, 1).result == "passed"
 
 
 def test_a_channel_whose_index_names_other_content_is_verified_and_staged_on_its_own(
@@ -271,10 +274,11 @@ def test_a_channel_whose_index_names_other_content_is_verified_and_staged_on_its
     assert result.outcome == "activated"
     assert [o.downloaded for o in result.channels] == [0, 0, 2]  # the fleet staged 2 objects
     assert len(downloads) == len(set(downloads)) == 4
-    assert ptr.read_pointer(world.store, channels[2]).record.active.exchange_id == \
-        other.exchange_id != ptr.read_pointer(world.store, channels[0]).record.active.exchange_id
+    assert records.read_pointer(world.store, channels[2]).record.active.exchange_id == \
+        other.exchange_id != records.read_pointer(
+            world.store, channels[0]).record.active.exchange_id
     # Its checks were measured on its own pack, not reused from the canary's.
-    outcomes = ptr.read_checks(world.store, channels[2], 1).figures["outcomes"]
+    outcomes = records.read_checks(world.store, channels[2], 1).figures["outcomes"]
     assert "measurement" not in {o["name"] for o in outcomes}
 
 
@@ -305,13 +309,11 @@ def test_a_shared_document_is_still_verified_by_each_channel(world: World) -> No
 def test_skew_report_takes_known_checks_only_for_the_live_activation(
     world: World, gets: Counter[str]
 ) -> None:
-    from kristal.operations.pipeline import activate_release
-
     channels = _fleet(world, 2)
     _release(world, channels, 1)
-    done = activate_release(world.ctx, channels[0], 1, world.who())
+    done = world.activate(1, channel=channels[0])
     gets.clear()
-    rows = skew_report(world.ctx, channels, {done.record.activation_id: "passed",
+    rows = skew_report(world.ctx, channels, {done.activation_id: "passed",
                                              "not-live-anywhere": "failed"})
     assert [r["checks"] for r in rows] == ["passed", "nothing live"]
     assert gets[layout.checks(channels[0], 1)] == 0 and gets[layout.pointer(channels[0])] == 1
@@ -330,7 +332,7 @@ def test_fleet_dry_run_verifies_every_channel_and_switches_nothing(
     _release(world, channels, 1)
     assert fleet_activate(_request(channels[:1], 1)).outcome == "activated"
     revoke(world.ctx, world.keys.authority, channels[3], 1, "bad build here")
-    before = {c: ptr.read_pointer(world.store, c).raw for c in channels}
+    before = {c: records.read_pointer(world.store, c).raw for c in channels}
 
     result = fleet_activate(_request(channels, 1, dry_run=True))
 
@@ -340,7 +342,7 @@ def test_fleet_dry_run_verifies_every_channel_and_switches_nothing(
         (channels[3], "refused")]
     assert result.channels[1].message == "would activate release 1 (live now: nothing)"
     assert result.channels[3].error_code == "release_revoked"
-    assert {c: ptr.read_pointer(world.store, c).raw for c in channels} == before
+    assert {c: records.read_pointer(world.store, c).raw for c in channels} == before
     assert "dry run: nothing switched" in _artifacts(result.artifact_keys[0])[0].data
 
 
@@ -368,5 +370,6 @@ def test_a_storage_hiccup_in_one_channel_retries_only_that_channel(
     assert [o.result for o in result.channels] == ["activated"] * 3
     assert index_gets[channels[1]] == 1 and index_gets[channels[2]] == 4  # 3 refused, 1 served
     for channel in channels:
-        record = ptr.read_pointer(world.store, channel).record
-        assert record.sequence == 1 and ptr.read_checks(world.store, channel, 1).result == "passed"
+        record = records.read_pointer(world.store, channel).record
+        assert record.sequence == 1
+        assert records.read_checks(world.store, channel, 1).result == "passed"

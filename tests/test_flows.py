@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from world import World
 
-from kristal.channel import pointer as ptr
+from kristal.channel import records
 from kristal.errors import CheckFailed, KristalError
 
 BROKEN = {
@@ -48,7 +48,7 @@ def _artifacts(key: str) -> list[object]:
 
 def test_activate_flow_switches_checks_and_leaves_artifacts(prefect_api: str, world: World) -> None:
     from flows.activate import activate
-    from tasks.runtime import lock_name
+    from tasks.names import lock_name
 
     world.publish(1)
     outcome = activate(_request(world, 1, correlation_id="CHG-1"))
@@ -80,8 +80,8 @@ def test_failed_check_in_flow_rolls_back_and_fails_the_run(prefect_api: str, wor
         activate(_request(world, 2))
     live = world.pointer().record
     assert (live.kind, live.active.release_id, live.sequence) == ("auto_rollback", 1, 3)
-    assert ptr.read_checks(world.store, world.channel, 2).result == "failed"
-    assert ptr.read_checks(world.store, world.channel, 3).result == "passed"
+    assert records.read_checks(world.store, world.channel, 2).result == "failed"
+    assert records.read_checks(world.store, world.channel, 3).result == "passed"
 
 
 def test_dry_run_verifies_and_stages_without_switching(prefect_api: str, world: World) -> None:

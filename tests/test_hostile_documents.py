@@ -1,6 +1,7 @@
-"""Hostile documents in the bucket or on the command line: each is refused with its code before
-anything is written (the channel's objects and its index stay as they were), plus property
-tests of the strict JSON parser, the canonical form and the payload-path rule.
+"""Hostile documents in the bucket or on the command line: each is refused with its code, by the
+`activate` flow, before anything is written (the channel's objects and its index stay as they
+were), plus property tests of the strict JSON parser, the canonical form and the payload-path
+rule.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from world import World
 
-from kristal.channel import pointer as ptr
+from kristal.channel import records
 from kristal.channel.index import read_index_bytes
 from kristal.errors import KristalError, ManifestSchemaInvalid, PathInvalid
 from kristal.formats import layout
@@ -26,7 +27,6 @@ from kristal.formats.artifacts import RuntimePackManifest
 from kristal.formats.canonical import canonical_bytes, canonical_sha256, parse_json
 from kristal.formats.identity import DocKind, check_id
 from kristal.formats.models import parse_model, validate_relative_path
-from kristal.operations.pipeline import activate_release
 from kristal.trust.signing import require_signatures, sign_document
 
 MiB = 1024 * 1024
@@ -42,7 +42,7 @@ def _refused(world: World, release_id: int, codes: str | tuple[str, ...]) -> Kri
     codes = (codes,) if isinstance(codes, str) else codes
     before, index_before = world.snapshot(), _index_raw(world)
     with pytest.raises(KristalError) as info:
-        activate_release(world.ctx, world.channel, release_id, world.who())
+        world.activate(release_id)
     assert info.value.code in codes, info.value.line()
     assert world.snapshot() == before, "a refused activation changed the channel"
     assert _index_raw(world) == index_before, "a refused activation changed the index"
@@ -134,7 +134,7 @@ def test_hostile_index_document_is_refused(published: World) -> None:
     for case, data in sorted(HOSTILE_JSON.items()):
         world.store.put_bytes(key, data)
         with pytest.raises(KristalError) as info:
-            activate_release(world.ctx, world.channel, 1, world.who())
+            world.activate(1)
         assert info.value.code == "manifest_schema_invalid", (case, info.value.line())
         assert world.snapshot() == {}
     world.store.put_bytes(key, original)
@@ -331,11 +331,11 @@ def test_hand_written_pointer_with_a_bad_shape_is_pointer_invalid(published: Wor
     for case, data in _pointer_cases(world).items():
         world.store.put_bytes(key, data)
         with pytest.raises(KristalError) as info:
-            ptr.read_pointer(world.store, world.channel)
+            records.read_pointer(world.store, world.channel)
         assert info.value.code == "pointer_invalid", (case, info.value.line())
         before = world.snapshot()
         with pytest.raises(KristalError) as info:
-            activate_release(world.ctx, world.channel, 1, world.who())
+            world.activate(1)
         assert info.value.code == "pointer_invalid", (case, info.value.line())
         assert world.snapshot() == before
 
@@ -344,13 +344,13 @@ def test_oversize_pointer_is_pointer_invalid(published: World) -> None:
     world = published
     world.store.put_bytes(layout.pointer(world.channel), b'{"pad": "' + b"x" * (2 * MiB) + b'"}')
     with pytest.raises(KristalError) as info:
-        ptr.read_pointer(world.store, world.channel)
+        records.read_pointer(world.store, world.channel)
     assert info.value.code == "pointer_invalid", info.value.line()
 
 
 @pytest.fixture
 def live(published: World) -> World:
-    activate_release(published.ctx, published.channel, 1, published.who())
+    published.activate(1, via="plain")  # set-up
     return published
 
 

@@ -13,7 +13,8 @@ import pytest
 from faultproxy import Action, FaultProxy
 
 from tasks.leases import Lease, LimitMissing, hold_limits
-from tasks.runtime import ensure_channel_limits, lock_name
+from tasks.locks import ensure_channel_limits
+from tasks.names import lock_name
 
 
 def _channels(count: int = 2) -> list[str]:
@@ -107,13 +108,13 @@ def test_the_holder_is_the_flow_run(prefect_api: str) -> None:
 def test_a_limit_deleted_behind_the_process_is_created_again(prefect_api: str) -> None:
     from prefect import get_client
 
-    from tasks.runtime import channel_lock
+    from tasks.locks import channel_lock
 
     channel = _channels(1)[0]
     name = ensure_channel_limits([channel])[0]  # remembered as created by this process
     with get_client(sync_client=True) as client:
         client.delete_global_concurrency_limit_by_name(name)
-    with channel_lock(channel, wait_s=5) as held:
+    with channel_lock([channel], wait_s=5) as held:
         assert held and _active_slots(name) == 1
     assert _active_slots(name) == 0
 

@@ -17,9 +17,10 @@ from kristal.errors import (
     EndpointUnsafe,
     FileHashMismatch,
     ManifestSchemaInvalid,
+    ObjectNotFound,
     StorageUnavailable,
 )
-from kristal.store.s3 import MiB, ObjectNotFound, ObjectStore, StoreConfig, WriteStatus
+from kristal.store.s3 import MiB, ObjectStore, StoreConfig, WriteStatus
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -155,7 +156,7 @@ def test_multipart_upload_file_round_trips(store: ObjectStore, tmp_path: Path):
 _RSS_PROBE = """
 import json, resource, sys, time
 from pathlib import Path
-from kristal.objectstore import ObjectStore, StoreConfig
+from kristal.store.s3 import ObjectStore, StoreConfig
 
 def status(field):
     line = next(l for l in Path("/proc/self/status").read_text().splitlines()
@@ -334,18 +335,20 @@ def test_probe_refuses_an_endpoint_that_ignores_only_if_match(
 
 
 def test_store_config_from_env(monkeypatch: pytest.MonkeyPatch):
+    from kristal.config import store_config
+
     monkeypatch.setenv("KRISTAL_S3_ENDPOINT", "http://127.0.0.1:1")
     monkeypatch.setenv("KRISTAL_S3_BUCKET", "b-1")
     monkeypatch.setenv("KRISTAL_S3_PREFIX", "pre")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "ak")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "sk")
-    config = StoreConfig.from_env()
+    config = store_config()
     assert (config.endpoint_url, config.bucket, config.prefix) == ("http://127.0.0.1:1", "b-1",
                                                                    "pre")
     assert (config.access_key, config.secret_key) == ("ak", "sk")
     assert "sk" not in repr(config)
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
-    assert StoreConfig.from_env().access_key is None
+    assert store_config().access_key is None
 
 
 def test_unreachable_endpoint_is_storage_unavailable_for_reads_unknown_for_writes():

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from world import World
 
-from kristal.channel.governance import authorize, parse_duration, revoke, set_floor
+from kristal.channel.governance import authorize, revoke, set_floor
 from kristal.channel.index import load_verified_index, read_index_bytes
 from kristal.errors import KristalError
 from kristal.formats import layout
@@ -30,6 +30,7 @@ from kristal.formats.models import (
     SQLITE_PROFILE,
     parse_model,
 )
+from kristal.formats.time import parse_duration
 from kristal.trust.signing import require_signatures
 from kristal.verify.fetch import verify_release
 

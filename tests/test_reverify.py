@@ -14,18 +14,36 @@ from typing import Any
 import pytest
 from world import World
 
-from kristal.channel import pointer as ptr
+from kristal.channel import records
+from kristal.channel.history import walk_chain
 from kristal.errors import CheckFailed, KristalError
 from kristal.formats import layout
-from kristal.operations import plan as activation
-from kristal.operations import reverify as rv
-from kristal.operations.pipeline import activate_release
-from kristal.operations.reverify import ChannelReport, list_channels, reverify_channel, verify_chain
+from kristal.operations import reverify_checks as rv
+from kristal.operations.plan import plan_activation
+from kristal.operations.reverify_checks import ChannelReport, CheckRow, list_channels
+from kristal.operations.steps import switch_pointer
 from kristal.runtime import staging
+from tasks.names import artifact_key, channel_resource_id
 
 
 def _activate(world: World, release_id: int) -> None:
-    activate_release(world.ctx, world.channel, release_id, world.who())
+    world.activate(release_id, via="plain")  # set-up: the re-verifications run as flows
+
+
+def _report(world: World, channel: str | None = None,
+            **kw: Any) -> tuple[ChannelReport, KristalError | None]:
+    """The `reverify` flow for one channel: its rows (from the flow's result, or from the
+    channel's table artifact when the run failed) and the error the run failed with."""
+    channel = channel or world.channel
+    try:
+        result = world.reverify(channel=channel, **kw)
+    except KristalError as exc:
+        rows = [CheckRow(name=r["check"], ok=r["ok"] in (True, "True", "true"),
+                         detail=r["detail"], code=r["code"] or None)
+                for r in _table(artifact_key("reverify", channel))]
+        return ChannelReport(channel_id=channel, rows=rows), exc
+    [report] = result.channels
+    return report, None
 
 
 def _row(report: ChannelReport, name: str) -> rv.CheckRow:
@@ -35,10 +53,12 @@ def _row(report: ChannelReport, name: str) -> rv.CheckRow:
 def _table(key: str) -> list[dict[str, Any]]:
     from prefect import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
 
-    with get_client(sync_client=True) as client:
+    with get_client(sync_client=True) as client:  # the newest version of the key
         found = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key]))
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+            sort=ArtifactSort.CREATED_DESC,
         )
     assert found, f"no artifact {key}"
     data = found[0].data
@@ -63,7 +83,7 @@ def _events(resource: str, deadline_s: float = 10.0) -> list[Any]:
 
 
 def _request(world: World, **kw: Any) -> Any:
-    from flows.reverify import ReverifyRequest
+    from flows.params import ReverifyRequest
 
     return ReverifyRequest(channel_ids=[world.channel], **kw)
 
@@ -71,7 +91,7 @@ def _request(world: World, **kw: Any) -> Any:
 def test_healthy_channel_passes_every_row_and_the_flow_reports_it(
     prefect_api: str, world: World
 ) -> None:
-    from flows.reverify import artifact_key, reverify
+    from flows.reverify import reverify
 
     world.publish(1)
     world.publish(2)
@@ -88,7 +108,7 @@ def test_healthy_channel_passes_every_row_and_the_flow_reports_it(
     assert "chain of 2 record(s) holds" in _row(report, rv.POINTER_CHAIN).detail
     assert "staged index matches its pack (60 rows)" in _row(report, rv.LOCAL_INDEX).detail
     assert "passed" in _row(report, rv.CHECKS_RECORD).detail
-    table = _table(artifact_key(world.channel))
+    table = _table(artifact_key("reverify", world.channel))
     assert [row["check"] for row in table] == names
     assert all(row["ok"] in (True, "True", "true") for row in table)
 
@@ -96,7 +116,7 @@ def test_healthy_channel_passes_every_row_and_the_flow_reports_it(
 def test_tampered_payload_fails_the_run_with_event_and_artifact(
     prefect_api: str, world: World
 ) -> None:
-    from flows.reverify import artifact_key, resource_id, reverify
+    from flows.reverify import reverify
 
     result = world.publish(1)
     _activate(world, 1)
@@ -108,12 +128,12 @@ def test_tampered_payload_fails_the_run_with_event_and_artifact(
     with pytest.raises(KristalError) as info:
         reverify(_request(world))
     assert info.value.code == "file_hash_mismatch"
-    rows = {row["check"]: row for row in _table(artifact_key(world.channel))}
+    rows = {row["check"]: row for row in _table(artifact_key("reverify", world.channel))}
     bad = rows[rv.OBJECTS]
     assert bad["ok"] in (False, "False", "false") and bad["code"] == "file_hash_mismatch"
     assert key in bad["detail"]
     live = world.pointer().record
-    events = _events(resource_id(world.channel))
+    events = _events(channel_resource_id(world.channel))
     assert events, "kristal.reverify.failed was not emitted"
     payload = events[0].payload
     assert payload["channel_id"] == world.channel
@@ -128,13 +148,13 @@ def test_missing_history_object_is_repaired_and_reported(world: World) -> None:
     _activate(world, 1)
     _activate(world, 2)
     world.store.delete(layout.history(world.channel, 2))
-    report = reverify_channel(world.ctx, world.channel)
+    report, _ = _report(world)
     row = _row(report, rv.POINTER_CHAIN)
     assert row.ok and "repaired missing history record 2" in row.detail, row
     assert report.ok, report.rows
-    assert ptr.read_history(world.store, world.channel, 2) == world.pointer().record
+    assert records.read_history(world.store, world.channel, 2) == world.pointer().record
     # Repaired once: the next run has nothing to repair.
-    again = _row(reverify_channel(world.ctx, world.channel), rv.POINTER_CHAIN)
+    again = _row(_report(world)[0], rv.POINTER_CHAIN)
     assert again.ok and "repaired" not in again.detail
 
 
@@ -143,18 +163,18 @@ def test_broken_chain_fails_with_pointer_invalid(world: World) -> None:
     world.publish(2)
     _activate(world, 1)
     _activate(world, 2)
-    assert verify_chain(world.store, world.channel, 2) == 2
+    assert len(walk_chain(world.store, world.channel)) == 2
     key = layout.history(world.channel, 1)
     doc = world.read_json(key)
     doc["reason"] = "rewritten after the fact"
     world.write_json(key, doc)  # over the immutable object, as an attacker with write access
     with pytest.raises(KristalError) as info:
-        verify_chain(world.store, world.channel, 2)
+        walk_chain(world.store, world.channel)
     assert info.value.code == "pointer_invalid" and "chain is broken" in info.value.message
-    report = reverify_channel(world.ctx, world.channel)
+    report, error = _report(world)
     row = _row(report, rv.POINTER_CHAIN)
     assert not row.ok and row.code == "pointer_invalid"
-    assert not report.ok and report.error().code == "pointer_invalid"
+    assert error is not None and error.code == "pointer_invalid"
 
 
 def test_checks_missing_past_timeout_fails_and_rolls_back_by_policy(
@@ -166,24 +186,23 @@ def test_checks_missing_past_timeout_fails_and_rolls_back_by_policy(
     world.publish(2)
     _activate(world, 1)
     # A crash right after the switch: release 2 live, its checks never recorded.
-    plan = activation.plan_activation(world.ctx, world.channel, release_id=2)
+    plan = plan_activation(world.ctx, world.channel, release_id=2)
     staging.stage_release(world.ctx, plan.release)
-    record = activation.switch(world.ctx, plan, world.who("crashed before checks"))
-    assert ptr.read_checks(world.store, world.channel, record.sequence) is None
+    record = switch_pointer(world.ctx, plan, world.who("crashed before checks"))
+    assert records.read_checks(world.store, world.channel, record.sequence) is None
 
-    pending = _row(reverify_channel(world.ctx, world.channel, checks_timeout_s=3600),
-                   rv.CHECKS_RECORD)
+    pending = _row(_report(world, checks_timeout_s=3600)[0], rv.CHECKS_RECORD)
     assert pending.ok and "pending" in pending.detail
-    late = reverify_channel(world.ctx, world.channel, checks_timeout_s=0)
+    late, error = _report(world, checks_timeout_s=0)
     row = _row(late, rv.CHECKS_RECORD)
     assert not row.ok and "checks missing past timeout: treated as failed" in row.detail
-    assert isinstance(late.error(), CheckFailed)
+    assert isinstance(error, CheckFailed)
 
     with pytest.raises(CheckFailed, match="release 1 is live again"):
         reverify(_request(world, checks_timeout_s=0, rollback_on_failure=[world.channel]))
     live = world.pointer().record
     assert (live.kind, live.active.release_id, live.sequence) == ("rollback", 1, 3)
-    assert ptr.read_checks(world.store, world.channel, 3).result == "passed"
+    assert records.read_checks(world.store, world.channel, 3).result == "passed"
 
 
 def test_channel_policy_in_trust_file_decides_reverify_rollback(
@@ -194,9 +213,9 @@ def test_channel_policy_in_trust_file_decides_reverify_rollback(
     world.publish(1)
     world.publish(2)
     _activate(world, 1)
-    plan = activation.plan_activation(world.ctx, world.channel, release_id=2)
+    plan = plan_activation(world.ctx, world.channel, release_id=2)
     staging.stage_release(world.ctx, plan.release)
-    activation.switch(world.ctx, plan, world.who("crashed before checks"))
+    switch_pointer(world.ctx, plan, world.who("crashed before checks"))
     # Without a policy: an alert and a failed run, nothing rolled back.
     with pytest.raises(CheckFailed):
         reverify(_request(world, checks_timeout_s=0))
@@ -213,7 +232,7 @@ def test_channel_policy_in_trust_file_decides_reverify_rollback(
 def test_expired_validator_key_fails_with_key_expired(world: World) -> None:
     world.publish(1)
     _activate(world, 1)
-    assert _row(reverify_channel(world.ctx, world.channel), rv.EXPIRY).ok
+    assert _row(_report(world)[0], rv.EXPIRY).ok
     now = world.ctx.now()
     doc = world.trust_doc()
     for key in doc["channels"]["*"]["keys"]:
@@ -221,12 +240,12 @@ def test_expired_validator_key_fails_with_key_expired(world: World) -> None:
             key["not_before"] = (now - timedelta(days=30)).strftime("%Y-%m-%dT%H:%M:%SZ")
             key["not_after"] = (now - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
     world.write_trust(doc)
-    report = reverify_channel(world.ctx, world.channel)
+    report, error = _report(world)
     expiry = _row(report, rv.EXPIRY)
     assert not expiry.ok and expiry.code == "key_expired" and "dev-validator" in expiry.detail
     verified = _row(report, rv.LIVE_RELEASE)
     assert not verified.ok and verified.code == "key_expired"
-    assert report.error().code == "key_expired"
+    assert error is not None and error.code == "key_expired"
 
 
 def test_expiry_within_seven_days_is_a_warning(world: World) -> None:
@@ -238,7 +257,7 @@ def test_expiry_within_seven_days_is_a_warning(world: World) -> None:
         if "publisher" in key["roles"]:
             key["not_after"] = (now + timedelta(days=3)).strftime("%Y-%m-%dT%H:%M:%SZ")
     world.write_trust(doc)
-    row = _row(reverify_channel(world.ctx, world.channel), rv.EXPIRY)
+    row = _row(_report(world)[0], rv.EXPIRY)
     assert row.ok and "warning: key dev-publisher" in row.detail
 
 
@@ -250,5 +269,5 @@ def test_list_channels_finds_every_indexed_channel(world: World) -> None:
     world.store.put_bytes("channels/not-a-channel/index.json", b"{}")
     assert list_channels(world.ctx) == sorted([world.channel, *others])
     # A channel with an index but nothing live passes with one row.
-    report = reverify_channel(world.ctx, others[1])
-    assert report.ok and [r.name for r in report.rows] == [rv.POINTER_CHAIN]
+    report, error = _report(world, channel=others[1])
+    assert error is None and report.ok and [r.name for r in report.rows] == [rv.POINTER_CHAIN]

@@ -9,11 +9,10 @@ from typing import Any
 import pytest
 from world import World
 
-from kristal.channel import pointer as ptr
+from kristal.channel import records
 from kristal.channel.governance import authorize, revoke
 from kristal.errors import KristalError
 from kristal.formats.identity import DocKind
-from kristal.operations.pipeline import activate_release, downgrade_release, rollback_release
 from kristal.trust.signing import sign_document
 
 BROKEN = {"row_count": 60, "smoke_queries": [
@@ -22,11 +21,11 @@ BROKEN = {"row_count": 60, "smoke_queries": [
 
 
 def _activate(world: World, release_id: int, **kw: Any) -> Any:
-    return activate_release(world.ctx, world.channel, release_id, world.who(), **kw)
+    return world.activate(release_id, **kw)
 
 
 def _rollback(world: World, to: Any = "last-known-good", **kw: Any) -> Any:
-    return rollback_release(world.ctx, world.channel, to, world.who("rollback"), **kw)
+    return world.rollback(to, reason="rollback", **kw)
 
 
 def _refused(world: World, code: str, call: Any) -> None:
@@ -42,7 +41,7 @@ def three_live(world: World) -> World:
     """Releases 1, 2, 3 of generation 1 activated in order (3 live)."""
     for release_id in (1, 2, 3):
         world.publish(release_id)
-        _activate(world, release_id)
+        _activate(world, release_id, via="plain")  # set-up
     return world
 
 
@@ -52,13 +51,13 @@ def test_rollback_to_last_known_good_keeps_highest_and_sets_rollback_mode(
     world = three_live
     result = _rollback(world)
     record = world.pointer().record
-    assert result.record == record and record.sequence == 4
+    assert result.activation_id == record.activation_id and record.sequence == 4
     assert (record.kind, record.active.release_id) == ("rollback", 2)
     assert record.highest_activated_release_id == 3 and record.rollback_mode
     assert record.previous.release_id == 3 and record.reason == "rollback"
-    assert ptr.read_checks(world.store, world.channel, 4).result == "passed"
+    assert records.read_checks(world.store, world.channel, 4).result == "passed"
     # History is appended, never rewritten.
-    assert [ptr.read_history(world.store, world.channel, s).active.release_id
+    assert [records.read_history(world.store, world.channel, s).active.release_id
             for s in (1, 2, 3, 4)] == [1, 2, 3, 2]
     # The next forward activation leaves rollback mode.
     world.publish(4)
@@ -94,8 +93,8 @@ def test_rollback_guard_makes_a_second_request_a_no_op(three_live: World) -> Non
     live_id = world.pointer().record.activation_id
     first = _rollback(world, expected_activation_id=live_id)
     second = _rollback(world, expected_activation_id=live_id)
-    assert first.record is not None and second.record is None
-    assert "not live" in second.note and world.pointer().record.sequence == 4
+    assert first.outcome == "rolled_back" and second.outcome == "nothing_to_do"
+    assert "not live" in second.message and world.pointer().record.sequence == 4
 
 
 def test_rollback_fast_path_uses_the_cache_and_rehashes(three_live: World) -> None:
@@ -153,8 +152,8 @@ def test_rollback_across_generations_is_refused_as_a_downgrade(world: World) -> 
 
 
 def test_concurrent_activation_moving_the_pointer_during_a_rollback(three_live: World) -> None:
-    from kristal.operations import plan as activation
-    from kristal.operations.rollback import plan_rollback
+    from kristal.operations.rollback_target import plan_rollback
+    from kristal.operations.steps import switch_pointer
 
     world = three_live
     decision = plan_rollback(world.ctx, world.channel, to="previous")
@@ -162,7 +161,7 @@ def test_concurrent_activation_moving_the_pointer_during_a_rollback(three_live: 
     _activate(world, 4)  # moves the pointer after the rollback read it
     before = world.snapshot()
     with pytest.raises(KristalError) as info:
-        activation.switch(world.ctx, decision.plan, world.who("late rollback"))
+        switch_pointer(world.ctx, decision.plan, world.who("late rollback"))
     assert info.value.code == "pointer_conflict"
     assert world.snapshot() == before
     assert world.pointer().record.active.release_id == 4
@@ -174,8 +173,8 @@ def gen2_live(world: World) -> World:
     """Release 1 (generation 1) then release 2 (generation 2) live."""
     world.publish(1, generation=1)
     world.publish(2, generation=2)
-    _activate(world, 1)
-    _activate(world, 2)
+    _activate(world, 1, via="plain")
+    _activate(world, 2, via="plain")
     return world
 
 
@@ -185,9 +184,8 @@ def _authorize(world: World, release_id: int, expires_in: str = "1h") -> str:
     return auth["authorization_id"]
 
 
-def _downgrade(world: World, release_id: int, authorization_id: str) -> Any:
-    return downgrade_release(world.ctx, world.channel, release_id, authorization_id,
-                             world.who("downgrade"))
+def _downgrade(world: World, release_id: int, authorization_id: str, via: str = "flow") -> Any:
+    return world.downgrade(release_id, authorization_id, via=via, reason="downgrade")
 
 
 def test_authorized_downgrade_goes_to_the_older_generation(gen2_live: World) -> None:
@@ -195,7 +193,7 @@ def test_authorized_downgrade_goes_to_the_older_generation(gen2_live: World) -> 
     auth_id = _authorize(world, 1)
     result = _downgrade(world, 1, auth_id)
     record = world.pointer().record
-    assert result.checks.result == "passed"
+    assert result.check_result == "passed"
     assert (record.kind, record.active.release_id, record.active.generation) == ("downgrade", 1, 1)
     assert record.rollback_mode and record.highest_activated_release_id == 2
     assert record.evidence["authorization"]["authorization_id"] == auth_id
@@ -213,8 +211,9 @@ def test_expired_authorization_is_refused(gen2_live: World) -> None:
     world = gen2_live
     auth_id = _authorize(world, 1, "1m")
     real_now = world.ctx.now
-    world.ctx.now = lambda: real_now() + dt.timedelta(minutes=5)
-    _refused(world, "rollback_not_authorized", lambda: _downgrade(world, 1, auth_id))
+    world.ctx.now = lambda: real_now() + dt.timedelta(minutes=5)  # the plain runner's clock
+    _refused(world, "rollback_not_authorized",
+             lambda: _downgrade(world, 1, auth_id, via="plain"))
 
 
 def test_authorization_for_another_release_is_refused(world: World) -> None:

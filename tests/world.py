@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from kristal.channel import pointer as ptr
+from kristal.channel import records
 from kristal.channel.index import index_body, update_index
 from kristal.config import Settings
 from kristal.context import Context
@@ -24,7 +24,7 @@ from kristal.dev.devstack import dev_env
 from kristal.dev.processes import SeaweedProcess
 from kristal.formats import layout
 from kristal.formats.canonical import canonical_bytes, parse_json
-from kristal.operations.plan import Who
+from kristal.operations.outcome import Outcome, Who
 from kristal.publish.publisher import PublisherKeys, PublishResult, load_publisher_keys, publish
 from kristal.store.s3 import ObjectStore, StoreConfig
 from kristal.trust.keys import generate_key
@@ -59,6 +59,7 @@ class World:
     keys: PublisherKeys
     channel: str
     env: dict[str, str]
+    patch: pytest.MonkeyPatch
     published: dict[int, PublishResult] = field(default_factory=dict)
 
     @property
@@ -101,8 +102,118 @@ class World:
     def who(self, reason: str = "test") -> Who:
         return Who(operator="pytest", reason=reason, correlation_id=f"test-{uuid.uuid4().hex[:8]}")
 
-    def pointer(self) -> ptr.PointerState:
-        return ptr.read_pointer(self.store, self.channel)
+    # --- the operations, through the path production runs ---------------------------------------
+    # `via="flow"` runs the Prefect flow (the test harness's server: request `prefect_api`);
+    # `via="plain"` runs the same operation with the plain runner (no orchestrator, no lock).
+    def activate(self, release_id: int, *, via: str = "flow", force: bool = False,
+                 dry_run: bool = False, channel: str | None = None,
+                 reason: str | None = None) -> Outcome:
+        channel = channel or self.channel
+        reason = reason or f"activate {release_id}"
+        if via == "flow":
+            from flows.activate import activate
+            from flows.params import ActivateRequest
+
+            return activate(ActivateRequest(
+                channel_id=channel, release_id=release_id, force=force, dry_run=dry_run,
+                operator="pytest", reason=reason))
+        from kristal.operations.activate import activate as plain
+
+        return plain(self.plain_runner(), self.ctx, channel_id=channel, release_id=release_id,
+                     force=force, dry_run=dry_run, who=self.who(reason))
+
+    def rollback(self, to: Any = "last-known-good", *, via: str = "flow",
+                 expected_activation_id: str | None = None,
+                 failed_flow_run_id: str | None = None, automatic: bool = False,
+                 reason: str = "test rollback", channel: str | None = None) -> Outcome:
+        channel = channel or self.channel
+        if via == "flow":
+            from flows.params import RollbackRequest
+            from flows.rollback import rollback
+
+            return rollback(RollbackRequest(
+                channel_id=channel, to=to, expected_activation_id=expected_activation_id,
+                failed_flow_run_id=failed_flow_run_id, automatic=automatic,
+                operator="pytest", reason=reason))
+        from kristal.operations.rollback import rollback as plain
+
+        return plain(self.plain_runner(), self.ctx, channel_id=channel, to=to,
+                     expected_activation_id=expected_activation_id,
+                     failed_flow_run_id=failed_flow_run_id, automatic=automatic,
+                     who=self.who(reason))
+
+    def downgrade(self, release_id: int, authorization_id: str, *, via: str = "flow",
+                  require_approval: bool = False, reason: str = "test downgrade") -> Outcome:
+        if via == "flow":
+            from flows.downgrade import downgrade
+            from flows.params import DowngradeRequest
+
+            return downgrade(DowngradeRequest(
+                channel_id=self.channel, release_id=release_id,
+                authorization_id=authorization_id, require_approval=require_approval,
+                operator="pytest", reason=reason))
+        from kristal.operations.downgrade import downgrade as plain
+
+        return plain(self.plain_runner(), self.ctx, channel_id=self.channel,
+                     release_id=release_id, authorization_id=authorization_id,
+                     require_approval=require_approval, who=self.who(reason))
+
+    def reverify(self, *, via: str = "flow", checks_timeout_s: float = 900.0,
+                 rollback_on_failure: list[str] | None = None,
+                 channel: str | None = None) -> Any:
+        """The reverify operation for this channel: its result (a failure raises)."""
+        channel = channel or self.channel
+        if via == "flow":
+            from flows.params import ReverifyRequest
+            from flows.reverify import reverify
+
+            return reverify(ReverifyRequest(channel_ids=[channel],
+                                            checks_timeout_s=checks_timeout_s,
+                                            rollback_on_failure=rollback_on_failure or []))
+        from kristal.operations.reverify import reverify as plain
+
+        return plain(self.plain_runner(), self.ctx, channel_ids=[channel],
+                     checks_timeout_s=checks_timeout_s,
+                     rollback_on_failure=rollback_on_failure or [])
+
+    def channel_report(self, *, checks_timeout_s: float = 900.0) -> Any:
+        """One channel's re-verification rows, by the plain runner (no raise on failure)."""
+        from kristal.operations.reverify import reverify_channel
+
+        return reverify_channel(self.plain_runner(), self.ctx, self.channel,
+                                checks_timeout_s=checks_timeout_s)
+
+    def flows_through(self, endpoint_url: str, *, connect_timeout: float = 2,
+                      read_timeout: float = 5, cache_dir: Path | None = None) -> Context:
+        """Make the flows (which build their context from the environment, as in production)
+        reach the store through `endpoint_url` (a fault proxy), with these timeouts and,
+        optionally, a fresh cache. `world.ctx` stays direct. Returns the flows' context."""
+        self.patch.setenv("KRISTAL_S3_ENDPOINT", endpoint_url)
+        self.patch.setenv("KRISTAL_S3_CONNECT_TIMEOUT_S", str(connect_timeout))
+        self.patch.setenv("KRISTAL_S3_READ_TIMEOUT_S", str(read_timeout))
+        if cache_dir is not None:
+            self.patch.setenv("KRISTAL_CACHE_DIR", str(cache_dir))
+        return Context.from_settings(Settings.from_env())
+
+    def free_channel_lock(self) -> None:
+        """What an operator does after a worker was killed holding the channel's lease (it
+        outlives the process): set the channel limit's active slots back to 0."""
+        from prefect import get_client
+        from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
+
+        from tasks.names import lock_name
+
+        with get_client(sync_client=True) as client:
+            client.update_global_concurrency_limit(
+                lock_name(self.channel), GlobalConcurrencyLimitUpdate(active_slots=0))
+
+    def plain_runner(self) -> Any:
+        from kristal.operations.runner import PlainRunner
+
+        return PlainRunner(retry_delays_s=(0.05, 0.1))
+
+    def pointer(self) -> records.PointerState:
+        return records.read_pointer(self.store, self.channel)
 
     def snapshot(self) -> dict[str, bytes]:
         """Every object under the channel (pointer, history, checks, quarantine), for equality."""
@@ -178,11 +289,13 @@ def make_world(tmp_path: Path, config: StoreConfig, monkeypatch: pytest.MonkeyPa
     ctx = Context.from_settings(Settings.from_env())
     keys = load_publisher_keys(Path(env["KRISTAL_KEY_DIR"]))
     channel = f"acme/test/r{uuid.uuid4().hex[:6]}"
-    return World(ctx=ctx, home=home, keys=keys, channel=channel, env=env)
+    return World(ctx=ctx, home=home, keys=keys, channel=channel, env=env, patch=monkeypatch)
 
 
 @pytest.fixture
-def world(tmp_path: Path, store_config: StoreConfig, monkeypatch: pytest.MonkeyPatch) -> World:
+def world(tmp_path: Path, store_config: StoreConfig, monkeypatch: pytest.MonkeyPatch,
+          prefect_api: str) -> World:
+    """A channel in a fresh bucket; its operations run through the session's Prefect server."""
     return make_world(tmp_path, store_config, monkeypatch)
 
 

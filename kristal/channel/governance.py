@@ -5,8 +5,6 @@ Each is a signed, conditional change of the channel index (`channel_index.update
 
 from __future__ import annotations
 
-import re
-from datetime import datetime, timedelta
 from typing import Any
 
 from kristal.channel.index import index_body, update_index
@@ -15,36 +13,8 @@ from kristal.errors import RollbackTargetMissing, UsageInvalid
 from kristal.formats.channel_docs import ChannelIndex
 from kristal.formats.identity import DocKind
 from kristal.formats.models import validate_channel_id
+from kristal.formats.time import parse_duration, rfc3339
 from kristal.trust.signing import SigningKey, sign_document
-
-_SHORT = re.compile(r"^([0-9]+)([smhd])$")
-_ISO = re.compile(r"^P(?:([0-9]+)D)?(?:T(?:([0-9]+)H)?(?:([0-9]+)M)?(?:([0-9]+)S)?)?$")
-
-
-def parse_duration(text: str) -> timedelta:
-    """`30m`, `24h`, `7d`, or ISO 8601 (`P7D`, `PT12H`, `P1DT2H30M`)."""
-    if not text.isascii():
-        raise UsageInvalid(f"duration {text!r} must be written in ASCII")
-    if match := _SHORT.fullmatch(text.strip()):
-        value, unit = int(match.group(1)), match.group(2)
-        delta = {
-            "s": timedelta(seconds=value),
-            "m": timedelta(minutes=value),
-            "h": timedelta(hours=value),
-            "d": timedelta(days=value),
-        }[unit]
-    elif (match := _ISO.fullmatch(text.strip())) and text.strip() not in ("P", "PT"):
-        days, hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())
-        delta = timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
-    else:
-        raise UsageInvalid(f"duration {text!r} is not like 30m, 24h, 7d or ISO 8601 (P7D)")
-    if delta <= timedelta(0) or delta > timedelta(days=366):
-        raise UsageInvalid(f"duration {text!r} must be positive and at most a year")
-    return delta
-
-
-def _rfc3339(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def authorize(
@@ -73,8 +43,8 @@ def authorize(
                 "target_runtime_pack_ids": list(entry.runtime_pack_ids),
                 "reason": reason,
                 "issuer": authority.key_id,
-                "issued_at": _rfc3339(moment),
-                "expires_at": _rfc3339(moment + lifetime),
+                "issued_at": rfc3339(moment),
+                "expires_at": rfc3339(moment + lifetime),
             },
             DocKind.ROLLBACK_AUTHORIZATION,
             authority,
@@ -101,7 +71,7 @@ def revoke(
             {
                 "target": {"release_id": release_id},
                 "reason_code": reason,
-                "effective_at": _rfc3339(ctx.now()),
+                "effective_at": rfc3339(ctx.now()),
             }
         )
         return body

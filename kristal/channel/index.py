@@ -13,13 +13,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from kristal.errors import ManifestSchemaInvalid, PointerConflict
+from kristal.errors import ManifestSchemaInvalid, ObjectNotFound, PointerConflict
 from kristal.formats import layout
 from kristal.formats.canonical import canonical_bytes, parse_json
 from kristal.formats.channel_docs import ChannelIndex
 from kristal.formats.identity import DocKind, verify_identity
 from kristal.formats.models import parse_model
-from kristal.store.s3 import ObjectNotFound, ObjectStore, WriteStatus
+from kristal.formats.time import rfc3339
+from kristal.store.s3 import ObjectStore, WriteStatus
 from kristal.trust.roots import ChannelTrust
 from kristal.trust.signing import SigningKey, require_signatures, sign_document
 
@@ -45,15 +46,28 @@ def read_index_bytes(store: ObjectStore, channel_id: str) -> tuple[bytes, str] |
 def load_verified_index(
     raw: bytes, channel_id: str, trust: ChannelTrust, *, now: datetime
 ) -> ChannelIndex:
+    """The index in `raw`, verified as readers and writers both need it: strict JSON, its
+    shape, its `index_id`, the channel-authority signatures (threshold) and its channel.
+    Expiry and replay are the reader's rules (`ReleaseVerifier.update_index`)."""
+    return verify_index(raw, channel_id, trust, now=now)[0]
+
+
+def verify_index(
+    raw: bytes, channel_id: str, trust: ChannelTrust, *, now: datetime
+) -> tuple[ChannelIndex, str]:
+    """`load_verified_index`, with the verified `index_id`."""
     doc = parse_json(raw, max_bytes=MAX_INDEX_BYTES, what="channel index")
+    if not isinstance(doc, dict):
+        raise ManifestSchemaInvalid("channel index is not a JSON object")
     index = parse_model(ChannelIndex, doc, what="channel index")
     verify_identity(doc, DocKind.CHANNEL_INDEX)
-    require_signatures(
+    index_id = require_signatures(
         doc, DocKind.CHANNEL_INDEX, trust, "channel-authority", now=now, what="channel index"
     )
     if index.channel_id != channel_id:
-        raise ManifestSchemaInvalid(f"channel index names {index.channel_id!r}, not {channel_id!r}")
-    return index
+        raise ManifestSchemaInvalid(
+            f"channel index is for {index.channel_id!r}, not {channel_id!r}", field="channel_id")
+    return index, index_id
 
 
 def update_index(
@@ -80,8 +94,8 @@ def update_index(
             artifact_type="channel_index",
             channel_id=channel_id,
             index_version=(index.index_version + 1) if index else 1,
-            updated_at=_rfc3339(moment),
-            expires_at=_rfc3339(moment + lifetime),
+            updated_at=rfc3339(moment),
+            expires_at=rfc3339(moment + lifetime),
         )
         body.pop("index_id", None)
         body.pop("signatures", None)
@@ -117,5 +131,3 @@ def index_body(index: ChannelIndex | None) -> dict[str, Any]:
     return body
 
 
-def _rfc3339(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")

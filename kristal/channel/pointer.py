@@ -1,80 +1,74 @@
 """The active-pointer protocol of DESIGN §6: the only way anything goes live.
 
-`read_pointer` returns the record and the ETag of the same GET; `commit` switches it with one
-conditional write and resolves every ambiguous outcome by re-reading (an Iceberg-style commit:
-written, conflict, or unknown, each handled on purpose). History objects are immutable and
-repaired idempotently from the pointer.
+`new_record` builds the record that follows a pointer state; `commit` switches the pointer to
+it with one conditional write (`If-Match` on the ETag of the read the decision was made on, or
+`If-None-Match: *` for a channel's first record) and resolves every ambiguous outcome by
+re-reading. An Iceberg-style commit: written, conflict (`PointerConflict`: nothing of ours was
+written, re-read and decide again) or unknown (`CommitUnknown`: clean nothing up).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, TypeVar
+import uuid
+from datetime import datetime
+from typing import Any
 
-from kristal.errors import (
-    CommitUnknown,
-    ManifestSchemaInvalid,
-    PointerConflict,
-    PointerInvalid,
-    StorageUnavailable,
+from kristal.channel.records import (
+    PointerState,
+    read_history,
+    read_pointer,
+    record_bytes,
 )
+from kristal.errors import CommitUnknown, PointerConflict, PointerInvalid, StorageUnavailable
 from kristal.formats import layout
-from kristal.formats.canonical import canonical_bytes, canonical_sha256, parse_json
-from kristal.formats.channel_docs import ActivationRecord, CheckRecord, QuarantineRecord
-from kristal.formats.models import parse_model
-from kristal.store.s3 import ObjectNotFound, ObjectStore, WriteStatus
+from kristal.formats.channel_docs import ActivationKind, ActivationRecord, LastKnownGood, ReleaseRef
+from kristal.store.s3 import ObjectStore, WriteStatus
 
-MAX_RECORD_BYTES = 1024 * 1024
-T = TypeVar("T")
 COMMIT_ATTEMPTS = 3
 
 
-@dataclass(frozen=True)
-class PointerState:
-    """One read of `active.json`: the record (None before the first activation) and its ETag."""
-
-    record: ActivationRecord | None
-    etag: str | None
-    raw: dict[str, Any] | None
-
-    @property
-    def sequence(self) -> int:
-        return self.record.sequence if self.record else 0
-
-    @property
-    def record_sha256(self) -> str | None:
-        return canonical_sha256(self.raw) if self.raw is not None else None
-
-
-def parse_record(
-    data: bytes, channel_id: str, *, what: str
-) -> tuple[ActivationRecord, dict[str, Any]]:
-    try:
-        raw = parse_json(data, max_bytes=MAX_RECORD_BYTES, what=what)
-        record = parse_model(ActivationRecord, raw, what=what)
-    except ManifestSchemaInvalid as exc:
-        raise PointerInvalid(exc.message, field=exc.field) from None
-    if record.channel_id != channel_id:
-        raise PointerInvalid(f"{what} names channel {record.channel_id!r}, not {channel_id!r}")
-    return record, raw
-
-
-def read_pointer(store: ObjectStore, channel_id: str) -> PointerState:
-    try:
-        data, etag = store.get_bytes(layout.pointer(channel_id), max_bytes=MAX_RECORD_BYTES)
-    except ObjectNotFound:
-        return PointerState(None, None, None)
-    except ManifestSchemaInvalid as exc:  # oversize: refused while streaming
-        raise PointerInvalid(f"active pointer: {exc.message}") from None
-    record, raw = parse_record(data, channel_id, what="active pointer")
-    return PointerState(record, etag, raw)
-
-
-def record_bytes(record: ActivationRecord) -> tuple[bytes, dict[str, Any]]:
-    raw = record.model_dump(mode="json")
-    return canonical_bytes(raw), raw
+def new_record(
+    state: PointerState,
+    *,
+    channel_id: str,
+    kind: ActivationKind,
+    active: ReleaseRef,
+    last_known_good: LastKnownGood | None,
+    index_version: int,
+    forced: bool,
+    operator: str,
+    reason: str,
+    correlation_id: str,
+    flow_run_id: str | None,
+    now: datetime,
+    evidence: dict[str, Any],
+) -> ActivationRecord:
+    live = state.record
+    highest = live.highest_activated_release_id if live else 0
+    if kind == "activate":
+        highest = max(highest, active.release_id)
+    return ActivationRecord(
+        channel_id=channel_id,
+        sequence=state.sequence + 1,
+        activation_id=str(uuid.uuid4()),
+        kind=kind,
+        active=active,
+        previous=live.active if live else None,
+        previous_sequence=live.sequence if live else None,
+        last_known_good=last_known_good,
+        highest_activated_release_id=highest,
+        index_version=index_version,
+        rollback_mode=kind != "activate",
+        forced=forced,
+        operator=operator,
+        reason=reason,
+        correlation_id=correlation_id,
+        flow_run_id=flow_run_id,
+        created_at=now,
+        evidence=evidence,
+        prev_record_sha256=state.record_sha256,
+    )
 
 
 def commit(store: ObjectStore, record: ActivationRecord, expected: PointerState) -> PointerState:
@@ -131,102 +125,3 @@ def commit(store: ObjectStore, record: ActivationRecord, expected: PointerState)
     )
 
 
-def _write_once(store: ObjectStore, key: str, body: bytes, read_back: Callable[[], T | None],
-                what: str) -> T | None:
-    """If-None-Match: * with a re-read after anything but success: the first copy stands.
-
-    Returns what is stored when it is not ours (None when ours was written)."""
-    for attempt in range(COMMIT_ATTEMPTS):
-        outcome = store.put_if_absent(key, body)
-        if outcome.status is WriteStatus.WRITTEN:
-            return None
-        try:
-            existing = read_back()
-        except StorageUnavailable:
-            existing = None
-        if existing is not None:
-            return existing
-        time.sleep(0.2 * (attempt + 1))
-    raise StorageUnavailable(f"could not write {what} after {COMMIT_ATTEMPTS} attempts")
-
-
-def write_history(store: ObjectStore, record: ActivationRecord) -> None:
-    """Write `activations/<sequence>.json` once (If-None-Match: *); an equal copy is success."""
-    body, _raw = record_bytes(record)
-    existing = _write_once(
-        store, layout.history(record.channel_id, record.sequence), body,
-        lambda: read_history(store, record.channel_id, record.sequence),
-        f"history {record.sequence} of {record.channel_id}",
-    )
-    if existing is not None and existing.activation_id != record.activation_id:
-        raise PointerInvalid(
-            f"history {record.sequence} of {record.channel_id} holds activation "
-            f"{existing.activation_id}, the pointer {record.activation_id}"
-        )
-
-
-def read_history(store: ObjectStore, channel_id: str, sequence: int) -> ActivationRecord | None:
-    try:
-        data, _etag = store.get_bytes(
-            layout.history(channel_id, sequence), max_bytes=MAX_RECORD_BYTES
-        )
-    except ObjectNotFound:
-        return None
-    except ManifestSchemaInvalid as exc:
-        raise PointerInvalid(f"history record {sequence}: {exc.message}") from None
-    record, _raw = parse_record(data, channel_id, what=f"history record {sequence}")
-    if record.sequence != sequence:
-        raise PointerInvalid(f"history object {sequence} holds sequence {record.sequence}")
-    return record
-
-
-def repair_history(store: ObjectStore, state: PointerState) -> bool:
-    """Invariant 4: make sure `history[pointer.sequence]` exists. Returns True if it wrote it."""
-    if state.record is None:
-        return False
-    if store.head(layout.history(state.record.channel_id, state.record.sequence)) is not None:
-        return False
-    write_history(store, state.record)
-    return True
-
-
-def read_checks(store: ObjectStore, channel_id: str, sequence: int) -> CheckRecord | None:
-    try:
-        data, _ = store.get_bytes(layout.checks(channel_id, sequence), max_bytes=MAX_RECORD_BYTES)
-    except ObjectNotFound:
-        return None
-    raw = parse_json(data, max_bytes=MAX_RECORD_BYTES, what=f"checks {sequence}")
-    return parse_model(CheckRecord, raw, what=f"checks {sequence}")
-
-
-def write_checks(store: ObjectStore, checks: CheckRecord) -> CheckRecord:
-    """Immutable: the first outcome written for a sequence stands; returns the one that stands."""
-    existing = _write_once(
-        store, layout.checks(checks.channel_id, checks.sequence),
-        canonical_bytes(checks.model_dump(mode="json")),
-        lambda: read_checks(store, checks.channel_id, checks.sequence),
-        f"checks {checks.sequence} of {checks.channel_id}",
-    )
-    return existing or checks
-
-
-def read_quarantine(
-    store: ObjectStore, channel_id: str, release_id: int
-) -> QuarantineRecord | None:
-    try:
-        data, _ = store.get_bytes(
-            layout.quarantine(channel_id, release_id), max_bytes=MAX_RECORD_BYTES
-        )
-    except ObjectNotFound:
-        return None
-    raw = parse_json(data, max_bytes=MAX_RECORD_BYTES, what="quarantine record")
-    return parse_model(QuarantineRecord, raw, what="quarantine record")
-
-
-def write_quarantine(store: ObjectStore, quarantine: QuarantineRecord) -> None:
-    _write_once(
-        store, layout.quarantine(quarantine.channel_id, quarantine.release_id),
-        canonical_bytes(quarantine.model_dump(mode="json")),
-        lambda: read_quarantine(store, quarantine.channel_id, quarantine.release_id),
-        f"quarantine of release {quarantine.release_id} in {quarantine.channel_id}",
-    )

@@ -93,7 +93,8 @@ def hash_target(doc: dict[str, Any], kind: DocKind) -> dict[str, Any]:
     target.pop("content_hash", None)
     for pointer in rule.excluded_pointers:
         _drop_pointer(target, pointer)
-    return _strip_any_depth(target)
+    stripped: dict[str, Any] = _strip_any_depth(target)
+    return stripped
 
 
 def canonical_target_bytes(doc: dict[str, Any], kind: DocKind) -> bytes:

@@ -19,7 +19,10 @@ Sha256Id = Annotated[str, Field(pattern=r"^sha256:[0-9a-f]{64}$")]
 Hex64 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 NonEmpty = Annotated[str, Field(min_length=1)]
 
-CHANNEL_PART = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+# One part of `<tenant>/<environment>/<region>` (DESIGN §1); the one definition of the pattern.
+CHANNEL_PART_PATTERN = r"[a-z0-9][a-z0-9-]{0,62}"
+CHANNEL_PART = re.compile(rf"^{CHANNEL_PART_PATTERN}$")
+CHANNEL_PATTERN = rf"^{CHANNEL_PART_PATTERN}/{CHANNEL_PART_PATTERN}/{CHANNEL_PART_PATTERN}$"
 SHARD_MAJOR = re.compile(r"^(\d+)\.")
 
 GENERATION_EXT = "kristal.activate/generation"
@@ -80,7 +83,7 @@ def validate_channel_id(channel_id: str) -> str:
     if len(parts) != 3 or not all(CHANNEL_PART.fullmatch(p) for p in parts):
         raise PathInvalid(
             f"channel {str(channel_id)[:100]!r} is not <tenant>/<environment>/<region>, "
-            "each [a-z0-9][a-z0-9-]{0,62}",
+            f"each {CHANNEL_PART_PATTERN}",
             field="channel_id",
         )
     return channel_id

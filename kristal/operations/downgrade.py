@@ -6,9 +6,10 @@ post-activation gates of an activation; nothing of the current release is kept.
 
 from __future__ import annotations
 
-from kristal.channel import pointer as ptr
+from kristal.channel import records
 from kristal.context import Context
 from kristal.errors import (
+    ActivationAborted,
     KristalError,
     ReleaseQuarantined,
     RollbackNotAuthorized,
@@ -17,7 +18,13 @@ from kristal.errors import (
 from kristal.formats.channel_docs import ChannelIndex, RollbackAuthorization
 from kristal.formats.identity import DocKind, check_id, verify_identity
 from kristal.formats.models import parse_model
+from kristal.formats.time import rfc3339
+from kristal.operations.golive import go_live
+from kristal.operations.outcome import Outcome, Who
 from kristal.operations.plan import ActivationPlan
+from kristal.operations.rollback import CHANNEL_LOCK_WAIT_S
+from kristal.operations.runner import Runner, step
+from kristal.operations.steps import stage_release
 from kristal.trust.signing import require_signatures
 from kristal.verify.fetch import verify_release
 
@@ -65,11 +72,12 @@ def find_authorization(
     return auth
 
 
+@step("plan-downgrade")
 def plan_downgrade(
     ctx: Context, channel_id: str, *, release_id: int, authorization_id: str
 ) -> ActivationPlan:
-    state = ptr.read_pointer(ctx.store, channel_id)
-    repaired = ptr.repair_history(ctx.store, state)
+    state = records.read_pointer(ctx.store, channel_id)
+    repaired = records.repair_history(ctx.store, state)
     live = state.record
     if live is None:
         raise RollbackTargetMissing(f"{channel_id} has nothing live to downgrade from")
@@ -84,7 +92,7 @@ def plan_downgrade(
         )
     if live.active.release_id == release_id:
         raise RollbackTargetMissing(f"release {release_id} is already live in {channel_id}")
-    if ptr.read_quarantine(ctx.store, channel_id, release_id) is not None:
+    if records.read_quarantine(ctx.store, channel_id, release_id) is not None:
         raise ReleaseQuarantined(f"release {release_id} is quarantined in {channel_id}")
     plan = ActivationPlan(
         channel_id, state, release, "downgrade", forced=False, repaired_history=repaired
@@ -97,6 +105,55 @@ def plan_downgrade(
     release.evidence["authorization"] = {
         "authorization_id": authorization_id,
         "issuer": auth.issuer,
-        "expires_at": auth.expires_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "expires_at": rfc3339(auth.expires_at),
     }
     return plan
+
+
+APPROVAL_TIMEOUT_S = 3600.0
+
+
+def plan_markdown(plan: ActivationPlan) -> str:
+    """What the approver is shown: from what to what, under which authorization."""
+    summary = plan.summary()
+    live, target = summary["live"] or {}, summary["target"]
+    auth = plan.release.evidence.get("authorization", {})
+    return "\n".join([
+        f"## Downgrade `{plan.channel_id}`",
+        f"- live now: release {live.get('release_id')} (generation {live.get('generation')})",
+        f"- will be: release {target['release_id']} (generation {target['generation']})",
+        f"- exchange: `{target['exchange_id']}`",
+        *[f"- pack: `{p}`" for p in target["runtime_pack_ids"]],
+        f"- authorization: `{auth.get('authorization_id')}` by {auth.get('issuer')}, "
+        f"expires {auth.get('expires_at')}",
+        *[f"- {note}" for note in plan.notes],
+    ])
+
+
+def downgrade(
+    run: Runner,
+    ctx: Context,
+    *,
+    channel_id: str,
+    release_id: int,
+    authorization_id: str,
+    who: Who,
+    require_approval: bool = False,
+) -> Outcome:
+    """To an older generation through a signed authorization, with the full verification,
+    staging and post-activation gates, and an optional human approval before the switch."""
+    with run.lock([channel_id], wait_s=CHANNEL_LOCK_WAIT_S):
+        plan = run(plan_downgrade, ctx, channel_id, release_id=release_id,
+                   authorization_id=authorization_id)
+        run(stage_release, ctx, plan.release)
+        if require_approval:
+            answer = run.ask_approval(plan_markdown(plan), APPROVAL_TIMEOUT_S)
+            if answer is None or not answer.approve:
+                by = answer.approver if answer is not None and answer.approver else "anyone"
+                raise ActivationAborted(
+                    f"downgrade of {channel_id} to release {release_id} was not approved by "
+                    f"{by}; nothing changed"
+                )
+            plan.release.evidence["approved_by"] = answer.approver
+            plan.notes.append(f"approved by {answer.approver}: {answer.comment}")
+        return go_live(run, ctx, plan, who)

@@ -1,269 +1,263 @@
-"""Fleet activation, the domain part (no Prefect): one build released to many channels, the
-waves it is activated in, and the skew report of which channel runs which release.
+"""The fleet-activate operation: one release to many channels in waves (canary first), halting
+at the first failed wave and vetoing the release for the channels not yet reached; a skew
+report says which channel runs which release. Rules and the veto choice: `fleet_rules`.
 
-Rules:
-- **One build, many channels.** Every channel has its own signed index, so a fleet release is
-  the *same* Exchange, Runtime Pack(s) and validation reports named by an index entry in every
-  channel (`publish_to_channels`). Publishing again per channel would not give the same IDs
-  (signature and pack `created_at`, `build_id` differ), and the fleet would download N copies.
-  Same IDs mean the payload is fetched once into the content-addressed cache and the query
-  index is built once per pack ID.
-- **Waves.** The canary channel(s) first, on their own, then the other channels in waves of
-  `wave_size`, in the given order (`plan_waves`). A wave is done when every channel in it is.
-- **Halt and veto.** The first wave with a failed channel (refused, or activated then rolled
-  back by its checks) halts the fleet: later waves are not attempted; their channels are
-  vetoed. Channels of the failed wave that did activate stay live (they passed their own
-  checks); the failed channel was rolled back inside its activation, as in `activate`.
-- **The veto is a record, not a revocation** (by default). A signed revocation
-  (`governance.revoke`, reason `fleet-veto`) would be permanent (the index has no un-revoke),
-  would need the channel-authority signing key on the runner that activates (activation
-  otherwise needs no key), and a canary can fail for reasons of its own (latency, memory on
-  its host) that say little about the other channels. The veto is therefore recorded in the
-  fleet run's artifacts and result, and it is *durable without a revocation*: the failed
-  channel's quarantine record (written by the automatic rollback) makes any re-run of the
-  same fleet halt again at that wave, before the vetoed channels are touched. Where a hard,
-  signed veto is wanted, `revoke_vetoed` (below; `FleetRequest.revoke_vetoed` in the flow)
-  revokes the release in the vetoed channels' indexes with reason code `fleet-veto`.
-- **Skew report** reads only pointers and check records (two small GETs per channel).
+The payload is staged once before the waves (content-addressed cache, one query index per
+pack). Each wave is one step (`activate-wave-N`, retried on storage hiccups); inside it each
+channel runs `fleet_channel.activate_channel`: the steps of `activate` as plain calls, in
+threads bounded by `max_parallel`. A task run per channel was measured at ~40 ms of wall time
+plus as much Prefect-server CPU, about a channel's own cost, so it nearly doubled a 50-channel
+fleet; the per-channel results are in the waves report instead.
+
+Locks: a wave holds every one of its channels' locks for its duration (`Runner.lock_ahead`), so
+the next wave's can be acquired while the current wave runs; the locks of every channel after
+the canary are created while the canary runs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
-from typing import Any
+import contextvars
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
-from kristal.channel import pointer as ptr
-from kristal.channel.index import update_index
 from kristal.context import Context
-from kristal.errors import (
-    GenerationMismatch,
-    KristalError,
-    UsageInvalid,
-    ValidationReportMissing,
+from kristal.errors import KristalError, StorageUnavailable
+from kristal.operations import events
+from kristal.operations.fleet_channel import (
+    FAILED_RESULTS,
+    ChannelOutcome,
+    FleetOutcome,
+    FleetRun,
+    activate_channel,
+    failed_outcome,
+    fleet_key,
+    plan_channel,
+    vetoed,
+    waves_markdown,
 )
-from kristal.formats import layout
-from kristal.formats.canonical import parse_json
-from kristal.formats.channel_docs import ChannelIndex
-from kristal.formats.models import validate_channel_id
-from kristal.publish.publisher import PublisherKeys, PublishResult, check_release_id_free
-from kristal.store.s3 import ObjectNotFound, ObjectStore
-from kristal.trust.roots import TrustFile
-from kristal.trust.signing import SigningKey
-from kristal.verify.verifier import MAX_MANIFEST_BYTES
+from kristal.operations.fleet_rules import plan_waves, revoke_vetoed, skew_report
+from kristal.operations.outcome import Who
+from kristal.operations.runner import Artifact, HeldLock, Progress, Runner, step
+from kristal.runtime import staging
+from kristal.trust.keys import load_role_key
+from kristal.verify.fetch import verify_release
 
-FLEET_VETO_REASON = "fleet-veto"
-SKEW_READERS = 16
+LIVE_RESULTS = ("activated", "resumed", "already_live")
 
 
-def _rfc3339(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+@step("stage-fleet-release")
+def stage_fleet_release(ctx: Context, fleet: FleetRun, channel_id: str,
+                        release_id: int) -> str:
+    """Verify the release in one channel and stage it: the fleet's one download."""
+    release = verify_release(ctx, channel_id, release_id=release_id, memo=fleet.documents)
+    staged = fleet.staged = staging.stage_release(ctx, release)
+    fleet.downloads += staged.downloaded
+    return (f"{len(staged.files)} files ({staged.bytes_total} bytes) staged from {channel_id}, "
+            f"{staged.downloaded} downloaded")
 
 
-def _unique(channel_ids: Iterable[str], what: str) -> list[str]:
-    seen: list[str] = []
-    for channel_id in channel_ids:
-        validate_channel_id(channel_id)
-        if channel_id in seen:
-            raise UsageInvalid(f"{what}: channel {channel_id} is listed twice")
-        seen.append(channel_id)
-    return seen
+@step("activate-wave", run_name="activate-wave-{wave}")
+def activate_wave(inline: Runner, ctx: Context, fleet: FleetRun, channels: list[str],
+                  wave: int, release_id: int, who: Who,
+                  max_parallel: int) -> list[ChannelOutcome]:
+    """Bring one wave's channels live, `max_parallel` at a time, under the wave's held locks.
+
+    After a channel fails (refused, rolled back), channels not started are vetoed. A channel
+    that hit only a storage hiccup is not final: if no channel failed otherwise, the step
+    raises `StorageUnavailable` and its retry runs just those channels again (final outcomes
+    are kept in the fleet run).
+    """
+    lock = fleet.locks[wave]
+
+    def one(channel_id: str) -> ChannelOutcome:
+        if not lock.held:
+            raise RuntimeError("the wave's channel locks were lost (lease not renewed); "
+                               f"{channel_id} was not started")
+        return activate_channel(inline, ctx, fleet, channel_id, release_id, wave, who)
+
+    todo = [c for c in channels if c not in fleet.outcomes]
+    halted = False
+    with ThreadPoolExecutor(max_workers=max(1, min(max_parallel, len(todo) or 1))) as pool:
+        pending: dict[Future[ChannelOutcome], str] = {
+            pool.submit(contextvars.copy_context().run, one, c): c for c in todo
+        }
+        while pending:
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                channel_id = pending.pop(future)
+                exc = future.exception()
+                if isinstance(exc, StorageUnavailable):
+                    fleet.transient[channel_id] = exc
+                    continue
+                fleet.transient.pop(channel_id, None)
+                outcome = future.result() if exc is None else failed_outcome(channel_id, wave,
+                                                                             exc)
+                fleet.outcomes[channel_id] = outcome
+                if outcome.result in FAILED_RESULTS and not halted:
+                    halted = True
+                    for other, name in list(pending.items()):
+                        if other.cancel():
+                            pending.pop(other)
+                            fleet.outcomes[name] = vetoed(name, wave, channel_id)
+    hiccups = [c for c in channels if c in fleet.transient]
+    if hiccups and not halted:
+        raise StorageUnavailable(
+            f"wave {wave}: {len(hiccups)} channel(s) hit a storage error and will be tried "
+            f"again ({hiccups[0]}: {fleet.transient[hiccups[0]].message})")
+    return [fleet.outcomes.get(c) or failed_outcome(c, wave, fleet.transient[c])
+            for c in channels]
 
 
-# --- one build released to many channels ------------------------------------------------------
-def _report_profiles(store: ObjectStore, report_ids: list[str]) -> set[str]:
-    profiles = set()
-    for report_id in report_ids:
+@step("plan-wave", run_name="plan-wave-{wave}")
+def plan_wave(ctx: Context, fleet: FleetRun, channels: list[str], wave: int, release_id: int,
+              max_parallel: int) -> list[ChannelOutcome]:
+    """The dry run of a wave: every channel verified and planned; read-only, so a storage
+    hiccup anywhere retries the whole wave."""
+    with ThreadPoolExecutor(max_workers=max(1, min(max_parallel, len(channels)))) as pool:
+        futures = [pool.submit(contextvars.copy_context().run, plan_channel, ctx, fleet, c,
+                               release_id, wave) for c in channels]
+    hiccup = next((f.exception() for f in futures
+                   if isinstance(f.exception(), StorageUnavailable)), None)
+    if hiccup is not None:
+        raise hiccup
+    return [f.result() if (exc := f.exception()) is None else failed_outcome(c, wave, exc)
+            for f, c in zip(futures, channels, strict=True)]
+
+
+@step("skew-report")
+def skew_report_step(ctx: Context, channel_ids: list[str],
+                     known_checks: dict[str, str]) -> list[dict[str, object]]:
+    return skew_report(ctx, channel_ids, known_checks)
+
+
+@step("revoke-vetoed", retries=False)
+def revoke_vetoed_step(ctx: Context, channel_ids: list[str], release_id: int) -> dict[str, str]:
+    authority = load_role_key(ctx.settings.key_dir, "channel-authority")
+    return revoke_vetoed(ctx, authority, channel_ids, release_id)
+
+
+def _run_wave(run: Runner, ctx: Context, fleet: FleetRun, channels: list[str], wave: int,
+              release_id: int, who: Who, max_parallel: int,
+              lock: HeldLock) -> list[ChannelOutcome]:
+    fleet.locks[wave] = lock
+    try:
+        return run(activate_wave, run.inline(), ctx, fleet, channels, wave, release_id, who,
+                   max_parallel)
+    except StorageUnavailable:  # retries exhausted: the channels still failing are refused
+        return [fleet.outcomes.get(c) or failed_outcome(c, wave, fleet.transient[c])
+                for c in channels]
+    finally:
+        fleet.locks.pop(wave, None)
+
+
+def _waves(run: Runner, ctx: Context, fleet: FleetRun, waves: list[list[str]], release_id: int,
+           who: Who, max_parallel: int, progress: Progress) -> tuple[list[ChannelOutcome],
+                                                                     int | None]:
+    """Wave after wave until one fails; the channels of later waves are vetoed.
+
+    Wave k+1's locks are acquired while wave k runs; wave k's are released as it ends. The
+    locks of every channel after the canary are created while the canary runs."""
+    total = sum(len(w) for w in waves)
+    rest = [c for wave in waves[1:] for c in wave]
+    run.prepare_locks(waves[0])
+    outcomes: list[ChannelOutcome] = []
+    halted_at: int | None = None
+    locks = [run.lock_ahead(waves[0])]
+    with ThreadPoolExecutor(max_workers=1) as aside:
+        rest_ready = aside.submit(contextvars.copy_context().run, run.prepare_locks, rest)
         try:
-            raw = store.get_bytes(layout.validation_report(report_id), max_bytes=MAX_MANIFEST_BYTES)
-        except ObjectNotFound:
-            continue
-        doc = parse_json(raw[0], what="validation report")
-        if isinstance(doc, dict) and isinstance(doc.get("profile"), str):
-            profiles.add(doc["profile"])
-    return profiles
+            for number, channels in enumerate(waves, start=1):
+                if halted_at is not None:  # only the wave after the halt had its lock taken
+                    outcomes += [vetoed(c, number, f"wave {halted_at}") for c in channels]
+                    continue
+                lock = locks[number - 1]
+                lock.wait()
+                if number < len(waves):
+                    rest_ready.result()
+                    locks.append(run.lock_ahead(waves[number]))
+                try:
+                    done = _run_wave(run, ctx, fleet, channels, number, release_id, who,
+                                     max_parallel, lock)
+                finally:
+                    lock.release()
+                outcomes += done
+                live = sum(o.result in LIVE_RESULTS for o in outcomes)
+                if any(o.result in FAILED_RESULTS for o in done):
+                    halted_at = number
+                    run.log(f"wave {number} failed: halting, vetoing release {release_id} for "
+                            "the channels not reached", warning=True)
+                    vetoed_now = total - len(outcomes) + sum(o.result == "vetoed" for o in done)
+                    progress.update(live / total, f"halted at wave {number}: {live} of {total} "
+                                    f"channels live, {vetoed_now} vetoed")
+                else:
+                    progress.update(live / total, f"wave {number} of {len(waves)} done: "
+                                    f"{live} of {total} channels live")
+        finally:
+            for lock in locks:
+                lock.join()
+    return outcomes, halted_at
 
 
-def publish_to_channels(
-    store: ObjectStore,
-    trust_file: TrustFile,
-    keys: PublisherKeys,
+def fleet_activate(
+    run: Runner,
+    ctx: Context,
     *,
-    result_of_first_publish: PublishResult,
     channel_ids: list[str],
     release_id: int,
-    generation: int,
-    now: Callable[[], datetime],
-) -> list[PublishResult]:
-    """Name the already-uploaded artifacts of one publish as `release_id` in other channels.
-
-    Nothing is built or uploaded: each channel's index gets one entry (signed by the channel
-    authority, conditional write) binding the same Exchange, packs, federation root and reports.
-    The channel of the first publish is skipped if listed. Refused before any write when the
-    generation differs from the artifacts' (they carry it, signed) or when a channel's trust
-    entry requires a validation profile the build has no report for; refused per channel (the
-    ones before it keep their entry) when the release id is taken or not above the highest.
-    """
-    first = result_of_first_publish
-    if generation != first.generation:
-        raise GenerationMismatch(
-            f"the build carries generation {first.generation} in its signed manifests; "
-            f"it cannot be released as generation {generation}"
-        )
-    if release_id < 1:
-        raise UsageInvalid("release id >= 1 is required")
-    targets = [c for c in _unique(channel_ids, "publish") if c != first.channel_id]
-    profiles = _report_profiles(store, first.validation_report_ids)
-    for channel_id in targets:
-        missing = set(trust_file.for_channel(channel_id).required_profiles) - profiles
-        if missing:
-            raise ValidationReportMissing(
-                f"channel {channel_id} requires profile(s) {sorted(missing)}; "
-                f"the build has reports for {sorted(profiles)} only"
-            )
-    entry: dict[str, Any] = {
-        "release_id": release_id,
-        "generation": generation,
-        "exchange_id": first.exchange_id,
-        "runtime_pack_ids": list(first.runtime_pack_ids),
-        "validation_report_ids": list(first.validation_report_ids),
-        "published_at": _rfc3339(now()),
-    }
-    if first.federation_id:
-        entry["federation_id"] = first.federation_id
-
-    def add_release(index: ChannelIndex | None) -> dict[str, Any]:
-        from kristal.channel.index import index_body
-
-        check_release_id_free(index, release_id)
-        body = index_body(index)
-        body["releases"].append(dict(entry))
-        return body
-
-    results = []
-    for channel_id in targets:
-        new_index = update_index(
-            store, channel_id, trust_file.for_channel(channel_id), keys.authority, add_release,
-            now=now,
-        )
-        results.append(
-            PublishResult(
-                channel_id=channel_id,
-                release_id=release_id,
-                generation=generation,
-                exchange_id=first.exchange_id,
-                runtime_pack_ids=list(first.runtime_pack_ids),
-                federation_id=first.federation_id,
-                validation_report_ids=list(first.validation_report_ids),
-                index_version=new_index.index_version,
-                row_count=first.row_count,
-                failed_profiles=list(first.failed_profiles),
-            )
-        )
-    return results
-
-
-# --- waves ------------------------------------------------------------------------------------
-def plan_waves(
-    channel_ids: list[str], canary: list[str] | None, wave_size: int
-) -> list[list[str]]:
-    """Canary wave first (default: the first channel; `[]`: no canary), then `wave_size` each.
-
-    Order is kept; every channel is in exactly one wave; a canary must be one of the channels.
-    """
-    if wave_size < 1:
-        raise UsageInvalid(f"wave size must be at least 1, not {wave_size}")
-    channels = _unique(channel_ids, "fleet")
-    if not channels:
-        raise UsageInvalid("a fleet needs at least one channel")
-    canaries = channels[:1] if canary is None else _unique(canary, "canary")
-    stray = [c for c in canaries if c not in channels]
-    if stray:
-        raise UsageInvalid(f"canary channel(s) {stray} are not in the fleet")
-    rest = [c for c in channels if c not in canaries]
-    waves = [canaries] if canaries else []
-    waves += [rest[i : i + wave_size] for i in range(0, len(rest), wave_size)]
-    return waves
-
-
-# --- the veto, as a signed revocation (optional) ------------------------------------------------
-def revoke_vetoed(
-    ctx: Context, authority: SigningKey, channel_ids: list[str], release_id: int
-) -> dict[str, str]:
-    """Revoke `release_id` (reason `fleet-veto`) in each channel's index; channel -> outcome.
-
-    A channel whose index does not have the release, or already revokes it, is reported, not
-    failed: the veto is best effort per channel and never stops at the first refusal.
-    """
-    from kristal.channel.governance import revoke
-
-    outcomes: dict[str, str] = {}
-    for channel_id in channel_ids:
+    who: Who,
+    canary: list[str] | None = None,
+    wave_size: int = 10,
+    max_parallel: int = 4,
+    revoke_vetoed_channels: bool = False,
+    dry_run: bool = False,
+) -> FleetOutcome:
+    """Activate one release across many channels in waves, canary first; halt and veto on the
+    first failed wave; report which channel runs which release."""
+    waves = plan_waves(channel_ids, canary, wave_size)
+    fleet = FleetRun()
+    suffix = fleet_key(channel_ids, release_id)
+    try:
+        note = run(stage_fleet_release, ctx, fleet, waves[0][0], release_id)
+    except KristalError as exc:  # the first channel's own activation refuses with the code
+        note = f"could not stage from {waves[0][0]}: {exc.line()}"
+    halted_at: int | None = None
+    if dry_run:
+        outcomes: list[ChannelOutcome] = []
+        for number, channels in enumerate(waves, start=1):
+            try:
+                planned: list[ChannelOutcome] = run(plan_wave, ctx, fleet, channels, number,
+                                                    release_id, max_parallel)
+                outcomes += planned
+            except StorageUnavailable as exc:
+                outcomes += [failed_outcome(c, number, exc) for c in channels]
+    else:
+        progress = run.progress("fleet-progress", suffix, f"fleet-activate release "
+                                f"{release_id}: 0/{len(channel_ids)} channels")
         try:
-            revoke(ctx, authority, channel_id, release_id, FLEET_VETO_REASON)
-            outcomes[channel_id] = "revoked"
-        except KristalError as exc:
-            outcomes[channel_id] = f"not revoked: {exc.line()}"
-    return outcomes
-
-
-# --- which channel runs which release -------------------------------------------------------
-def _skew_row(ctx: Context, channel_id: str, known: dict[str, str]) -> dict[str, Any]:
-    row: dict[str, Any] = {
-        "channel": channel_id,
-        "release_id": None,
-        "generation": None,
-        "sequence": None,
-        "kind": None,
-        "checks": None,
-    }
-    try:
-        record = ptr.read_pointer(ctx.store, channel_id).record
-    except KristalError as exc:
-        row["checks"] = f"pointer unreadable: {exc.code}"
-        return row
-    if record is None:
-        row["checks"] = "nothing live"
-        return row
-    row.update(
-        release_id=record.active.release_id,
-        generation=record.active.generation,
-        sequence=record.sequence,
-        kind=record.kind,
+            outcomes, halted_at = _waves(run, ctx, fleet, waves, release_id, who, max_parallel,
+                                         progress)
+        finally:
+            progress.close()
+    gone = [o.channel_id for o in outcomes if o.result == "vetoed"]
+    revocations = (run(revoke_vetoed_step, ctx, gone, release_id)
+                   if gone and revoke_vetoed_channels else {})
+    result = FleetOutcome(
+        release_id=release_id,
+        outcome=("planned" if dry_run else "halted" if halted_at is not None else "activated"),
+        halted_at_wave=halted_at, waves=waves, channels=outcomes, vetoed=gone,
+        veto_revocations=revocations,
+        payload_downloads=fleet.downloads + sum(o.downloaded for o in outcomes),
+        staging_note=note,
+        skew=run(skew_report_step, ctx, channel_ids, {
+            o.activation_id: "passed" for o in outcomes
+            if o.activation_id and o.result in LIVE_RESULTS}),
+        artifact_keys=[f"fleet-waves-{suffix}", f"fleet-skew-{suffix}"]
+        + ([] if dry_run else [f"fleet-progress-{suffix}"]),
     )
-    if record.activation_id in known:  # checks are write-once per sequence: already known
-        row["checks"] = known[record.activation_id]
-        return row
-    try:
-        checks = ptr.read_checks(ctx.store, channel_id, record.sequence)
-    except KristalError as exc:
-        row["checks"] = f"unreadable: {exc.code}"
-        return row
-    row["checks"] = checks.result if checks is not None else "pending"
-    return row
-
-
-def skew_report(
-    ctx: Context, channel_ids: list[str], known_checks: dict[str, str] | None = None
-) -> list[dict[str, Any]]:
-    """One row per channel, in the given order: live release, generation, sequence, checks.
-
-    Every pointer is read now. `known_checks` (activation ID -> check result) are results the
-    caller wrote itself moments ago; a channel still live at one of those activations is not
-    asked for its checks record again (it is write-once, so it cannot have changed).
-    """
-    if not channel_ids:
-        return []
-    known = known_checks or {}
-    with ThreadPoolExecutor(max_workers=min(SKEW_READERS, len(channel_ids))) as pool:
-        return list(pool.map(lambda c: _skew_row(ctx, c, known), channel_ids))
-
-
-def skew_summary(rows: list[dict[str, Any]]) -> dict[str, list[str]]:
-    """Release id (as text, `none` when nothing is live) -> the channels running it."""
-    by_release: dict[str, list[str]] = {}
-    for row in rows:
-        key = "none" if row["release_id"] is None else str(row["release_id"])
-        by_release.setdefault(key, []).append(row["channel"])
-    return by_release
+    run.publish(Artifact("fleet-waves", suffix, f"fleet activation of release {release_id}",
+                         markdown=waves_markdown(result)))
+    run.publish(Artifact("fleet-skew", suffix, "which channel runs which release",
+                         table=[{k: str(v) for k, v in row.items()} for row in result.skew]))
+    if halted_at is not None:
+        run.emit(events.FLEET_HALTED, fleet=suffix, payload={
+            "release_id": release_id, "halted_at_wave": halted_at, "vetoed": gone})
+    return result

@@ -1,124 +1,141 @@
-"""Choosing and verifying a rollback target (DESIGN §5 rules, §6 invariant 7).
+"""The rollback operation (DESIGN §5, §6 invariant 7): back to a release this channel had live,
+fast, recorded, never rewriting history, and conditional on the activation it was asked about
+still being live.
 
-A rollback goes back to a release this channel had live, found by following links from the
-live record (never by listing history), re-verified against today's trust roots and
-revocations. With `expected_activation_id` it does nothing unless that activation is live.
+- A rollback asked for a given failure carries `expected_activation_id` (or the failed run's
+  id, which names the activation that run switched): if that activation is no longer live it
+  changes nothing and says so, so a late report never rolls back a later release.
+- An automatic rollback (a failed check reported after the fact, a failed or crashed run)
+  quarantines the failed release and goes to the automatic target; a manual one goes to
+  `--to` (default last-known-good). The target is chosen in `rollback_target`.
+- The switch is the fast path: one step that re-verifies the target, re-hashes its cached
+  files (downloading only what is missing) and writes the pointer. It is never retried: a
+  retry after a switch that landed would roll back the rollback.
+- Every rollback is checked like an activation and opens a follow-up.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-
-from kristal.channel import pointer as ptr
-from kristal.channel.history import good_records
+from kristal.channel import records
 from kristal.context import Context
-from kristal.errors import (
-    ReleaseIdSubstitutionBlocked,
-    ReleaseQuarantined,
-    RollbackNotAuthorized,
-    RollbackTargetMissing,
-)
-from kristal.formats.channel_docs import ActivationKind, ActivationRecord, ReleaseRef
+from kristal.formats.channel_docs import ActivationKind, ActivationRecord, CheckRecord
+from kristal.operations.outcome import Outcome, Who
 from kristal.operations.plan import ActivationPlan
-from kristal.verify.fetch import verify_release
+from kristal.operations.reports import open_follow_up, report_run
+from kristal.operations.rollback_target import RollbackTo, plan_rollback
+from kristal.operations.runner import Runner, step
+from kristal.operations.steps import (
+    ChecksDidNotPass,
+    post_activation_checks,
+    quarantine_release,
+    switch_pointer,
+)
+from kristal.runtime import staging
 
-RollbackTo = Literal["last-known-good", "previous"] | int
-
-
-@dataclass
-class RollbackDecision:
-    """Either a plan to switch, or the reason nothing will be done (a no-op is not an error)."""
-
-    plan: ActivationPlan | None
-    noop_reason: str | None = None
-    target_sequence: int | None = None
-
-
-def _target_record(
-    ctx: Context, live: ActivationRecord, to: RollbackTo, kind: ActivationKind
-) -> tuple[ReleaseRef, int | None]:
-    channel = live.channel_id
-    if kind == "auto_rollback" or to == "previous":
-        if live.previous is None:
-            raise RollbackTargetMissing(
-                f"sequence {live.sequence} of {channel} has no previous release"
-            )
-        if kind != "auto_rollback" and ptr.read_quarantine(
-            ctx.store, channel, live.previous.release_id
-        ):
-            raise ReleaseQuarantined(
-                f"previous release {live.previous.release_id} is quarantined here"
-            )
-        return live.previous, live.previous_sequence
-    if to == "last-known-good":
-        start = (
-            ptr.read_history(ctx.store, channel, live.last_known_good.sequence)
-            if live.last_known_good
-            else None
-        )
-        for record in good_records(ctx.store, start):
-            rid = record.active.release_id
-            if rid == live.active.release_id or record.sequence >= live.sequence:
-                continue
-            if ptr.read_quarantine(ctx.store, channel, rid) is not None:
-                continue
-            return record.active, record.sequence
-        raise RollbackTargetMissing(
-            f"{channel} has no last-known-good release before sequence {live.sequence}"
-        )
-    if not isinstance(to, int) or to < 1 or to >= live.sequence:
-        raise RollbackTargetMissing(
-            f"rollback target sequence {to!r} must be an earlier sequence than {live.sequence}"
-        )
-    record = ptr.read_history(ctx.store, channel, to)
-    if record is None:
-        raise RollbackTargetMissing(f"{channel} has no history record {to}")
-    if ptr.read_quarantine(ctx.store, channel, record.active.release_id) is not None:
-        raise ReleaseQuarantined(f"release {record.active.release_id} is quarantined here")
-    return record.active, record.sequence
+# Who waits how long for a channel's lock. A guarded rollback does not wait for a crashed
+# run's lease to expire (up to ~75 s): its conditional write is safe on its own.
+CHANNEL_LOCK_WAIT_S = 600.0
+GUARDED_LOCK_WAIT_S = 10.0
 
 
-def plan_rollback(
+@step("find-run-activation")
+def switched_by_run(ctx: Context, channel_id: str, flow_run_id: str) -> str | None:
+    """The live activation if the given run switched it forward (activate or downgrade)."""
+    live = records.read_pointer(ctx.store, channel_id).record
+    if live is None or live.flow_run_id != flow_run_id:
+        return None
+    if live.kind not in ("activate", "downgrade"):
+        return None
+    return live.activation_id
+
+
+@step("quarantine-live")
+def quarantine_live(ctx: Context, channel_id: str, activation_id: str, reason: str) -> bool:
+    """Quarantine the live release if `activation_id` is still the live one (else nothing)."""
+    live = records.read_pointer(ctx.store, channel_id).record
+    if live is None or live.activation_id != activation_id:
+        return False
+    quarantine_release(ctx, live, reason)
+    return True
+
+
+@step("rollback-switch", retries=False)
+def rollback_switch(
+    ctx: Context, channel_id: str, to: RollbackTo, expected_activation_id: str | None,
+    kind: ActivationKind, who: Who,
+) -> tuple[ActivationPlan | None, ActivationRecord | None, str]:
+    """Choose and re-verify the target, re-hash its cached files (downloading only what is
+    missing), switch. Returns (plan, record, the reason nothing was done)."""
+    decision = plan_rollback(ctx, channel_id, to=to,
+                             expected_activation_id=expected_activation_id, kind=kind)
+    if decision.plan is None:
+        return None, None, decision.noop_reason or ""
+    staging.stage_release(ctx, decision.plan.release)
+    return decision.plan, switch_pointer(ctx, decision.plan, who), ""
+
+
+def switch_back(
+    run: Runner, ctx: Context, channel_id: str, to: RollbackTo,
+    expected_activation_id: str | None, kind: ActivationKind, who: Who, cause: str,
+) -> Outcome:
+    """Switch on the fast path, check, report, follow up. Takes no lock: callers hold it."""
+    plan, record, noop_reason = run(rollback_switch, ctx, channel_id, to,
+                                    expected_activation_id, kind, who)
+    if plan is None or record is None:
+        run.log(noop_reason)
+        return Outcome(channel_id=channel_id, outcome="nothing_to_do", message=noop_reason,
+                       orchestrator=run.orchestrator)
+    run.log(f"switched {channel_id} back to release {record.active.release_id} "
+            f"(sequence {record.sequence})")
+    checks: CheckRecord
+    try:
+        checks = run(post_activation_checks, ctx, record, plan.release)
+    except ChecksDidNotPass as failed:
+        checks = failed.checks
+    live_again = f"release {record.active.release_id} is live again (sequence {record.sequence})"
+    if checks.result != "passed":
+        live_again += f"; its checks failed: {checks.reason}"
+    report_run(run, plan, record, checks, f"rolled back to release {record.active.release_id}")
+    open_follow_up(run, record, checks, cause)
+    return Outcome(
+        channel_id=channel_id,
+        outcome="rolled_back",
+        sequence=record.sequence,
+        activation_id=record.activation_id,
+        release_id=record.active.release_id,
+        check_result=checks.result,
+        message=live_again,
+        orchestrator=run.orchestrator,
+    )
+
+
+def rollback(
+    run: Runner,
     ctx: Context,
-    channel_id: str,
     *,
+    channel_id: str,
+    who: Who,
     to: RollbackTo = "last-known-good",
     expected_activation_id: str | None = None,
-    kind: ActivationKind = "rollback",
-) -> RollbackDecision:
-    state = ptr.read_pointer(ctx.store, channel_id)
-    repaired = ptr.repair_history(ctx.store, state)
-    live = state.record
-    if live is None:
-        raise RollbackTargetMissing(
-            f"{channel_id} has never had a release live: nothing to roll back"
-        )
-    if expected_activation_id is not None and live.activation_id != expected_activation_id:
-        return RollbackDecision(
-            None,
-            (
-                f"activation {expected_activation_id} is not live in {channel_id} (sequence "
-                f"{live.sequence} is {live.activation_id}, release {live.active.release_id}); "
-                "nothing rolled back"
-            ),
-        )
-    target, target_sequence = _target_record(ctx, live, to, kind)
-    if target.release_id == live.active.release_id:
-        raise RollbackTargetMissing(f"release {target.release_id} is already live in {channel_id}")
-    if kind == "rollback" and target.generation != live.active.generation:
-        raise RollbackNotAuthorized(
-            f"release {target.release_id} is generation {target.generation}, the live one "
-            f"{live.active.generation}: that is a downgrade, which needs an authorization"
-        )
-    release = verify_release(
-        ctx, channel_id, release_id=target.release_id, min_index_version=live.index_version
-    )
-    if ReleaseRef.of(release.entry) != target:
-        raise ReleaseIdSubstitutionBlocked(
-            f"the index entry of release {target.release_id} no longer binds the artifacts that "
-            "were live"
-        )
-    plan = ActivationPlan(channel_id, state, release, kind, forced=False, repaired_history=repaired)
-    plan.notes.append(f"rolling back to release {target.release_id} of sequence {target_sequence}")
-    return RollbackDecision(plan, None, target_sequence)
+    failed_flow_run_id: str | None = None,
+    automatic: bool = False,
+) -> Outcome:
+    """Roll `channel_id` back under its lock (see the module docstring for the rules)."""
+    guarded = expected_activation_id is not None or failed_flow_run_id is not None
+    wait_s = GUARDED_LOCK_WAIT_S if guarded else CHANNEL_LOCK_WAIT_S
+    with run.lock([channel_id], wait_s=wait_s, proceed_without=guarded):
+        expected = expected_activation_id
+        if failed_flow_run_id is not None:
+            expected = run(switched_by_run, ctx, channel_id, failed_flow_run_id)
+            if expected is None:
+                message = (f"the live record of {channel_id} was not switched by run "
+                           f"{failed_flow_run_id}; nothing rolled back")
+                run.log(message)
+                return Outcome(channel_id=channel_id, outcome="nothing_to_do", message=message,
+                               orchestrator=run.orchestrator)
+        if automatic or failed_flow_run_id is not None:
+            if expected is not None:
+                run(quarantine_live, ctx, channel_id, expected, who.reason)
+            return switch_back(run, ctx, channel_id, "previous", expected, "auto_rollback", who,
+                               who.reason)
+        return switch_back(run, ctx, channel_id, to, expected, "rollback", who, who.reason)

@@ -1,6 +1,7 @@
 """Runs one pack's post-activation checks in a fresh process, so that peak RSS is the
 checks' own and not the orchestrator's (DESIGN §7: memory is the peak RSS of the process
-running the checks). `python -m kristal.runtime.checkrunner DB` reads expectations JSON on stdin.
+running the checks). `python -m kristal.runtime.checkrunner DB` reads the expectations JSON on
+stdin and writes the report JSON on stdout; the child imports no pydantic (`measure`).
 """
 
 from __future__ import annotations
@@ -9,16 +10,22 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kristal.errors import StorageUnavailable
-from kristal.formats.expectations import Expectations
-from kristal.runtime.checks import CheckReport, run_checks
+from kristal.runtime.measure import measure
 from kristal.runtime.sqlite_index import PinnedReader
+
+if TYPE_CHECKING:
+    from kristal.formats.expectations import Expectations
+    from kristal.runtime.checks import CheckReport
 
 CHECK_TIMEOUT_S = 600
 
 
 def run_checks_isolated(db_path: Path, expectations: Expectations) -> CheckReport:
+    from kristal.runtime.checks import CheckReport
+
     proc = subprocess.run(
         [sys.executable, "-m", "kristal.runtime.checkrunner", str(db_path)],
         input=expectations.model_dump_json().encode(),
@@ -35,10 +42,10 @@ def run_checks_isolated(db_path: Path, expectations: Expectations) -> CheckRepor
 
 
 def main() -> None:
-    expectations = Expectations.model_validate(json.loads(sys.stdin.read()))
+    expectations = json.loads(sys.stdin.read())
     with PinnedReader(Path(sys.argv[1])) as reader:
-        report = run_checks(reader, expectations)
-    sys.stdout.write(report.model_dump_json())
+        report = measure(reader, expectations)
+    sys.stdout.write(json.dumps(report))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from kristal.channel import pointer as ptr
+from kristal.channel import records
 from kristal.context import Context
 from kristal.errors import RollbackTargetMissing
 from kristal.formats.channel_docs import ActivationRecord
@@ -44,7 +44,7 @@ class PinnedSession:
 
 
 def open_pinned(ctx: Context, channel_id: str, *, stage_missing: bool = True) -> PinnedSession:
-    state = ptr.read_pointer(ctx.store, channel_id)
+    state = records.read_pointer(ctx.store, channel_id)
     if state.record is None:
         raise RollbackTargetMissing(f"channel {channel_id} has no active release")
     record = state.record

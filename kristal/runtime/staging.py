@@ -10,7 +10,6 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from kristal.context import Context
 from kristal.errors import FileInventoryMissing, KristalError
@@ -21,13 +20,13 @@ from kristal.formats.artifacts import (
     FileEntry,
     RuntimePackManifest,
 )
-from kristal.formats.canonical import parse_json
 from kristal.formats.channel_docs import ReleaseRef
-from kristal.formats.identity import DocKind, verify_identity
-from kristal.formats.models import parse_model
+from kristal.formats.identity import DocKind
+from kristal.formats.models import M
 from kristal.runtime.sqlite_index import build_index
 from kristal.store.blobcache import BlobCache
-from kristal.verify.verifier import MAX_MANIFEST_BYTES, VerifiedRelease
+from kristal.verify.fetch import read_by_id
+from kristal.verify.verifier import VerifiedRelease
 
 TRIPLES_PATH = "data/triples.jsonl"
 DOWNLOAD_WORKERS = 4
@@ -134,10 +133,8 @@ def record_inventory(ctx: Context, ref: ReleaseRef) -> list[tuple[str, FileEntry
     No policy here (the release may be revoked since): only that the manifests hash to the IDs
     the record names, so the inventory is the one that was live.
     """
-    def manifest(key: str, kind: DocKind, model: type[Any]) -> Any:
-        raw = parse_json(ctx.store.get_bytes(key, max_bytes=MAX_MANIFEST_BYTES)[0], what=key)
-        verify_identity(raw, kind)
-        return parse_model(model, raw, what=key)
+    def manifest(key: str, kind: DocKind, model: type[M]) -> M:
+        return read_by_id(ctx.store, key, kind, model)
 
     exchange = manifest(layout.exchange_manifest(ref.exchange_id), DocKind.EXCHANGE,
                         ExchangeManifest)

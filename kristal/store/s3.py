@@ -16,15 +16,10 @@ Rules this module enforces:
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import os
-import re
 import threading
 import time
 import uuid
-from collections import deque
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -39,31 +34,23 @@ from botocore.config import Config
 from kristal.errors import (
     EndpointUnsafe,
     FileHashMismatch,
-    FileInventoryMissing,
     ManifestSchemaInvalid,
+    ObjectNotFound,
     PathInvalid,
     StorageUnavailable,
-    UsageInvalid,
 )
+from kristal.store import download
 
 MiB = 1024 * 1024
-_CHUNK = 1 * MiB  # read/hash buffer: the only per-stream memory a download holds
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_CHUNK = 1 * MiB  # bounded reads of small documents, a chunk at a time
 _CONFLICT_RETRIES = 3  # 409 ConditionalRequestConflict: nothing was written, safe to resend
-_STREAM_RESUMES = 3  # a body cut mid-transfer is resumed with a Range GET this many times
 _NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
-# What a body read raises when the connection dies mid-transfer (botocore wraps most of them).
-_BODY_ERRORS = (botocore.exceptions.BotoCoreError, urllib3.exceptions.HTTPError, OSError)
 # A cut-short error response raises urllib3's own errors, not botocore's: both are transport.
 _TRANSPORT_ERRORS = (botocore.exceptions.BotoCoreError, urllib3.exceptions.HTTPError)
 
 
 _PROBED: set[tuple[str | None, str, str]] = set()
 _PROBE_LOCK = threading.Lock()
-
-
-class ObjectNotFound(FileInventoryMissing):
-    """The key does not exist in the bucket."""
 
 
 @dataclass(frozen=True)
@@ -77,27 +64,6 @@ class StoreConfig:
     secret_key: str | None = field(default=None, repr=False)
     connect_timeout: float = 5.0
     read_timeout: float = 30.0
-
-    @classmethod
-    def from_env(cls) -> StoreConfig:
-        """Build from KRISTAL_S3_* and AWS_* variables; no credentials -> boto3's default chain."""
-        bucket = os.environ.get("KRISTAL_S3_BUCKET", "").strip()
-        if not bucket:
-            raise UsageInvalid("KRISTAL_S3_BUCKET is not set", field="KRISTAL_S3_BUCKET")
-        access_key = os.environ.get("AWS_ACCESS_KEY_ID") or None
-        secret_key = os.environ.get("AWS_SECRET_ACCESS_KEY") or None
-        if access_key is None or secret_key is None:
-            # Half a key pair is useless; let boto3 find a whole one (profile, IMDS, ...).
-            access_key = secret_key = None
-        return cls(
-            endpoint_url=os.environ.get("KRISTAL_S3_ENDPOINT") or None,
-            bucket=bucket,
-            prefix=os.environ.get("KRISTAL_S3_PREFIX", ""),
-            region=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-            or "us-east-1",
-            access_key=access_key,
-            secret_key=secret_key,
-        )
 
 
 @dataclass(frozen=True)
@@ -132,17 +98,6 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, botocore.exceptions.ClientError):
         return f"HTTP {_http_status(exc)} {_error_code(exc)}: {exc.response.get('Error', {})}"
     return f"{type(exc).__name__}: {exc}"
-
-
-def _fd_name(fd: int) -> str:
-    """A readable name for an open file descriptor in error messages."""
-    with contextlib.suppress(OSError):
-        return os.readlink(f"/proc/self/fd/{fd}")
-    return f"fd {fd}"
-
-
-class _TooLong(Exception):
-    """Internal: the stream delivered more bytes than allowed."""
 
 
 class ObjectStore:
@@ -193,7 +148,7 @@ class ObjectStore:
         )
 
     # --- keys --------------------------------------------------------------------------------
-    def _full(self, key: str) -> str:
+    def full_key(self, key: str) -> str:
         if not key or key.startswith("/"):
             raise PathInvalid(f"object key must be relative and non-empty: {key!r}")
         return f"{self._prefix}/{key}" if self._prefix else key
@@ -203,9 +158,9 @@ class ObjectStore:
             return full_key[len(self._prefix) + 1 :]
         return full_key
 
-    def _unavailable(self, action: str, key: str, exc: BaseException) -> StorageUnavailable:
+    def unavailable(self, action: str, key: str, exc: BaseException) -> StorageUnavailable:
         return StorageUnavailable(
-            f"{action} s3://{self.config.bucket}/{self._full(key) if key else ''} at "
+            f"{action} s3://{self.config.bucket}/{self.full_key(key) if key else ''} at "
             f"{self.config.endpoint_url or 'AWS'} failed: {_describe(exc)}"
         )
 
@@ -217,9 +172,9 @@ class ObjectStore:
             return
         except botocore.exceptions.ClientError as exc:
             if _http_status(exc) != 404:
-                raise self._unavailable("head bucket", "", exc) from None
+                raise self.unavailable("head bucket", "", exc) from None
         except _TRANSPORT_ERRORS as exc:
-            raise self._unavailable("head bucket", "", exc) from None
+            raise self.unavailable("head bucket", "", exc) from None
         try:
             if self.config.region == "us-east-1":
                 self._client.create_bucket(Bucket=self.config.bucket)
@@ -230,49 +185,51 @@ class ObjectStore:
                 )
         except botocore.exceptions.ClientError as exc:
             if _error_code(exc) not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
-                raise self._unavailable("create bucket", "", exc) from None
+                raise self.unavailable("create bucket", "", exc) from None
         except _TRANSPORT_ERRORS as exc:
-            raise self._unavailable("create bucket", "", exc) from None
+            raise self.unavailable("create bucket", "", exc) from None
 
     # --- reads -------------------------------------------------------------------------------
-    def _get(self, key: str, **extra: Any) -> dict[str, Any]:
+    def get_object(self, key: str, **extra: Any) -> dict[str, Any]:
         try:
-            return self._client.get_object(Bucket=self.config.bucket, Key=self._full(key), **extra)
+            response: dict[str, Any] = self._client.get_object(
+                Bucket=self.config.bucket, Key=self.full_key(key), **extra)
+            return response
         except botocore.exceptions.ClientError as exc:
             if _error_code(exc) in _NOT_FOUND_CODES:
                 raise ObjectNotFound(
-                    f"s3://{self.config.bucket}/{self._full(key)} does not exist"
+                    f"s3://{self.config.bucket}/{self.full_key(key)} does not exist"
                 ) from None
             if _http_status(exc) == 412:
                 # Only ranged resumes send If-Match: the object changed under us.
                 raise FileHashMismatch(
-                    f"{self._full(key)} changed while it was being read"
+                    f"{self.full_key(key)} changed while it was being read"
                 ) from None
-            raise self._unavailable("GET", key, exc) from None
+            raise self.unavailable("GET", key, exc) from None
         except _TRANSPORT_ERRORS as exc:
-            raise self._unavailable("GET", key, exc) from None
+            raise self.unavailable("GET", key, exc) from None
 
     def head(self, key: str) -> ObjectInfo | None:
         """Size and etag of `key`, or None when it does not exist."""
         try:
-            resp = self._client.head_object(Bucket=self.config.bucket, Key=self._full(key))
+            resp = self._client.head_object(Bucket=self.config.bucket, Key=self.full_key(key))
         except botocore.exceptions.ClientError as exc:
             if _http_status(exc) == 404:
                 return None
-            raise self._unavailable("HEAD", key, exc) from None
+            raise self.unavailable("HEAD", key, exc) from None
         except _TRANSPORT_ERRORS as exc:
-            raise self._unavailable("HEAD", key, exc) from None
+            raise self.unavailable("HEAD", key, exc) from None
         return ObjectInfo(key=key, size=int(resp["ContentLength"]), etag=str(resp["ETag"]))
 
     def get_bytes(self, key: str, *, max_bytes: int) -> tuple[bytes, str]:
         """The whole (small) object and its etag; more than `max_bytes` -> ManifestSchemaInvalid."""
-        resp = self._get(key)
+        resp = self.get_object(key)
         body = resp["Body"]
         try:
             declared = int(resp.get("ContentLength", 0) or 0)
             if declared > max_bytes:
                 raise ManifestSchemaInvalid(
-                    f"{self._full(key)} is {declared} bytes, more than the {max_bytes} allowed"
+                    f"{self.full_key(key)} is {declared} bytes, more than the {max_bytes} allowed"
                 )
             parts: list[bytes] = []
             total = 0
@@ -284,214 +241,38 @@ class ObjectStore:
                 total += len(chunk)
                 if total > max_bytes:
                     raise ManifestSchemaInvalid(
-                        f"{self._full(key)} is longer than the {max_bytes} bytes allowed"
+                        f"{self.full_key(key)} is longer than the {max_bytes} bytes allowed"
                     )
                 parts.append(chunk)
         except (*_TRANSPORT_ERRORS, OSError) as exc:
-            raise self._unavailable("GET", key, exc) from None
+            raise self.unavailable("GET", key, exc) from None
         finally:
             body.close()
         return b"".join(parts), str(resp["ETag"])
 
-    def _stream(
-        self,
-        key: str,
-        sink: Callable[[bytes], None],
-        *,
-        limit: int | None,
-        start: int = 0,
-        end: int | None = None,
-        etag: str | None = None,
-    ) -> tuple[int, str]:
-        """Feed bytes [start, end) (or to EOF) to `sink` in order; returns (count, etag).
-
-        A connection cut mid-body is resumed from the last byte received with a Range GET
-        pinned by If-Match, so the bytes still come from one version of the object.
-        `limit`: raise _TooLong as soon as more than `limit` bytes arrived.
-        """
-        count = 0
-        resumes = 0
-        while True:
-            offset = start + count
-            extra: dict[str, Any] = {}
-            if offset > 0 or end is not None:
-                extra["Range"] = f"bytes={offset}-{'' if end is None else end - 1}"
-            if etag is not None:
-                extra["IfMatch"] = etag
-            # A failing GET itself was already retried by botocore: it raises from here.
-            resp = self._get(key, **extra)
-            if etag is None:
-                etag = str(resp["ETag"])
-            body = resp["Body"]
-            try:
-                while True:
-                    try:
-                        chunk = body.read(_CHUNK)
-                    except _BODY_ERRORS as exc:
-                        resumes += 1
-                        if resumes > _STREAM_RESUMES:
-                            raise self._unavailable("GET (body)", key, exc) from None
-                        break  # resume from start + count
-                    if not chunk:
-                        return count, etag
-                    count += len(chunk)
-                    if limit is not None and count > limit:
-                        raise _TooLong
-                    sink(chunk)
-            finally:
-                body.close()
-            time.sleep(0.1 * resumes)
-
+    # --- streaming reads (kristal.store.download) ------------------------------------------
     def stream_sha256(self, key: str, *, expected_size: int | None = None) -> tuple[str, int]:
         """Re-hash an object in the bucket without storing it: (hex sha256, size)."""
-        hasher = hashlib.sha256()
-        try:
-            size, _ = self._stream(key, hasher.update, limit=expected_size)
-        except _TooLong:
-            raise FileHashMismatch(
-                f"{self._full(key)} is longer than the declared {expected_size} bytes"
-            ) from None
-        if expected_size is not None and size != expected_size:
-            raise FileHashMismatch(
-                f"{self._full(key)} is {size} bytes, declared {expected_size}"
-            )
-        return hasher.hexdigest(), size
+        return download.stream_sha256(self, key, expected_size=expected_size)
 
     def download_to(
         self, key: str, dest: Path, *, expected_sha256: str, expected_size: int
     ) -> None:
-        """Stream `key` into `dest`, hashing in the same pass; any mismatch -> FileHashMismatch.
-
-        `dest` is created or truncated; on any failure it is removed, so a caller renaming it
-        into a content-addressed cache never sees a partial or wrong file.
-        """
-        expected = expected_sha256.lower()
-        if not _HEX64.match(expected):
-            raise ManifestSchemaInvalid(
-                f"expected sha256 is not 64 hex digits: {expected_sha256!r}"
-            )
-        if expected_size < 0:
-            raise ManifestSchemaInvalid(f"expected size is negative: {expected_size}")
-        hasher = hashlib.sha256()
-        # O_RDWR: the parallel path reads finished parts back to hash them in order.
-        fd = os.open(dest, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-        ok = False
-        try:
-            if expected_size >= self.parallel_threshold:
-                size = self._download_parallel(key, fd, hasher, expected_size)
-            else:
-                def sink(chunk: bytes) -> None:
-                    hasher.update(chunk)
-                    os.write(fd, chunk)
-
-                try:
-                    size, _ = self._stream(key, sink, limit=expected_size)
-                except _TooLong:
-                    raise FileHashMismatch(
-                        f"{self._full(key)} is longer than the declared {expected_size} bytes"
-                    ) from None
-            if size != expected_size:
-                raise FileHashMismatch(
-                    f"{self._full(key)} is {size} bytes, declared {expected_size}"
-                )
-            digest = hasher.hexdigest()
-            if digest != expected:
-                raise FileHashMismatch(
-                    f"{self._full(key)} has sha256 {digest}, declared {expected}"
-                )
-            # No fsync here: durability is the stager's call (kristal.runtime.staging flushes what it
-            # staged before anything can switch to it), so this is download + verify only.
-            ok = True
-        finally:
-            os.close(fd)
-            if not ok:
-                with contextlib.suppress(OSError):
-                    os.unlink(dest)
-
-    def _download_parallel(
-        self, key: str, fd: int, hasher: Any, expected_size: int
-    ) -> int:
-        """Ranged GETs in parallel, written with pwrite; hashed in order by reading them back.
-
-        Memory stays flat: each worker holds one _CHUNK at a time and the hasher re-reads each
-        finished part from the (page-cached) file. Workers run at most `workers` parts ahead of
-        the hasher, so disk use beyond the hashed prefix is bounded too.
-        """
-        info = self.head(key)
-        if info is None:
-            raise ObjectNotFound(f"s3://{self.config.bucket}/{self._full(key)} does not exist")
-        if info.size != expected_size:
-            # Known before any byte is transferred: no point downloading.
-            raise FileHashMismatch(
-                f"{self._full(key)} is {info.size} bytes, declared {expected_size}"
-            )
-        os.ftruncate(fd, expected_size)
-        ranges = [
-            (start, min(start + self.part_size, expected_size))
-            for start in range(0, expected_size, self.part_size)
-        ]
-        cancel = threading.Event()
-
-        def fetch(start: int, end: int) -> int:
-            pos = start
-
-            def sink(chunk: bytes) -> None:
-                nonlocal pos
-                if cancel.is_set():
-                    raise StorageUnavailable("download cancelled")
-                os.pwrite(fd, chunk, pos)
-                pos += len(chunk)
-
-            try:
-                count, _ = self._stream(
-                    key, sink, limit=end - start, start=start, end=end, etag=info.etag
-                )
-            except _TooLong:
-                raise FileHashMismatch(
-                    f"{self._full(key)}: range {start}-{end} returned too many bytes"
-                ) from None
-            return count
-
-        total = 0
-        pending: deque[tuple[int, int, Future[int]]] = deque()
-        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="s3get") as pool:
-            try:
-                next_part = 0
-                while pending or next_part < len(ranges):
-                    while next_part < len(ranges) and len(pending) < self.workers:
-                        start, end = ranges[next_part]
-                        pending.append((start, end, pool.submit(fetch, start, end)))
-                        next_part += 1
-                    start, end, future = pending.popleft()
-                    got = future.result()
-                    if got != end - start:
-                        raise FileHashMismatch(
-                            f"{self._full(key)}: range {start}-{end} returned {got} bytes"
-                        )
-                    pos = start
-                    while pos < end:
-                        chunk = os.pread(fd, min(_CHUNK, end - pos), pos)
-                        if not chunk:
-                            raise StorageUnavailable(f"short read back of {_fd_name(fd)}")
-                        hasher.update(chunk)
-                        pos += len(chunk)
-                    total += end - start
-            except BaseException:
-                cancel.set()
-                for _, _, future in pending:
-                    future.cancel()
-                raise
-        return total
+        """Stream `key` into `dest`, hashing in the same pass; any mismatch -> FileHashMismatch
+        (`kristal.store.download.download_to`)."""
+        download.download_to(self, key, dest, expected_sha256=expected_sha256,
+                             expected_size=expected_size)
 
     # --- unconditional writes (content-addressed objects only) ------------------------------
     def put_bytes(self, key: str, data: bytes, content_type: str = "application/json") -> str:
         """Unconditional PUT (retried by botocore); only for content-addressed keys."""
         try:
             resp = self._client.put_object(
-                Bucket=self.config.bucket, Key=self._full(key), Body=data, ContentType=content_type
+                Bucket=self.config.bucket, Key=self.full_key(key), Body=data,
+                ContentType=content_type,
             )
         except (botocore.exceptions.ClientError, *_TRANSPORT_ERRORS) as exc:
-            raise self._unavailable("PUT", key, exc) from None
+            raise self.unavailable("PUT", key, exc) from None
         return str(resp["ETag"])
 
     def upload_file(self, key: str, path: Path) -> str:
@@ -504,23 +285,23 @@ class ObjectStore:
         )
         try:
             self._client.upload_file(
-                str(path), self.config.bucket, self._full(key), Config=transfer
+                str(path), self.config.bucket, self.full_key(key), Config=transfer
             )
         except (botocore.exceptions.ClientError, *_TRANSPORT_ERRORS) as exc:
-            raise self._unavailable("upload", key, exc) from None
+            raise self.unavailable("upload", key, exc) from None
         except boto3.exceptions.S3UploadFailedError as exc:
-            raise self._unavailable("upload", key, exc) from None
+            raise self.unavailable("upload", key, exc) from None
         info = self.head(key)
         if info is None:
-            raise StorageUnavailable(f"{self._full(key)} is missing right after its upload")
+            raise StorageUnavailable(f"{self.full_key(key)} is missing right after its upload")
         return info.etag
 
     def delete(self, key: str) -> None:
         """Remove `key` (no error when absent). Used for probe clean-up and by tests."""
         try:
-            self._client.delete_object(Bucket=self.config.bucket, Key=self._full(key))
+            self._client.delete_object(Bucket=self.config.bucket, Key=self.full_key(key))
         except (botocore.exceptions.ClientError, *_TRANSPORT_ERRORS) as exc:
-            raise self._unavailable("DELETE", key, exc) from None
+            raise self.unavailable("DELETE", key, exc) from None
 
     # --- conditional writes ------------------------------------------------------------------
     def put_if_absent(self, key: str, data: bytes) -> WriteOutcome:
@@ -532,7 +313,7 @@ class ObjectStore:
         return self._conditional_put(key, data, {"IfMatch": etag})
 
     def _conditional_put(self, key: str, data: bytes, condition: dict[str, str]) -> WriteOutcome:
-        full_key = self._full(key)
+        full_key = self.full_key(key)
         for attempt in range(_CONFLICT_RETRIES + 1):
             try:
                 resp = self._cond_client.put_object(
@@ -560,7 +341,7 @@ class ObjectStore:
                 if status >= 500 or status == 0:
                     return WriteOutcome(WriteStatus.UNKNOWN, detail=_describe(exc))
                 # 400/403/404-bucket...: definitely not written, and not a race: misconfiguration.
-                raise self._unavailable("conditional PUT", key, exc) from None
+                raise self.unavailable("conditional PUT", key, exc) from None
             except _TRANSPORT_ERRORS as exc:
                 # Timeouts, resets, closed connections: the PUT may or may not have landed.
                 return WriteOutcome(WriteStatus.UNKNOWN, detail=_describe(exc))

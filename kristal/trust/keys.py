@@ -75,7 +75,8 @@ def generate_key(role: str, key_id: str, out_dir: Path) -> TrustedKey:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    entry = TrustedKey(key_id=key_id, public_key=public_key_b64url(private_key), roles=[role])
+    entry = TrustedKey.model_validate(
+        {"key_id": key_id, "public_key": public_key_b64url(private_key), "roles": [role]})
     public = {"key_id": entry.key_id, "public_key": entry.public_key, "roles": list(entry.roles)}
 
     _write_new(pem_path, pem, 0o600)

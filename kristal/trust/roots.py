@@ -11,12 +11,10 @@ import binascii
 import re
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import (
-    AwareDatetime,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     StrictInt,
@@ -27,19 +25,17 @@ from pydantic import (
 
 from kristal.errors import ManifestSchemaInvalid, TrustRootMissing
 from kristal.formats.canonical import parse_json
-from kristal.formats.models import CHANNEL_PART, parse_model, validate_channel_id
+from kristal.formats.models import CHANNEL_PART_PATTERN, parse_model, validate_channel_id
+from kristal.formats.time import Rfc3339
 
 Role = Literal["publisher", "validator", "channel-authority"]
-ROLES: tuple[str, ...] = ("publisher", "validator", "channel-authority")
+ROLES: tuple[Role, ...] = ("publisher", "validator", "channel-authority")
 DEFAULT_REQUIRED_PROFILES: tuple[str, ...] = ("schema", "ordering", "row-count", "source-binding")
 
 KEY_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_PART = CHANNEL_PART.pattern.strip("^$")
+_PART = CHANNEL_PART_PATTERN
 # An entry names one channel exactly, or a prefix of whole parts followed by `/*`, or `*`.
 _CHANNEL_SELECTOR = re.compile(rf"^(\*|{_PART}/\*|{_PART}/{_PART}/\*|{_PART}/{_PART}/{_PART})$")
-_RFC3339 = re.compile(
-    r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$"
-)
 _B64_CHARS = re.compile(r"^[A-Za-z0-9+/_-]*={0,2}$")
 
 
@@ -75,16 +71,6 @@ def b64decode_any(text: str) -> bytes:
     return data
 
 
-def _rfc3339(value: Any) -> Any:
-    # pydantic alone would also take Unix numbers and naive "2026-01-01 00:00": refuse both.
-    if isinstance(value, datetime):
-        return value
-    if not isinstance(value, str) or not _RFC3339.fullmatch(value):
-        raise ValueError("must be an RFC 3339 timestamp with a zone, e.g. 2026-01-01T00:00:00Z")
-    return datetime.fromisoformat(value.upper())
-
-
-Rfc3339 = Annotated[AwareDatetime, BeforeValidator(_rfc3339)]
 KeyId = Annotated[StrictStr, Field(pattern=KEY_ID_PATTERN.pattern)]
 
 
@@ -122,7 +108,7 @@ class TrustedKey(BaseModel):
         return self.not_after is None or now <= self.not_after
 
 
-def _default_thresholds() -> dict[str, int]:
+def _default_thresholds() -> dict[Role, int]:
     return dict.fromkeys(ROLES, 1)
 
 
@@ -144,7 +130,7 @@ class ChannelTrust(BaseModel):
 
     @field_validator("thresholds")
     @classmethod
-    def _every_role_has_a_threshold(cls, value: dict[str, int]) -> dict[str, int]:
+    def _every_role_has_a_threshold(cls, value: dict[Role, int]) -> dict[Role, int]:
         # A role the file leaves out keeps the default of one signature, never zero.
         return {**_default_thresholds(), **value}
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
@@ -28,7 +28,8 @@ from kristal.errors import (
     UsageInvalid,
 )
 from kristal.formats.identity import ID_RULES, DocKind, digest_bytes, verify_identity, with_identity
-from kristal.trust.roots import ROLES, ChannelTrust, Rfc3339, b64decode_any, b64url_encode
+from kristal.formats.time import Rfc3339, rfc3339, utc_now
+from kristal.trust.roots import ROLES, ChannelTrust, b64decode_any, b64url_encode
 
 __all__ = [
     "ALG",
@@ -96,10 +97,6 @@ class SignatureCheck:
     detail: str
 
 
-def _rfc3339_utc(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
 def _require_aware(now: datetime) -> None:
     if now.tzinfo is None or now.utcoffset() is None:
         raise UsageInvalid("`now` must be a timezone-aware datetime")
@@ -112,7 +109,7 @@ def sign_document(
 
     A `content_hash` already present is refreshed too, so the copy always verifies.
     """
-    moment = now or datetime.now(UTC)
+    moment = now or utc_now()
     _require_aware(moment)
     existing = doc.get("signatures", [])
     if not isinstance(existing, list):
@@ -126,16 +123,15 @@ def sign_document(
             "key_id": key.key_id,
             "alg": ALG,
             "signature": b64url_encode(signature),
-            "created_at": _rfc3339_utc(moment),
+            "created_at": rfc3339(moment),
         },
     ]
     return signed
 
 
 def _entry_key_id(entry: Any) -> str:
-    if isinstance(entry, dict) and isinstance(entry.get("key_id"), str):
-        return entry["key_id"]
-    return "<none>"
+    key_id = entry.get("key_id") if isinstance(entry, dict) else None
+    return key_id if isinstance(key_id, str) else "<none>"
 
 
 def _check_one(
@@ -163,7 +159,7 @@ def _check_one(
     if not trusted.valid_at(now):
         window = f"{trusted.not_before or '-inf'} .. {trusted.not_after or '+inf'}"
         return SignatureCheck(
-            key_id, SignatureStatus.EXPIRED, f"key is valid {window}, not at {_rfc3339_utc(now)}"
+            key_id, SignatureStatus.EXPIRED, f"key is valid {window}, not at {rfc3339(now)}"
         )
     if sig.alg != ALG:
         return SignatureCheck(

@@ -12,11 +12,22 @@ from concurrent.futures import ThreadPoolExecutor
 
 from kristal.channel.index import read_index_bytes
 from kristal.context import Context
-from kristal.errors import FileInventoryMissing, RollbackTargetMissing
+from kristal.errors import (
+    FileInventoryMissing,
+    ManifestSchemaInvalid,
+    ObjectNotFound,
+    RollbackTargetMissing,
+)
 from kristal.formats import layout
+from kristal.formats.artifacts import FederationManifest
+from kristal.formats.canonical import parse_json
+from kristal.formats.identity import DocKind, verify_identity
+from kristal.formats.models import M, parse_model
 from kristal.once_per_key import OncePerKey
-from kristal.store.s3 import ObjectNotFound
+from kristal.store.s3 import ObjectStore
 from kristal.verify.verifier import MAX_MANIFEST_BYTES, ReleaseVerifier, VerifiedRelease
+
+FETCH_WORKERS = 8
 
 
 class DocumentMemo:
@@ -40,25 +51,38 @@ class DocumentMemo:
         return self._docs.get(key, fetch)[0]
 
 
-def _fetch(ctx: Context, key: str) -> bytes | None:
+def _fetch(store: ObjectStore, key: str) -> bytes | None:
     try:
-        return ctx.store.get_bytes(key, max_bytes=MAX_MANIFEST_BYTES)[0]
+        return store.get_bytes(key, max_bytes=MAX_MANIFEST_BYTES)[0]
     except ObjectNotFound:
         return None
 
 
-def _get_optional(ctx: Context, key: str, memo: DocumentMemo | None = None) -> bytes | None:
-    """None for a missing object: a missing report is judged by the verifier."""
+def fetch_optional(store: ObjectStore, key: str,
+                   memo: DocumentMemo | None = None) -> bytes | None:
+    """The bytes of a content-addressed document (bounded), None for a missing object (a
+    missing report is judged by the verifier). The one fetch of manifests and reports."""
     if memo is None:
-        return _fetch(ctx, key)
-    return memo.get(key, lambda: _fetch(ctx, key))
+        return _fetch(store, key)
+    return memo.get(key, lambda: _fetch(store, key))
 
 
-def _get(ctx: Context, key: str, memo: DocumentMemo | None = None) -> bytes:
-    raw = _get_optional(ctx, key, memo)
+def fetch_required(store: ObjectStore, key: str, memo: DocumentMemo | None = None) -> bytes:
+    raw = fetch_optional(store, key, memo)
     if raw is None:
         raise FileInventoryMissing(f"{key} is missing from the bucket")
     return raw
+
+
+def read_by_id(store: ObjectStore, key: str, kind: DocKind, model: type[M]) -> M:
+    """A document read by its content-addressed key, its ID recomputed (so its content is the
+    one the ID names) and its shape validated. No signatures or policy: for documents a
+    verified record or index already names (the inventory of what was live, reverify)."""
+    raw = parse_json(fetch_required(store, key), max_bytes=MAX_MANIFEST_BYTES, what=key)
+    if not isinstance(raw, dict):
+        raise ManifestSchemaInvalid(f"{key} is not a JSON object")
+    verify_identity(raw, kind)
+    return parse_model(model, raw, what=key)
 
 
 def verify_release(
@@ -85,37 +109,24 @@ def verify_release(
     verifier.update_index(raw_index[0])
     entry = verifier.select_release(release_id, exchange_id=exchange_id, pack_ids=pack_ids)
 
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        exchange_f = pool.submit(_get, ctx, layout.exchange_manifest(entry.exchange_id), memo)
-        root_f = (
-            pool.submit(_get, ctx, layout.federation_manifest(entry.federation_id), memo)
-            if entry.federation_id
-            else None
-        )
-        pack_fs = [
-            pool.submit(_get, ctx, layout.pack_manifest(p), memo) for p in entry.runtime_pack_ids
-        ]
-        report_fs = [
-            pool.submit(_get_optional, ctx, layout.validation_report(r), memo)
-            for r in entry.validation_report_ids
-        ]
+    get, get_optional = fetch_required, fetch_optional
+    with ThreadPoolExecutor(max_workers=FETCH_WORKERS) as pool:
+        exchange_f = pool.submit(get, ctx.store, layout.exchange_manifest(entry.exchange_id), memo)
+        root_f = (pool.submit(get, ctx.store, layout.federation_manifest(entry.federation_id), memo)
+                  if entry.federation_id else None)
+        pack_fs = [pool.submit(get, ctx.store, layout.pack_manifest(p), memo)
+                   for p in entry.runtime_pack_ids]
+        report_fs = [pool.submit(get_optional, ctx.store, layout.validation_report(r), memo)
+                     for r in entry.validation_report_ids]
         verifier.update_exchange(exchange_f.result())
         raw_root = root_f.result() if root_f else None
         shard_bytes: list[bytes] = []
         if raw_root is not None:
-            from kristal.formats.artifacts import FederationManifest
-            from kristal.formats.canonical import parse_json
-            from kristal.formats.models import parse_model
-
-            root = parse_model(
-                FederationManifest,
-                parse_json(raw_root, what="federation root"),
-                what="federation root",
-            )
-            shard_fs = [
-                pool.submit(_get, ctx, layout.exchange_manifest(s.shard_manifest_hash), memo)
-                for s in root.shards
-            ]
+            # Only to learn which shards to fetch: the verifier judges the root's bytes.
+            root = parse_model(FederationManifest, parse_json(raw_root, what="federation root"),
+                               what="federation root")
+            shard_fs = [pool.submit(get, ctx.store, layout.exchange_manifest(s.shard_manifest_hash),
+                                    memo) for s in root.shards]
             shard_bytes = [f.result() for f in shard_fs]
         verifier.update_federation(raw_root, shard_bytes)
         verifier.update_packs([f.result() for f in pack_fs])

@@ -29,6 +29,7 @@ from datetime import datetime
 from enum import IntEnum
 from typing import Any
 
+from kristal.channel.index import verify_index
 from kristal.errors import (
     ActivationAborted,
     GenerationMismatch,
@@ -55,7 +56,7 @@ from kristal.formats.canonical import parse_json, sha256_hex
 from kristal.formats.channel_docs import ChannelIndex, ReleaseEntry
 from kristal.formats.expectations import Expectations
 from kristal.formats.identity import DocKind, verify_identity
-from kristal.formats.models import EXPECTATIONS_EXT, SHARD_MAJOR, SQLITE_PROFILE, parse_model
+from kristal.formats.models import EXPECTATIONS_EXT, SHARD_MAJOR, SQLITE_PROFILE, M, parse_model
 from kristal.trust.roots import ChannelTrust
 from kristal.trust.signing import require_signatures
 
@@ -66,13 +67,13 @@ SUPPORTED_PROFILES = frozenset({SQLITE_PROFILE})
 def parse_signed(
     raw: bytes,
     kind: DocKind,
-    model: type[Any],
+    model: type[M],
     trust: ChannelTrust,
     role: str,
     *,
     now: datetime,
     what: str,
-) -> tuple[Any, dict[str, Any], str]:
+) -> tuple[M, dict[str, Any], str]:
     """Strict-parse `raw`, validate its shape, recompute its ID and require `role` signatures."""
     doc = parse_json(raw, max_bytes=MAX_MANIFEST_BYTES, what=what)
     if not isinstance(doc, dict):
@@ -146,9 +147,9 @@ class ReleaseVerifier:
         self._step = to
 
     def _publisher_doc(
-        self, raw: bytes, kind: DocKind, model: type[Any], expected_id: str, what: str,
+        self, raw: bytes, kind: DocKind, model: type[M], expected_id: str, what: str,
         named_by: str = "the index",
-    ) -> tuple[Any, str]:
+    ) -> tuple[M, str]:
         """A publisher-signed document that must hash to the ID the signed index (or root) names."""
         parsed, _doc, artifact_id = parse_signed(
             raw, kind, model, self.trust, "publisher", now=self.now, what=what
@@ -162,20 +163,7 @@ class ReleaseVerifier:
     # 1 ---------------------------------------------------------------------------------------
     def update_index(self, raw: bytes) -> ChannelIndex:
         self._advance(_Step.START, _Step.INDEX)
-        index, _doc, index_id = parse_signed(
-            raw,
-            DocKind.CHANNEL_INDEX,
-            ChannelIndex,
-            self.trust,
-            "channel-authority",
-            now=self.now,
-            what="channel index",
-        )
-        if index.channel_id != self.channel_id:
-            raise ManifestSchemaInvalid(
-                f"channel index is for {index.channel_id!r}, not {self.channel_id!r}",
-                field="channel_id",
-            )
+        index, index_id = verify_index(raw, self.channel_id, self.trust, now=self.now)
         if index.expires_at <= self.now:
             raise IndexExpired(
                 f"channel index v{index.index_version} expired at {index.expires_at}"

@@ -1,0 +1,60 @@
+"""The `kristalctl` command groups and the option types every command shares."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from kristal.errors import UsageInvalid
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Release activation for Kristal data releases.",
+)
+dev_app = typer.Typer(add_completion=False, no_args_is_help=True, help="The local stack.")
+keys_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Signing keys.")
+app.add_typer(dev_app, name="dev")
+app.add_typer(keys_app, name="keys")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
+Channel = Annotated[str, typer.Argument(help="<tenant>/<environment>/<region>")]
+OperatorOpt = Annotated[str, typer.Option("--operator", help="Who is doing this (recorded).")]
+ReasonOpt = Annotated[str, typer.Option("--reason", help="Why (recorded).")]
+CorrelationOpt = Annotated[str | None, typer.Option(
+    "--correlation-id", help="Ties the run to a ticket or incident (default: the run id).")]
+
+
+def domain_context() -> Any:
+    from kristal.context import Context
+
+    return Context.from_settings()
+
+
+def publisher_keys() -> Any:
+    from kristal.config import Settings
+    from kristal.publish.publisher import load_publisher_keys
+
+    return load_publisher_keys(Settings.from_env().key_dir)
+
+
+def request_model(model: Any, **fields: Any) -> Any:
+    """A flow request from the command's options; a validation error is usage (exit 2)."""
+    from pydantic import ValidationError
+
+    try:
+        return model(**fields)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        raise UsageInvalid(f"{loc}: {first['msg']}") from None
+
+
+def read_file(file: Path) -> bytes:
+    try:
+        return file.read_bytes()
+    except OSError as exc:
+        raise UsageInvalid(f"cannot read {file}: {exc.strerror}") from None

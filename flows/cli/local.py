@@ -1,0 +1,65 @@
+"""`kristalctl keys`, `dev`, `serve` and `demo`: keys, the local stack, serving the
+deployments, and the main job end to end."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from flows.cli.app import JsonOpt, app, dev_app, keys_app
+from flows.console import emit, quiet_prefect
+from kristal.config import home_dir
+
+
+@keys_app.command("generate")
+def keys_generate(
+    role: Annotated[str, typer.Option("--role")],
+    key_id: Annotated[str, typer.Option("--key-id")],
+    out: Annotated[Path, typer.Option("--out")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Write <key_id>.pem (PKCS#8, 0600) and <key_id>.pub.json into --out."""
+    from kristal.trust.keys import generate_key
+
+    trusted = generate_key(role, key_id, out)
+    doc = trusted.model_dump(mode="json", exclude_none=True)
+    emit(as_json, doc, f"{out / (key_id + '.pem')}\n{out / (key_id + '.pub.json')}")
+
+
+@dev_app.command("up")
+def dev_up_command(as_json: JsonOpt = False) -> None:
+    """Start SeaweedFS and a Prefect server on 127.0.0.1; print `export` lines."""
+    from kristal.dev.devstack import dev_up
+
+    stack = dev_up(home_dir())
+    exports = stack.exports()
+    emit(as_json, exports, "\n".join(f"export {k}={shlex.quote(v)}" for k, v in exports.items()))
+
+
+@dev_app.command("down")
+def dev_down_command(as_json: JsonOpt = False) -> None:
+    """Stop the local stack started by `dev up`."""
+    from kristal.dev.devstack import dev_down
+
+    stopped = dev_down(home_dir())
+    emit(as_json, {"stopped": stopped}, "stopped" if stopped else "no local stack was running")
+
+
+@app.command("serve")
+def serve_command() -> None:
+    """Serve every deployment and apply the automations (blocks until stopped)."""
+    quiet_prefect()
+    from deployments.serve import serve_all
+
+    serve_all()
+
+
+@app.command("demo")
+def demo_command(as_json: JsonOpt = False) -> None:
+    """The main job end to end on the local stack (the README's first command)."""
+    from flows.demo import run_demo
+
+    run_demo(as_json=as_json)  # starts the stack first: Prefect must see PREFECT_API_URL

@@ -1,0 +1,231 @@
+"""`kristalctl activate`, `rollback`, `downgrade`, `fleet-activate`, `reverify` and
+`report-failure`: the operations, run as Prefect flows."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import typer
+
+from flows.cli.app import (
+    Channel,
+    CorrelationOpt,
+    JsonOpt,
+    OperatorOpt,
+    ReasonOpt,
+    app,
+    domain_context,
+    request_model,
+)
+from flows.console import emit, quiet_prefect
+from kristal.errors import UsageInvalid
+
+
+def _run_flow(as_json: bool, call: Callable[[], Any]) -> None:
+    quiet_prefect()
+    outcome = call()
+    doc = outcome.model_dump(mode="json")
+    emit(as_json, doc, outcome.message or outcome.outcome)
+
+
+@app.command("activate")
+def activate_command(
+    channel: Channel,
+    operator: OperatorOpt,
+    reason: ReasonOpt,
+    release: Annotated[int | None, typer.Option("--release")] = None,
+    exchange: Annotated[str | None, typer.Option("--exchange")] = None,
+    pack: Annotated[list[str] | None, typer.Option("--pack")] = None,
+    force: Annotated[bool, typer.Option("--force")] = False,
+    correlation_id: CorrelationOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Verify, stage, switch and check a release."""
+    from flows.params import ActivateRequest
+
+    if (release is None) == (exchange is None):
+        raise UsageInvalid("give --release N, or --exchange ID with --pack ID...")
+    request = request_model(
+        ActivateRequest,
+        channel_id=channel,
+        release_id=release,
+        exchange_id=exchange,
+        runtime_pack_ids=pack or None,
+        force=force,
+        dry_run=dry_run,
+        operator=operator,
+        reason=reason,
+        correlation_id=correlation_id,
+    )
+
+    def run() -> Any:
+        from flows.activate import activate
+
+        return activate(request)
+
+    _run_flow(as_json, run)
+
+
+@app.command("rollback")
+def rollback_command(
+    channel: Channel,
+    operator: OperatorOpt,
+    reason: ReasonOpt,
+    to: Annotated[str, typer.Option("--to", help="last-known-good, previous or a sequence")] = (
+        "last-known-good"
+    ),
+    expected_activation_id: Annotated[str | None, typer.Option("--expected-activation-id")] = None,
+    correlation_id: CorrelationOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Go back to a release this channel had live."""
+    from flows.params import RollbackRequest
+
+    target: Any = int(to) if to.isdigit() else to
+    request = request_model(
+        RollbackRequest,
+        channel_id=channel,
+        to=target,
+        expected_activation_id=expected_activation_id,
+        operator=operator,
+        reason=reason,
+        correlation_id=correlation_id,
+    )
+
+    def run() -> Any:
+        from flows.rollback import rollback
+
+        return rollback(request)
+
+    _run_flow(as_json, run)
+
+
+@app.command("downgrade")
+def downgrade_command(
+    channel: Channel,
+    release: Annotated[int, typer.Option("--release")],
+    authorization: Annotated[str, typer.Option("--authorization")],
+    operator: OperatorOpt,
+    reason: ReasonOpt,
+    require_approval: Annotated[bool, typer.Option("--require-approval")] = False,
+    correlation_id: CorrelationOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Move to an older generation, only to a release a rollback authorization blesses."""
+    from flows.params import DowngradeRequest
+
+    request = request_model(DowngradeRequest, channel_id=channel, release_id=release,
+                     authorization_id=authorization, require_approval=require_approval,
+                     operator=operator, reason=reason, correlation_id=correlation_id)
+
+    def run() -> Any:
+        from flows.downgrade import downgrade
+
+        return downgrade(request)
+
+    _run_flow(as_json, run)
+
+
+@app.command("fleet-activate")
+def fleet_activate_command(
+    channels: Annotated[list[str], typer.Argument(help="Channels, in rollout order.")],
+    release: Annotated[int, typer.Option("--release")],
+    operator: OperatorOpt,
+    reason: ReasonOpt,
+    canary: Annotated[list[str] | None, typer.Option("--canary", help="Default: first.")] = None,
+    no_canary: Annotated[bool, typer.Option("--no-canary")] = False,
+    wave_size: Annotated[int, typer.Option("--wave-size")] = 10,
+    max_parallel: Annotated[int, typer.Option("--max-parallel")] = 4,
+    revoke_vetoed: Annotated[bool, typer.Option("--revoke-vetoed")] = False,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Verify in every channel, stage once, switch nothing.")] = False,
+    correlation_id: CorrelationOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Activate one release across many channels in waves (canary first); halt and veto."""
+    from flows.params import FleetRequest
+
+    request = request_model(FleetRequest, channel_ids=channels, release_id=release,
+                     canary_channel_ids=[] if no_canary else (canary or None),
+                     wave_size=wave_size, max_parallel=max_parallel, revoke_vetoed=revoke_vetoed,
+                     dry_run=dry_run, operator=operator, reason=reason,
+                     correlation_id=correlation_id)
+    quiet_prefect()
+    from flows.fleet import fleet_activate
+
+    outcome = fleet_activate(request)
+    if outcome.outcome == "planned":
+        refused = [o for o in outcome.channels if o.result in ("refused", "error")]
+        would = sum(o.result == "planned" for o in outcome.channels)
+        live = sum(o.result == "already_live" for o in outcome.channels)
+        emit(as_json, outcome.model_dump(mode="json"),
+              f"release {release}: dry run: {would} would change, {live} already live, "
+              f"{len(refused)} would refuse" + "".join(
+                  f"\n  {o.channel_id}: {o.error_code or o.result}: {o.message}"
+                  for o in refused))
+        raise typer.Exit(outcome.exit_status)
+    live = sum(o.result in ("activated", "already_live", "resumed") for o in outcome.channels)
+    emit(as_json, outcome.model_dump(mode="json"),
+          f"release {release}: {outcome.outcome} ({live}/{len(outcome.channels)} live, "
+          f"{len(outcome.vetoed)} vetoed)")
+    raise typer.Exit(outcome.exit_status)
+
+
+@app.command("reverify")
+def reverify_command(
+    channels: Annotated[list[str] | None, typer.Argument(help="Channels (default: all).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Re-verify live stores: chain, signatures, expiry, objects, local index, checks."""
+    from flows.params import ReverifyRequest
+
+    request = request_model(ReverifyRequest, channel_ids=list(channels) if channels else None)
+    quiet_prefect()
+    from flows.reverify import reverify
+
+    result = reverify(request)
+    doc = result.model_dump(mode="json")
+    emit(as_json, doc, lambda: _print_reverify(doc))
+
+
+def _print_reverify(doc: dict[str, Any]) -> None:
+    for channel in doc.get("channels", []):
+        typer.echo(f"{channel.get('channel_id')}: {'ok' if channel.get('ok') else 'FAILED'}")
+        for row in channel.get("rows", []):
+            typer.echo(f"  {'ok ' if row.get('ok') else 'BAD'} {row.get('name')}: "
+                       f"{row.get('detail')}")
+
+
+@app.command("report-failure")
+def report_failure_command(channel: Channel, reason: ReasonOpt, as_json: JsonOpt = False) -> None:
+    """Emit kristal.check.failed for the live activation (a monitor's report)."""
+
+    from kristal.channel import records
+
+    ctx = domain_context()
+    live = records.read_pointer(ctx.store, channel).record
+    if live is None:
+        from kristal.errors import RollbackTargetMissing
+
+        raise RollbackTargetMissing(f"{channel} has no live activation to report on")
+    quiet_prefect()
+    from prefect.events import emit_event
+    from prefect.events.worker import EventsWorker
+
+    from kristal.operations.events import CHECK_FAILED
+    from tasks.names import channel_resource_id
+
+    event = emit_event(
+        event=CHECK_FAILED,
+        resource={"prefect.resource.id": channel_resource_id(channel),
+                  "prefect.resource.name": channel},
+        payload={"channel_id": channel, "activation_id": live.activation_id, "reason": reason,
+                 "release_id": live.active.release_id, "sequence": live.sequence},
+    )
+    EventsWorker.drain_all()
+    doc = {"event": "kristal.check.failed", "event_id": str(event.id) if event else None,
+           "channel_id": channel, "activation_id": live.activation_id, "reason": reason}
+    emit(as_json, doc, f"reported a failed check of activation {live.activation_id} "
+                        f"(release {live.active.release_id}) in {channel}")

@@ -1,0 +1,112 @@
+"""`kristalctl publish`, `authorize`, `revoke` and `floor`: what changes a channel's signed
+index (the channel-authority key signs every change)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from flows.cli.app import Channel, JsonOpt, ReasonOpt, app, domain_context, publisher_keys
+from flows.console import emit
+
+
+@app.command("publish")
+def publish_command(
+    data: Annotated[Path, typer.Option("--data", help="Triples JSONL file.")],
+    channel: Annotated[str, typer.Option("--channel")],
+    release_id: Annotated[int, typer.Option("--release-id")],
+    generation: Annotated[int, typer.Option("--generation")],
+    expect_file: Annotated[Path | None, typer.Option("--expect-file")] = None,
+    shards: Annotated[int, typer.Option("--shards")] = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Publish a signed release into the channel's index."""
+    from kristal.publish.publisher import publish
+
+    ctx = domain_context()
+    result = publish(
+        ctx.store,
+        ctx.trust(channel),
+        publisher_keys(),
+        data=data,
+        channel_id=channel,
+        release_id=release_id,
+        generation=generation,
+        expect_file=expect_file,
+        shards=shards,
+        now=ctx.now,
+    )
+    human = (
+        f"published release {result.release_id} (generation {result.generation}) to "
+        f"{channel}: {result.row_count} rows, index v{result.index_version}\n"
+        f"  exchange {result.exchange_id}\n"
+        + "".join(f"  pack     {p}\n" for p in result.runtime_pack_ids)
+        + (f"  root     {result.federation_id}\n" if result.federation_id else "")
+        + (
+            f"  FAILED validation profiles: {result.failed_profiles}\n"
+            if result.failed_profiles
+            else ""
+        )
+    )
+    emit(as_json, result.as_dict(), human.rstrip())
+
+
+@app.command("authorize")
+def authorize_command(
+    channel: Channel,
+    release: Annotated[int, typer.Option("--release")],
+    reason: ReasonOpt,
+    expires_in: Annotated[str, typer.Option("--expires-in", help="30m, 24h, 7d or ISO 8601")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Bless a downgrade target; prints the authorization id."""
+    from kristal.channel.governance import authorize
+
+    ctx = domain_context()
+    auth = authorize(ctx, publisher_keys().authority, channel, release, reason, expires_in)
+    emit(as_json, auth, auth["authorization_id"])
+
+
+@app.command("revoke")
+def revoke_command(
+    channel: Channel,
+    release: Annotated[int, typer.Option("--release")],
+    reason: ReasonOpt,
+    as_json: JsonOpt = False,
+) -> None:
+    """Revoke a release in the channel index."""
+    from kristal.channel.governance import revoke
+
+    ctx = domain_context()
+    index = revoke(ctx, publisher_keys().authority, channel, release, reason)
+    emit(
+        as_json,
+        {
+            "channel_id": channel,
+            "revoked_release_id": release,
+            "index_version": index.index_version,
+        },
+        f"release {release} revoked in {channel} (index v{index.index_version})",
+    )
+
+
+@app.command("floor")
+def floor_command(
+    channel: Channel, release: Annotated[int, typer.Option("--release")], as_json: JsonOpt = False
+) -> None:
+    """Set the channel's minimum_allowed_release_id."""
+    from kristal.channel.governance import set_floor
+
+    ctx = domain_context()
+    index = set_floor(ctx, publisher_keys().authority, channel, release)
+    emit(
+        as_json,
+        {
+            "channel_id": channel,
+            "minimum_allowed_release_id": release,
+            "index_version": index.index_version,
+        },
+        f"{channel} floor is release {release} (index v{index.index_version})",
+    )

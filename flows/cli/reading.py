@@ -1,0 +1,73 @@
+"""`kristalctl status` and `history`: what is live, and every record."""
+
+from __future__ import annotations
+
+from flows.cli.app import Channel, JsonOpt, app, domain_context
+from flows.console import emit
+
+
+@app.command("status")
+def status_command(channel: Channel, as_json: JsonOpt = False) -> None:
+    """The live record of a channel."""
+    from kristal.channel import records
+
+    ctx = domain_context()
+    state = records.read_pointer(ctx.store, channel)
+    if state.record is None:
+        emit(as_json, {"channel_id": channel, "active": None}, f"{channel}: nothing is live")
+        return
+    record = state.record
+    checks = records.read_checks(ctx.store, channel, record.sequence)
+    doc = record.model_dump(mode="json")
+    doc["checks"] = checks.model_dump(mode="json") if checks else None
+    human = (
+        f"{channel}: release {record.active.release_id} (generation "
+        f"{record.active.generation}) live since {record.created_at:%Y-%m-%d %H:%M:%S}Z\n"
+        f"  sequence {record.sequence} {record.kind} by {record.operator}: {record.reason}\n"
+        f"  checks: {checks.result if checks else 'pending'}"
+        f"{'  rollback mode' if record.rollback_mode else ''}"
+    )
+    emit(as_json, doc, human)
+
+
+@app.command("history")
+def history_command(channel: Channel, as_json: JsonOpt = False) -> None:
+    """Every record, oldest first, with its check outcome."""
+    from kristal.channel.history import history
+
+    ctx = domain_context()
+    from kristal.channel import records
+
+    rows = []
+    for record in history(ctx.store, channel):
+        checks = records.read_checks(ctx.store, channel, record.sequence)
+        rows.append(
+            {
+                "sequence": record.sequence,
+                "kind": record.kind,
+                "release_id": record.active.release_id,
+                "generation": record.active.generation,
+                "operator": record.operator,
+                "reason": record.reason,
+                "created_at": record.created_at.isoformat(),
+                "forced": record.forced,
+                "activation_id": record.activation_id,
+                "checks": checks.result if checks else "pending",
+            }
+        )
+
+    def human() -> None:
+        from rich.console import Console
+        from rich.table import Table
+        from rich.text import Text
+
+        # Recorded strings are shown verbatim: Text is never parsed as Rich markup.
+        table = Table(title=Text(f"history of {channel}"))
+        for column in ("seq", "kind", "release", "gen", "checks", "operator", "reason"):
+            table.add_column(column)
+        for r in rows:
+            table.add_row(*(Text(str(r[k])) for k in (
+                "sequence", "kind", "release_id", "generation", "checks", "operator", "reason")))
+        Console(width=120).print(table)
+
+    emit(as_json, rows, human)

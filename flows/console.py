@@ -1,0 +1,38 @@
+"""What the CLI and the demo share about the console: Prefect's console logging kept off
+stderr (one `error:` line is the contract), and one JSON document or a human text on stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from kristal.config import verbose
+
+
+def quiet_prefect() -> None:
+    """Keep Prefect's console logging off stderr; logs still reach the Prefect API (the UI
+    shows them), only the console copy is muted. `KRISTAL_VERBOSE` keeps it."""
+    if verbose():
+        return
+    from prefect.logging.configuration import setup_logging
+
+    setup_logging()
+    for logger in [logging.getLogger(), *logging.root.manager.loggerDict.values()]:
+        if isinstance(logger, logging.Logger):
+            for handler in logger.handlers:
+                if handler.__class__.__name__ == "PrefectConsoleHandler":
+                    handler.setLevel(logging.CRITICAL + 1)
+
+
+def emit(as_json: bool, document: Any, human: str | Callable[[], None]) -> None:
+    """One JSON document (`--json`), or the human text (or what `human()` prints)."""
+    if as_json:
+        sys.stdout.write(json.dumps(document, indent=2, default=str) + "\n")
+    elif callable(human):
+        human()
+    else:
+        print(human, flush=True)

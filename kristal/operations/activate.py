@@ -1,0 +1,58 @@
+"""The activate operation, steps A to E (DESIGN §5-§7), under the channel's lock:
+
+  A, B  resolve the release from the channel's signed index and verify it (`plan`)
+  C     stage it: download, verify and index, without touching what is live (`steps`)
+  D, E  switch the pointer and check the release live; roll back on a failed check (`golive`)
+
+A dry run stops after C and reports the plan. The live release asked for again (`force`)
+resumes its checks, or finishes the rollback of checks that failed (DESIGN §6 invariant 5).
+"""
+
+from __future__ import annotations
+
+from kristal.context import Context
+from kristal.crashpoints import crash_point
+from kristal.operations.golive import go_live
+from kristal.operations.outcome import Outcome, Who
+from kristal.operations.plan import plan_activation
+from kristal.operations.reports import report_run
+from kristal.operations.rollback import CHANNEL_LOCK_WAIT_S
+from kristal.operations.runner import Runner
+from kristal.operations.steps import stage_release
+
+
+def activate(
+    run: Runner,
+    ctx: Context,
+    *,
+    channel_id: str,
+    who: Who,
+    release_id: int | None = None,
+    exchange_id: str | None = None,
+    pack_ids: list[str] | None = None,
+    force: bool = False,
+    dry_run: bool = False,
+) -> Outcome:
+    with run.lock([channel_id], wait_s=CHANNEL_LOCK_WAIT_S):
+        plan = run(plan_activation, ctx, channel_id, release_id=release_id,
+                   exchange_id=exchange_id, pack_ids=pack_ids, force=force)  # A, B
+        crash_point("after_verify")
+        target = plan.release.entry.release_id
+        run.log(f"verified release {target} against index v{plan.release.index.index_version}"
+                f" of {channel_id}")
+        if plan.noop:
+            report_run(run, plan, None, None, "already live and checked")
+            return Outcome(channel_id=channel_id, outcome="already_live", release_id=target,
+                           plan=plan.summary(), message="already live and checked",
+                           orchestrator=run.orchestrator)
+        if plan.failed_checks is None:
+            staged = run(stage_release, ctx, plan.release)  # C
+            crash_point("after_stage")
+            run.log(f"staged release {target}: {len(staged.files)} files, "
+                    f"{staged.downloaded} downloaded")
+        if dry_run:
+            report_run(run, plan, None, None, "dry run: verified and staged, nothing switched")
+            return Outcome(channel_id=channel_id, outcome="planned", plan=plan.summary(),
+                           release_id=target, orchestrator=run.orchestrator,
+                           message=f"dry run: release {target} verified and staged")
+        return go_live(run, ctx, plan, who)  # D, E

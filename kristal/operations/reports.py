@@ -1,0 +1,143 @@
+"""The text an operation leaves for people: the verification report of a run, the table of what
+changed, and the follow-up opened by every rollback. Plain strings and rows; the runner decides
+where they are shown (Prefect artifacts, or the CLI).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kristal.formats.channel_docs import ActivationRecord, CheckRecord
+from kristal.operations import events
+from kristal.operations.plan import ActivationPlan
+from kristal.operations.runner import Artifact, Runner
+
+
+def verification_markdown(
+    plan: ActivationPlan, record: ActivationRecord | None, checks: CheckRecord | None, outcome: str
+) -> str:
+    release = plan.release
+    lines = [
+        f"# {plan.kind} `{plan.channel_id}` → release {release.entry.release_id}",
+        "",
+        f"**Outcome:** {outcome}",
+        "",
+        "## Verified",
+        f"- channel index v{release.index.index_version} "
+        f"(`{release.evidence['index']['index_id']}`), signed by channel-authority",
+        f"- exchange `{release.entry.exchange_id}` (generation {release.entry.generation})",
+    ]
+    lines += [f"- runtime pack `{p.pack_id}`" for p in release.packs]
+    if release.entry.federation_id:
+        lines.append(
+            f"- federation root `{release.entry.federation_id}` with "
+            f"{len(release.shard_exchanges)} shards"
+        )
+    lines += [f"- validation report `{rid}`" for rid in release.report_ids]
+    if plan.notes:
+        lines += ["", "## Notes", *[f"- {n}" for n in plan.notes]]
+    if record is not None:
+        lines += [
+            "",
+            "## Record",
+            f"- sequence {record.sequence}, activation `{record.activation_id}`",
+            f"- operator {record.operator}; reason: {record.reason}",
+            f"- correlation id `{record.correlation_id}`",
+        ]
+    if checks is not None:
+        lines += [
+            "",
+            f"## Post-activation checks: {checks.result}",
+            "",
+            "| check | expected | measured | passed |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {o['name']} | {o['expected']} | {o['measured']} | {o['passed']} |"
+            for o in checks.figures.get("outcomes", [])
+        ]
+        if checks.previous_figures:
+            prev = checks.previous_figures
+            lines += ["", "| figure | this release | previous release |", "|---|---|---|"]
+            for name in ("row_count", "latency_p95_ms", "peak_rss_mb"):
+                lines.append(f"| {name} | {checks.figures.get(name)} | {prev.get(name)} |")
+    return "\n".join(lines)
+
+
+def change_rows(plan: ActivationPlan, record: ActivationRecord | None) -> list[dict[str, Any]]:
+    live = plan.state.record
+    new = record.active if record else None
+    rows = []
+    for field in ("release_id", "generation", "exchange_id", "runtime_pack_ids", "federation_id"):
+        before = getattr(live.active, field) if live else None
+        after = getattr(new, field) if new else before
+        rows.append(
+            {
+                "field": field,
+                "before": str(before),
+                "after": str(after),
+                "changed": str(before != after),
+            }
+        )
+    return rows
+
+
+def incident_markdown(record: ActivationRecord, checks: CheckRecord | None, cause: str) -> str:
+    previous = record.previous
+    lines = [
+        f"# Follow-up: {record.kind} in `{record.channel_id}`",
+        "",
+        f"- **what failed:** release {previous.release_id if previous else '?'} — {cause}",
+        f"- **live now:** release {record.active.release_id} (generation "
+        f"{record.active.generation}), sequence {record.sequence}, activation "
+        f"`{record.activation_id}`",
+        f"- **post-rollback checks:** {checks.result if checks else 'pending'}",
+        f"- **operator:** {record.operator}; **reason:** {record.reason}",
+        f"- **correlation id:** `{record.correlation_id}`",
+        "",
+        "## Evidence",
+        f"- exchange `{record.active.exchange_id}`",
+        *[f"- pack `{p}`" for p in record.active.runtime_pack_ids],
+        f"- channel index v{record.index_version}",
+        f"- record chain: previous record `{record.prev_record_sha256}`",
+        "",
+        "## To do",
+        "- [ ] find the cause of the failure",
+        "- [ ] decide: fix forward with a new release, or revoke the failed one",
+    ]
+    return "\n".join(lines)
+
+
+def report_run(run: Runner, plan: ActivationPlan, record: ActivationRecord | None,
+               checks: CheckRecord | None, outcome: str) -> None:
+    """The run's verification report and its table of what changed."""
+    run.publish(Artifact(
+        "verification", plan.channel_id, f"{plan.kind} of {plan.channel_id}: {outcome}",
+        markdown=verification_markdown(plan, record, checks, outcome)))
+    run.publish(Artifact("changes", plan.channel_id, f"what changed in {plan.channel_id}",
+                         table=change_rows(plan, record)))
+
+
+def open_follow_up(run: Runner, record: ActivationRecord, checks: CheckRecord | None,
+                   cause: str) -> str:
+    """Every rollback (and downgrade) opens one: an incident summary, and the event
+    `kristal.rollback.recorded` that a notification automation carries to the tracker."""
+    markdown = incident_markdown(record, checks, cause)
+    run.publish(Artifact("followup", record.channel_id,
+                         f"rollback follow-up for {record.channel_id}", markdown=markdown))
+    run.emit(
+        events.ROLLBACK_RECORDED,
+        channel_id=record.channel_id,
+        payload={
+            "channel_id": record.channel_id,
+            "kind": record.kind,
+            "sequence": record.sequence,
+            "activation_id": record.activation_id,
+            "release_id": record.active.release_id,
+            "failed_release_id": record.previous.release_id if record.previous else None,
+            "cause": cause,
+            "correlation_id": record.correlation_id,
+            "summary": markdown,
+        },
+    )
+    return markdown

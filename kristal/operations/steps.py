@@ -1,0 +1,179 @@
+"""Steps C to E, shared by every operation that puts a release live (activate, rollback,
+downgrade, a fleet's channel): stage it, keep the live one restorable, switch the pointer with
+its history record, check the new release through the pinned reader, quarantine a release that
+failed (DESIGN §6, §7).
+
+A failed check is a failed step (`ChecksDidNotPass`, raised after its record is written), so
+the run shows which step failed; the caller decides the rollback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from kristal.channel import pointer as ptr
+from kristal.channel import records
+from kristal.channel.history import last_known_good_for
+from kristal.channel.pointer import new_record
+from kristal.context import Context
+from kristal.crashpoints import crash_point
+from kristal.errors import PointerConflict
+from kristal.formats.channel_docs import (
+    ActivationKind,
+    ActivationRecord,
+    CheckRecord,
+    QuarantineRecord,
+    ReleaseRef,
+)
+from kristal.operations.outcome import Who
+from kristal.operations.plan import ActivationPlan
+from kristal.operations.runner import step
+from kristal.runtime import staging
+from kristal.runtime.checkrunner import run_checks_isolated
+from kristal.runtime.checks import CheckReport
+from kristal.runtime.session import open_pinned
+from kristal.runtime.staging import StagedRelease
+from kristal.verify.verifier import VerifiedRelease
+
+# A measurement that replaces the pinned reader's own (a fleet measures each pack once).
+Measure = Callable[[ActivationRecord], list[CheckReport]]
+
+
+class ChecksDidNotPass(Exception):
+    """The post-activation checks of `checks.sequence` failed (their record is written)."""
+
+    def __init__(self, checks: CheckRecord) -> None:
+        super().__init__(f"release {checks.release_id} failed its checks: {checks.reason}")
+        self.checks = checks
+
+
+@step("stage-release")
+def stage_release(ctx: Context, release: VerifiedRelease) -> StagedRelease:
+    """Step C: every payload into the content-addressed cache, then each pack's query index;
+    nothing live is touched."""
+    return staging.stage_release(ctx, release)
+
+
+@step("confirm-live-restorable")
+def confirm_live_restorable(ctx: Context, plan: ActivationPlan) -> str:
+    """Before moving away from the live release, its objects must still be there (a rollback
+    would need them)."""
+    live = plan.state.record
+    if live is None:
+        return "no release is live: nothing to keep restorable"
+    staging.confirm_restorable(ctx, live.active)
+    return f"release {live.active.release_id} (live) is restorable"
+
+
+@step("switch-pointer", retries=False)
+def switch_pointer(ctx: Context, plan: ActivationPlan, who: Who,
+                   kind: ActivationKind | None = None) -> ActivationRecord:
+    """Step D: one conditional write of the pointer, then the immutable history object."""
+    target = plan.release.entry
+    record = new_record(
+        plan.state,
+        channel_id=plan.channel_id,
+        kind=kind or plan.kind,
+        active=ReleaseRef.of(target),
+        last_known_good=last_known_good_for(ctx.store, plan.state, target.release_id),
+        index_version=plan.release.index.index_version,
+        forced=plan.forced,
+        operator=who.operator,
+        reason=who.reason,
+        correlation_id=who.correlation_id,
+        flow_run_id=who.flow_run_id,
+        now=ctx.now(),
+        evidence={**plan.release.evidence, "report_ids": plan.release.report_ids},
+    )
+    crash_point("before_switch")
+    ptr.commit(ctx.store, record, plan.state)
+    crash_point("after_switch")
+    records.write_history(ctx.store, record)
+    crash_point("after_history")
+    return record
+
+
+def measure_pinned(ctx: Context, record: ActivationRecord,
+                   release: VerifiedRelease) -> list[CheckReport]:
+    """The pinned reader's indexes, checked in a fresh process each (its own peak RSS)."""
+    with open_pinned(ctx, record.channel_id) as session:
+        if session.record.activation_id != record.activation_id:
+            raise PointerConflict(
+                f"sequence {record.sequence} is no longer live (now {session.record.sequence}, "
+                f"{session.record.activation_id}); its checks are not ours to run"
+            )
+        reports = [
+            run_checks_isolated(staging.index_path(ctx, p.pack_id), p.expectations)
+            for p in release.packs
+        ]
+    crash_point("after_checks")
+    return reports
+
+
+def record_checks(
+    ctx: Context, record: ActivationRecord, reports: list[CheckReport]
+) -> CheckRecord:
+    """The write-once `checks/<sequence>.json` of these measurements, beside the previous
+    release's figures; the record that stands is returned (the first written wins)."""
+    ok = all(r.passed for r in reports)
+    failing = [o for r in reports for o in r.outcomes if not o.passed]
+    reason = (
+        "all checks passed"
+        if ok
+        else "; ".join(
+            f"{o.name}: expected {o.expected}, measured {o.measured}" for o in failing[:4]
+        )
+    )
+    previous = (
+        records.read_checks(ctx.store, record.channel_id, record.previous_sequence)
+        if record.previous_sequence
+        else None
+    )
+    figures = {
+        "row_count": sum(r.row_count for r in reports),
+        "latency_p95_ms": max(r.latency_p95_ms for r in reports),
+        "peak_rss_mb": max(r.peak_rss_mb for r in reports),
+        "runs": min(r.runs for r in reports),
+        "outcomes": [o.model_dump(mode="json") for r in reports for o in r.outcomes],
+    }
+    checks = CheckRecord(
+        channel_id=record.channel_id,
+        sequence=record.sequence,
+        activation_id=record.activation_id,
+        release_id=record.active.release_id,
+        result="passed" if ok else "failed",
+        reason=reason,
+        figures=figures,
+        previous_figures=previous.figures if previous else None,
+        created_at=ctx.now(),
+    )
+    return records.write_checks(ctx.store, checks)
+
+
+@step("post-activation-checks")
+def post_activation_checks(ctx: Context, record: ActivationRecord, release: VerifiedRelease,
+                           measure: Measure | None = None) -> CheckRecord:
+    """Step E: measure the live release through the pinned reader and record the outcome;
+    raises `ChecksDidNotPass` (after recording) when a check failed."""
+    reports = measure(record) if measure is not None else measure_pinned(ctx, record, release)
+    checks = record_checks(ctx, record, reports)
+    if checks.result != "passed":
+        raise ChecksDidNotPass(checks)
+    return checks
+
+
+@step("quarantine-release")
+def quarantine_release(ctx: Context, record: ActivationRecord, reason: str) -> None:
+    """The write-once `quarantine/<release_id>.json`: this release failed here."""
+    crash_point("before_rollback")
+    records.write_quarantine(
+        ctx.store,
+        QuarantineRecord(
+            channel_id=record.channel_id,
+            release_id=record.active.release_id,
+            reason=reason,
+            sequence=record.sequence,
+            activation_id=record.activation_id,
+            created_at=ctx.now(),
+        ),
+    )

@@ -1,0 +1,159 @@
+"""The validation profiles the publisher checks over the files it wrote (schema, ordering,
+row-count, source-binding) and the signed validation report of each; a report that failed is
+still published: the activation refuses it.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from kristal.errors import ManifestSchemaInvalid
+from kristal.formats.identity import DocKind
+from kristal.formats.models import (
+    parse_model,
+)
+from kristal.formats.time import rfc3339
+from kristal.publish.documents import assertion_of, read_rows
+from kristal.trust.signing import SigningKey, sign_document
+
+KNOWN_PROFILES = ("schema", "ordering", "row-count", "source-binding")
+REPORT_LIFETIME = timedelta(days=365)
+
+
+# --- validation profiles: real checks over what was written ----------------------------------
+def _order_key(row: dict[str, str], id_field: str) -> tuple[bytes, bytes, bytes]:
+    return (row["subject"].encode(), row["predicate"].encode(), row[id_field].encode())
+
+
+def _check_schema(ctx: ReleaseFiles) -> list[dict[str, str]]:
+    findings = []
+    for doc, model, what in ctx.documents:
+        try:
+            parse_model(model, doc, what=what)
+            findings.append({"check_id": f"schema:{what}", "status": "passed", "message": "valid"})
+        except ManifestSchemaInvalid as exc:
+            findings.append(
+                {"check_id": f"schema:{what}", "status": "failed", "message": exc.message}
+            )
+    return findings
+
+
+def _check_ordering(ctx: ReleaseFiles) -> list[dict[str, str]]:
+    findings = []
+    sources = [(ctx.triples, "statement_id", "triples")]
+    sources += [(p, "assertion_id", f"assertions[{i}]") for i, p in enumerate(ctx.assertion_blobs)]
+    for path, id_field, what in sources:
+        previous: tuple[bytes, bytes, bytes] | None = None
+        bad = ""
+        for line_no, row in enumerate(read_rows(path), start=1):
+            current = _order_key(row, id_field)
+            if previous is not None and current <= previous:
+                bad = f"line {line_no} is not after line {line_no - 1}"
+                break
+            previous = current
+        findings.append(
+            {
+                "check_id": f"ordering:{what}",
+                "status": "failed" if bad else "passed",
+                "message": bad or "strictly increasing by subject, predicate, id bytes",
+            }
+        )
+    return findings
+
+
+def _check_row_count(ctx: ReleaseFiles) -> list[dict[str, str]]:
+    with ctx.triples.open("rb") as handle:
+        pack_rows = sum(1 for _ in handle)
+    exchange_rows = 0
+    for blob in ctx.assertion_blobs:
+        with blob.open("rb") as handle:
+            exchange_rows += sum(1 for _ in handle)
+    ok = pack_rows == exchange_rows == ctx.row_count
+    return [
+        {
+            "check_id": "row-count:pack-vs-exchange",
+            "status": "passed" if ok else "failed",
+            "message": f"pack {pack_rows} rows, exchange {exchange_rows} assertions",
+        }
+    ]
+
+
+def _check_source_binding(ctx: ReleaseFiles) -> list[dict[str, str]]:
+    findings = []
+    for pack in ctx.packs:
+        ref = pack["source_exchange_ref"]
+        ok = (
+            ref["exchange_id"] == ctx.exchange["kristal_id"]
+            and ref["exchange_manifest_hash"] == "sha256:" + ctx.exchange_sha256
+        )
+        findings.append(
+            {
+                "check_id": "source-binding:manifest",
+                "status": "passed" if ok else "failed",
+                "message": f"pack {pack['runtime_pack_id']} names {ref['exchange_id']}",
+            }
+        )
+    # Row by row: the pack's triples are exactly the Exchange's assertions (all shards merged).
+    merged = heapq.merge(
+        *(read_rows(b) for b in ctx.assertion_blobs), key=lambda r: _order_key(r, "assertion_id")
+    )
+    mismatch = ""
+    pack_rows = read_rows(ctx.triples)
+    for line_no, assertion in enumerate(merged, start=1):
+        row = next(pack_rows, None)
+        if row is None or assertion_of(row) != assertion:
+            mismatch = f"pack row {line_no} differs from the exchange's assertion {line_no}"
+            break
+    if not mismatch and next(pack_rows, None) is not None:
+        mismatch = "pack has rows the exchange does not"
+    findings.append(
+        {
+            "check_id": "source-binding:rows",
+            "status": "failed" if mismatch else "passed",
+            "message": mismatch or "every pack row is an assertion of the exchange",
+        }
+    )
+    return findings
+
+
+PROFILE_CHECKS: dict[str, Callable[[ReleaseFiles], list[dict[str, str]]]] = {
+    "schema": _check_schema,
+    "ordering": _check_ordering,
+    "row-count": _check_row_count,
+    "source-binding": _check_source_binding,
+}
+
+
+@dataclass
+class ReleaseFiles:
+    triples: Path
+    assertion_blobs: list[Path]
+    exchange: dict[str, Any]
+    exchange_sha256: str
+    packs: list[dict[str, Any]]
+    documents: list[tuple[dict[str, Any], type[Any], str]]
+    row_count: int
+
+
+def validation_report(
+    profile: str, targets: list[str], findings: list[dict[str, str]], key: SigningKey, now: datetime
+) -> dict[str, Any]:
+    failed = any(f["status"] == "failed" for f in findings)
+    doc = {
+        "artifact_type": "validation_report",
+        "profile": profile,
+        "target_artifact_ids": targets,
+        "result": "failed" if failed else "passed",
+        "findings": findings,
+        "validator": key.key_id,
+        "created_at": rfc3339(now),
+        "expires_at": rfc3339(now + REPORT_LIFETIME),
+    }
+    return sign_document(doc, DocKind.VALIDATION_REPORT, key, now=now)
+
+

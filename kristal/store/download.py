@@ -1,0 +1,242 @@
+"""Streaming reads from the object store (DESIGN §7): every byte hashed in the same pass as it
+is written, memory flat with the object's size, the stream stopped as soon as an object is
+longer than declared, and a body cut mid-transfer resumed with a Range GET pinned to the same
+version (If-Match). Large objects come as parallel ranges, hashed in order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import botocore.exceptions
+import urllib3.exceptions
+
+from kristal.errors import (
+    FileHashMismatch,
+    ManifestSchemaInvalid,
+    ObjectNotFound,
+    StorageUnavailable,
+)
+
+if TYPE_CHECKING:  # the store calls in here; this module never builds one
+    from kristal.store.s3 import ObjectStore
+
+CHUNK = 1024 * 1024  # read/hash buffer: the only per-stream memory a download holds
+STREAM_RESUMES = 3  # a body cut mid-transfer is resumed with a Range GET this many times
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+# What a body read raises when the connection dies mid-transfer (botocore wraps most of them).
+_BODY_ERRORS = (botocore.exceptions.BotoCoreError, urllib3.exceptions.HTTPError, OSError)
+
+
+class _TooLong(Exception):
+    """Internal: the stream delivered more bytes than allowed."""
+
+
+def _fd_name(fd: int) -> str:
+    """A readable name for an open file descriptor in error messages."""
+    with contextlib.suppress(OSError):
+        return os.readlink(f"/proc/self/fd/{fd}")
+    return f"fd {fd}"
+
+
+def stream(
+    store: ObjectStore,
+    key: str,
+    sink: Callable[[bytes], None],
+    *,
+    limit: int | None,
+    start: int = 0,
+    end: int | None = None,
+    etag: str | None = None,
+) -> tuple[int, str]:
+    """Feed bytes [start, end) (or to EOF) to `sink` in order; returns (count, etag).
+
+    A connection cut mid-body is resumed from the last byte received with a Range GET
+    pinned by If-Match, so the bytes still come from one version of the object.
+    `limit`: raise _TooLong as soon as more than `limit` bytes arrived.
+    """
+    count = 0
+    resumes = 0
+    while True:
+        offset = start + count
+        extra: dict[str, Any] = {}
+        if offset > 0 or end is not None:
+            extra["Range"] = f"bytes={offset}-{'' if end is None else end - 1}"
+        if etag is not None:
+            extra["IfMatch"] = etag
+        # A failing GET itself was already retried by botocore: it raises from here.
+        resp = store.get_object(key, **extra)
+        if etag is None:
+            etag = str(resp["ETag"])
+        body = resp["Body"]
+        try:
+            while True:
+                try:
+                    chunk = body.read(CHUNK)
+                except _BODY_ERRORS as exc:
+                    resumes += 1
+                    if resumes > STREAM_RESUMES:
+                        raise store.unavailable("GET (body)", key, exc) from None
+                    break  # resume from start + count
+                if not chunk:
+                    return count, etag
+                count += len(chunk)
+                if limit is not None and count > limit:
+                    raise _TooLong
+                sink(chunk)
+        finally:
+            body.close()
+        time.sleep(0.1 * resumes)
+
+def stream_sha256(store: ObjectStore, key: str, *,
+                  expected_size: int | None = None) -> tuple[str, int]:
+    """Re-hash an object in the bucket without storing it: (hex sha256, size)."""
+    hasher = hashlib.sha256()
+    try:
+        size, _ = stream(store, key, hasher.update, limit=expected_size)
+    except _TooLong:
+        raise FileHashMismatch(
+            f"{store.full_key(key)} is longer than the declared {expected_size} bytes"
+        ) from None
+    if expected_size is not None and size != expected_size:
+        raise FileHashMismatch(
+            f"{store.full_key(key)} is {size} bytes, declared {expected_size}"
+        )
+    return hasher.hexdigest(), size
+
+def download_to(
+    store: ObjectStore, key: str, dest: Path, *, expected_sha256: str, expected_size: int
+) -> None:
+    """Stream `key` into `dest`, hashing in the same pass; any mismatch -> FileHashMismatch.
+
+    `dest` is created or truncated; on any failure it is removed, so a caller renaming it
+    into a content-addressed cache never sees a partial or wrong file.
+    """
+    expected = expected_sha256.lower()
+    if not _HEX64.match(expected):
+        raise ManifestSchemaInvalid(
+            f"expected sha256 is not 64 hex digits: {expected_sha256!r}"
+        )
+    if expected_size < 0:
+        raise ManifestSchemaInvalid(f"expected size is negative: {expected_size}")
+    hasher = hashlib.sha256()
+    # O_RDWR: the parallel path reads finished parts back to hash them in order.
+    fd = os.open(dest, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    ok = False
+    try:
+        if expected_size >= store.parallel_threshold:
+            size = _download_parallel(store, key, fd, hasher, expected_size)
+        else:
+            def sink(chunk: bytes) -> None:
+                hasher.update(chunk)
+                os.write(fd, chunk)
+
+            try:
+                size, _ = stream(store, key, sink, limit=expected_size)
+            except _TooLong:
+                raise FileHashMismatch(
+                    f"{store.full_key(key)} is longer than the declared {expected_size} bytes"
+                ) from None
+        if size != expected_size:
+            raise FileHashMismatch(
+                f"{store.full_key(key)} is {size} bytes, declared {expected_size}"
+            )
+        digest = hasher.hexdigest()
+        if digest != expected:
+            raise FileHashMismatch(
+                f"{store.full_key(key)} has sha256 {digest}, declared {expected}"
+            )
+        # No fsync here: durability is the stager's call (runtime.staging flushes what it
+        # staged before anything can switch to it), so this is download + verify only.
+        ok = True
+    finally:
+        os.close(fd)
+        if not ok:
+            with contextlib.suppress(OSError):
+                os.unlink(dest)
+
+def _download_parallel(
+    store: ObjectStore, key: str, fd: int, hasher: Any, expected_size: int
+) -> int:
+    """Ranged GETs in parallel, written with pwrite; hashed in order by reading them back.
+
+    Memory stays flat: each worker holds one CHUNK at a time and the hasher re-reads each
+    finished part from the (page-cached) file. Workers run at most `workers` parts ahead of
+    the hasher, so disk use beyond the hashed prefix is bounded too.
+    """
+    info = store.head(key)
+    if info is None:
+        raise ObjectNotFound(f"s3://{store.config.bucket}/{store.full_key(key)} does not exist")
+    if info.size != expected_size:
+        # Known before any byte is transferred: no point downloading.
+        raise FileHashMismatch(
+            f"{store.full_key(key)} is {info.size} bytes, declared {expected_size}"
+        )
+    os.ftruncate(fd, expected_size)
+    ranges = [
+        (start, min(start + store.part_size, expected_size))
+        for start in range(0, expected_size, store.part_size)
+    ]
+    cancel = threading.Event()
+
+    def fetch(start: int, end: int) -> int:
+        pos = start
+
+        def sink(chunk: bytes) -> None:
+            nonlocal pos
+            if cancel.is_set():
+                raise StorageUnavailable("download cancelled")
+            os.pwrite(fd, chunk, pos)
+            pos += len(chunk)
+
+        try:
+            count, _ = stream(store,
+                key, sink, limit=end - start, start=start, end=end, etag=info.etag
+            )
+        except _TooLong:
+            raise FileHashMismatch(
+                f"{store.full_key(key)}: range {start}-{end} returned too many bytes"
+            ) from None
+        return count
+
+    total = 0
+    pending: deque[tuple[int, int, Future[int]]] = deque()
+    with ThreadPoolExecutor(max_workers=store.workers, thread_name_prefix="s3get") as pool:
+        try:
+            next_part = 0
+            while pending or next_part < len(ranges):
+                while next_part < len(ranges) and len(pending) < store.workers:
+                    start, end = ranges[next_part]
+                    pending.append((start, end, pool.submit(fetch, start, end)))
+                    next_part += 1
+                start, end, future = pending.popleft()
+                got = future.result()
+                if got != end - start:
+                    raise FileHashMismatch(
+                        f"{store.full_key(key)}: range {start}-{end} returned {got} bytes"
+                    )
+                pos = start
+                while pos < end:
+                    chunk = os.pread(fd, min(CHUNK, end - pos), pos)
+                    if not chunk:
+                        raise StorageUnavailable(f"short read back of {_fd_name(fd)}")
+                    hasher.update(chunk)
+                    pos += len(chunk)
+                total += end - start
+        except BaseException:
+            cancel.set()
+            for _, _, future in pending:
+                future.cancel()
+            raise
+    return total
+
