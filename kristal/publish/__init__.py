@@ -1,0 +1,1 @@
+"""Publishing: a triples file in, a signed release in the bucket and the channel index."""

@@ -1,0 +1,2 @@
+"""What runs a release on this machine: staging, the query index, the pinned reader, the
+post-activation checks."""

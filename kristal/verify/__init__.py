@@ -1,0 +1,1 @@
+"""Verification of a release as an ordered state machine, and the fetching that feeds it."""
