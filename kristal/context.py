@@ -16,6 +16,7 @@ from kristal.formats.time import utc_now
 from kristal.store.blobcache import BlobCache
 from kristal.store.s3 import ObjectStore
 from kristal.trust.roots import ChannelTrust, TrustFile, load_trust_file
+from kristal.verify.trusted_state import TrustedVersions
 
 
 @dataclass
@@ -25,6 +26,11 @@ class Context:
     cache: BlobCache
     settings: Settings
     now: Callable[[], datetime] = field(default=utc_now)
+    trusted: TrustedVersions | None = None
+
+    def __post_init__(self) -> None:
+        if self.trusted is None:
+            self.trusted = TrustedVersions(self.settings.home / "trusted")
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> Context:

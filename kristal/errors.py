@@ -252,6 +252,13 @@ class CheckFailed(RolledBack):
     code = "check_failed"
 
 
+class ChecksNotPassed(Refused):
+    """The live record's post-activation checks failed or stayed missing past their timeout,
+    and nothing was rolled back (a re-verification's finding: exit 1, code `check_failed`)."""
+
+    code = "check_failed"
+
+
 # --- infrastructure --------------------------------------------------------------------------
 class EndpointUnsafe(Infrastructure):
     """The S3 endpoint ignores conditional writes (DESIGN §6 invariant 6): never write to it."""
@@ -290,5 +297,9 @@ ALL_ERRORS: tuple[type[KristalError], ...] = tuple(
 
 
 def error_class(code: str | None) -> type[KristalError] | None:
-    """The error class with this code, or None."""
+    """The error class with this code, or None. `check_failed` names two: the checks failed
+    and were rolled back (`CheckFailed`, exit 5), or not (`ChecksNotPassed`, exit 1); this
+    answers the one where nothing was rolled back."""
+    if code == ChecksNotPassed.code:
+        return ChecksNotPassed
     return next((cls for cls in ALL_ERRORS if cls.code == code), None)

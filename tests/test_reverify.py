@@ -16,7 +16,7 @@ from world import World
 
 from kristal.channel import records
 from kristal.channel.history import walk_chain
-from kristal.errors import CheckFailed, KristalError
+from kristal.errors import CheckFailed, ChecksNotPassed, KristalError
 from kristal.formats import layout
 from kristal.operations import reverify_checks as rv
 from kristal.operations.plan import plan_activation
@@ -196,7 +196,7 @@ def test_checks_missing_past_timeout_fails_and_rolls_back_by_policy(
     late, error = _report(world, checks_timeout_s=0)
     row = _row(late, rv.CHECKS_RECORD)
     assert not row.ok and "checks missing past timeout: treated as failed" in row.detail
-    assert isinstance(error, CheckFailed)
+    assert error is not None and error.code == "check_failed" and error.exit_status == 1
 
     with pytest.raises(CheckFailed, match="release 1 is live again"):
         reverify(_request(world, checks_timeout_s=0, rollback_on_failure=[world.channel]))
@@ -216,9 +216,10 @@ def test_channel_policy_in_trust_file_decides_reverify_rollback(
     plan = plan_activation(world.ctx, world.channel, release_id=2)
     staging.stage_release(world.ctx, plan.release)
     switch_pointer(world.ctx, plan, world.who("crashed before checks"))
-    # Without a policy: an alert and a failed run, nothing rolled back.
-    with pytest.raises(CheckFailed):
+    # Without a policy: an alert and a failed run, nothing rolled back (exit 1, not 5).
+    with pytest.raises(ChecksNotPassed) as info:
         reverify(_request(world, checks_timeout_s=0))
+    assert info.value.code == "check_failed" and info.value.exit_status == 1
     assert world.pointer().record.active.release_id == 2
     # The channel's trust entry asks for rollback: the same failure now rolls back.
     doc = world.trust_doc()

@@ -83,7 +83,8 @@ def rollback_command(
     """Go back to a release this channel had live."""
     from flows.params import RollbackRequest
 
-    target: Any = int(to) if to.isdigit() else to
+    # Only ASCII digits name a sequence (str.isdigit() also takes '²', which int() refuses).
+    target: Any = int(to) if to.isascii() and to.isdigit() else to
     request = request_model(
         RollbackRequest,
         channel_id=channel,

@@ -37,6 +37,7 @@ def publish_command(
         expect_file=expect_file,
         shards=shards,
         now=ctx.now,
+        trusted=ctx.trusted,
     )
     human = (
         f"published release {result.release_id} (generation {result.generation}) to "

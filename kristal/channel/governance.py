@@ -56,7 +56,8 @@ def authorize(
         body["rollback_authorizations"].append(auth)
         return body
 
-    update_index(ctx.store, channel_id, ctx.trust(channel_id), authority, change, now=ctx.now)
+    update_index(ctx.store, channel_id, ctx.trust(channel_id), authority, change, now=ctx.now,
+                 trusted=ctx.trusted)
     return created
 
 
@@ -77,7 +78,8 @@ def revoke(
         return body
 
     return update_index(
-        ctx.store, channel_id, ctx.trust(channel_id), authority, change, now=ctx.now
+        ctx.store, channel_id, ctx.trust(channel_id), authority, change, now=ctx.now,
+        trusted=ctx.trusted,
     )
 
 
@@ -94,5 +96,6 @@ def set_floor(
         return body
 
     return update_index(
-        ctx.store, channel_id, ctx.trust(channel_id), authority, change, now=ctx.now
+        ctx.store, channel_id, ctx.trust(channel_id), authority, change, now=ctx.now,
+        trusted=ctx.trusted,
     )

@@ -13,15 +13,14 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from kristal.channel.records import (
-    MAX_RECORD_BYTES,
     PointerState,
-    parse_record,
     read_checks,
     read_history,
+    read_history_raw,
     read_pointer,
     read_quarantine,
 )
-from kristal.errors import ObjectNotFound, PointerConflict, PointerInvalid
+from kristal.errors import PointerConflict, PointerInvalid
 from kristal.formats import layout
 from kristal.formats.canonical import canonical_bytes, canonical_sha256
 from kristal.formats.channel_docs import ActivationRecord, LastKnownGood
@@ -68,21 +67,6 @@ def last_known_good_for(
     return None
 
 
-def _read_history_raw(
-    store: ObjectStore, channel_id: str, sequence: int
-) -> tuple[ActivationRecord, dict[str, Any]] | None:
-    try:
-        data, _etag = store.get_bytes(
-            layout.history(channel_id, sequence), max_bytes=MAX_RECORD_BYTES
-        )
-    except ObjectNotFound:
-        return None
-    record, raw = parse_record(data, channel_id, what=f"history record {sequence}")
-    if record.sequence != sequence:
-        raise PointerInvalid(f"history object {sequence} holds sequence {record.sequence}")
-    return record, raw
-
-
 def walk_chain(
     store: ObjectStore,
     channel_id: str,
@@ -106,7 +90,7 @@ def walk_chain(
     upto = state.record.sequence
     sequences = range(1, upto + 1)
     with ThreadPoolExecutor(max_workers=HISTORY_WORKERS) as pool:
-        loaded = list(pool.map(lambda s: _read_history_raw(store, channel_id, s), sequences))
+        loaded = list(pool.map(lambda s: read_history_raw(store, channel_id, s), sequences))
     if allow_pending and loaded[-1] is None:
         loaded[-1] = (state.record, state.raw)
     missing = [s for s, item in zip(sequences, loaded, strict=True) if item is None]

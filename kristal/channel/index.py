@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kristal.errors import ManifestSchemaInvalid, ObjectNotFound, PointerConflict
 from kristal.formats import layout
@@ -22,6 +22,9 @@ from kristal.formats.models import parse_model
 from kristal.formats.time import rfc3339
 from kristal.store.s3 import ObjectStore, WriteStatus
 from kristal.trust.roots import ChannelTrust
+
+if TYPE_CHECKING:
+    from kristal.verify.trusted_state import TrustedVersions
 from kristal.trust.signing import SigningKey, require_signatures, sign_document
 
 MAX_INDEX_BYTES = 16 * 1024 * 1024
@@ -79,6 +82,7 @@ def update_index(
     *,
     now: Callable[[], datetime],
     lifetime: timedelta = DEFAULT_INDEX_LIFETIME,
+    trusted: TrustedVersions | None = None,
 ) -> ChannelIndex:
     """Apply `change` (current index or None -> new body without ID/signatures) and commit it.
 
@@ -106,12 +110,13 @@ def update_index(
         outcome = (
             store.put_if_match(key, data, current[1]) if current else store.put_if_absent(key, data)
         )
-        if outcome.status is WriteStatus.WRITTEN:
+        if outcome.status is WriteStatus.WRITTEN or (
+                outcome.status is WriteStatus.UNKNOWN
+                and (after := read_index_bytes(store, channel_id)) is not None
+                and after[0] == data):
+            if trusted is not None:
+                trusted.remember(channel_id, new_index.index_version)
             return new_index
-        if outcome.status is WriteStatus.UNKNOWN:
-            after = read_index_bytes(store, channel_id)
-            if after is not None and after[0] == data:
-                return new_index
         time.sleep(0.05 * (_attempt + 1))
     raise PointerConflict(
         f"channel index of {channel_id} kept changing under us ({UPDATE_ATTEMPTS} attempts)"

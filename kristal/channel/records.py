@@ -106,7 +106,9 @@ def write_history(store: ObjectStore, record: ActivationRecord) -> None:
         )
 
 
-def read_history(store: ObjectStore, channel_id: str, sequence: int) -> ActivationRecord | None:
+def read_history_raw(store: ObjectStore, channel_id: str,
+                     sequence: int) -> tuple[ActivationRecord, dict[str, Any]] | None:
+    """History record `sequence` and its JSON exactly as stored (what the chain hashes)."""
     try:
         data, _etag = store.get_bytes(
             layout.history(channel_id, sequence), max_bytes=MAX_RECORD_BYTES
@@ -115,19 +117,38 @@ def read_history(store: ObjectStore, channel_id: str, sequence: int) -> Activati
         return None
     except ManifestSchemaInvalid as exc:
         raise PointerInvalid(f"history record {sequence}: {exc.message}") from None
-    record, _raw = parse_record(data, channel_id, what=f"history record {sequence}")
+    record, raw = parse_record(data, channel_id, what=f"history record {sequence}")
     if record.sequence != sequence:
         raise PointerInvalid(f"history object {sequence} holds sequence {record.sequence}")
-    return record
+    return record, raw
+
+
+def read_history(store: ObjectStore, channel_id: str, sequence: int) -> ActivationRecord | None:
+    found = read_history_raw(store, channel_id, sequence)
+    return found[0] if found is not None else None
 
 
 def repair_history(store: ObjectStore, state: PointerState) -> bool:
-    """Invariant 4: make sure `history[pointer.sequence]` exists. Returns True if it wrote it."""
-    if state.record is None:
+    """Invariant 4: make sure `history[pointer.sequence]` exists. Returns True if it wrote it.
+
+    Written only where the chain proves the pointer follows on: history[sequence - 1] exists
+    and hashes to the pointer's `prev_record_sha256` (a first record links to nothing).
+    Anything else is `pointer_invalid`, and nothing is written."""
+    record = state.record
+    if record is None:
         return False
-    if store.head(layout.history(state.record.channel_id, state.record.sequence)) is not None:
+    if store.head(layout.history(record.channel_id, record.sequence)) is not None:
         return False
-    write_history(store, state.record)
+    if record.sequence == 1:
+        linked = record.prev_record_sha256 is None
+    else:
+        before = read_history_raw(store, record.channel_id, record.sequence - 1)
+        linked = before is not None and canonical_sha256(before[1]) == record.prev_record_sha256
+    if not linked:
+        raise PointerInvalid(
+            f"pointer of {record.channel_id} (sequence {record.sequence}) does not follow on "
+            f"from history record {record.sequence - 1}: not repaired into history")
+    write_history(store, record)
     return True
 
 

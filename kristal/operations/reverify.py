@@ -85,9 +85,11 @@ def rollback_policy(ctx: Context, channel_id: str) -> bool:
         return False
 
 
-def _roll_back(run: Runner, ctx: Context, report: ChannelReport, operator: str) -> str:
+def _roll_back(run: Runner, ctx: Context, report: ChannelReport,
+               operator: str) -> tuple[bool, str]:
+    """(whether the channel was rolled back, what happened)."""
     if report.activation_id is None:
-        return "nothing live: nothing to roll back"
+        return False, "nothing live: nothing to roll back"
     reason = f"reverify failed: {'; '.join(report.reasons())[:500]}"
     who = Who.of(operator, reason, None, run.run_id)
     try:
@@ -95,8 +97,8 @@ def _roll_back(run: Runner, ctx: Context, report: ChannelReport, operator: str) 
             outcome = switch_back(run, ctx, report.channel_id, "last-known-good",
                                   report.activation_id, "rollback", who, reason)
     except KristalError as exc:
-        return f"no rollback: {exc.line()}"
-    return outcome.message
+        return False, f"no rollback: {exc.line()}"
+    return outcome.outcome == "rolled_back", outcome.message
 
 
 def _table(report: ChannelReport) -> Artifact:
@@ -123,8 +125,9 @@ def summary_markdown(result: ReverifyResult) -> str:
     return "\n".join(lines)
 
 
-def _error(failed: list[ChannelReport], rollbacks: dict[str, str]) -> KristalError:
-    error = failed[0].error()
+def _error(failed: list[ChannelReport], rollbacks: dict[str, str],
+           rolled_back: set[str]) -> KristalError:
+    error = failed[0].error(rolled_back=failed[0].channel_id in rolled_back)
     if len(failed) > 1:
         others = "; ".join(f"{r.channel_id}: {', '.join(r.reasons())}" for r in failed[1:])
         error = type(error)(f"{error.message}; also {others}")
@@ -149,6 +152,7 @@ def reverify(
     channels = channel_ids or run(list_channels, ctx)
     reports: list[ChannelReport] = []
     rollbacks: dict[str, str] = {}
+    rolled_back: set[str] = set()
     for channel_id in channels:
         report = reverify_channel(run, ctx, channel_id, checks_timeout_s=checks_timeout_s)
         reports.append(report)
@@ -161,7 +165,9 @@ def reverify(
             "channel_id": channel_id, "activation_id": report.activation_id,
             "reasons": report.reasons()})
         if channel_id in (rollback_on_failure or []) or rollback_policy(ctx, channel_id):
-            rollbacks[channel_id] = _roll_back(run, ctx, report, operator)
+            done, rollbacks[channel_id] = _roll_back(run, ctx, report, operator)
+            if done:
+                rolled_back.add(channel_id)
             run.log(f"{channel_id}: {rollbacks[channel_id]}")
     failed = [r for r in reports if not r.ok]
     result = ReverifyResult(
@@ -177,5 +183,5 @@ def reverify(
     run.publish(Artifact("reverify", "summary", result.message,
                          markdown=summary_markdown(result)))
     if failed:
-        raise _error(failed, rollbacks)
+        raise _error(failed, rollbacks, rolled_back)
     return result

@@ -37,6 +37,7 @@ from kristal.channel.history import walk_chain
 from kristal.context import Context
 from kristal.errors import (
     CheckFailed,
+    ChecksNotPassed,
     FileHashMismatch,
     FileInventoryMissing,
     KristalError,
@@ -103,16 +104,18 @@ class ChannelReport(BaseModel):
     def reasons(self) -> list[str]:
         return [f"{r.name}: {r.code or 'failed'}: {r.detail}" for r in self.failures]
 
-    def error(self) -> KristalError:
-        """The coded error a run fails with: `CheckFailed` when the post-activation checks
-        (failed, or missing past the timeout) caused it, else the first failure's own code."""
+    def error(self, *, rolled_back: bool = False) -> KristalError:
+        """The coded error a run fails with: the first failure's own code, whose family says
+        what happened to the channel. Failed or overdue post-activation checks are
+        `check_failed`: exit 5 when the channel was rolled back for it, else exit 1."""
         failures = self.failures
         if not failures:
             raise ValueError(f"{self.channel_id} passed re-verification: no error to raise")
         message = f"{self.channel_id} failed re-verification: " + "; ".join(self.reasons())
-        if any(r.name == CHECKS_RECORD for r in failures):
-            return CheckFailed(message)
-        return (error_class(failures[0].code) or CheckFailed)(message)
+        first = failures[0].code or ChecksNotPassed.code
+        if first == CheckFailed.code:
+            return CheckFailed(message) if rolled_back else ChecksNotPassed(message)
+        return (error_class(first) or ChecksNotPassed)(message)
 
 
 def failed_row(name: str, exc: KristalError, prefix: str = "") -> CheckRow:

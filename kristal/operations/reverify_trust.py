@@ -15,6 +15,7 @@ from kristal.errors import (
     IndexExpired,
     KeyExpired,
     KristalError,
+    ReleaseIdDowngradeBlocked,
     ReleaseIdSubstitutionBlocked,
     StorageUnavailable,
     ValidationReportMissing,
@@ -57,6 +58,13 @@ def _verify_live(ctx: Context, live: ActivationRecord) -> CheckRow:
                 f"the index entry of release {live.active.release_id} no longer binds the "
                 "artifacts the live record names"
             )
+        floor = release.index.minimum_allowed_release_id
+        if live.active.release_id < floor and live.kind != "downgrade":
+            # Below the floor only an authorized downgrade may be live.
+            raise ReleaseIdDowngradeBlocked(
+                f"live release {live.active.release_id} is below the channel floor {floor} and "
+                f"was not put there by an authorized downgrade (sequence {live.sequence} is a "
+                f"{live.kind})")
     except StorageUnavailable:
         raise
     except KristalError as exc:

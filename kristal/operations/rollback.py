@@ -18,7 +18,9 @@ from __future__ import annotations
 
 from kristal.channel import records
 from kristal.context import Context
+from kristal.errors import RollbackFailed
 from kristal.formats.channel_docs import ActivationKind, ActivationRecord, CheckRecord
+from kristal.operations import events
 from kristal.operations.outcome import Outcome, Who
 from kristal.operations.plan import ActivationPlan
 from kristal.operations.reports import open_follow_up, report_run
@@ -78,9 +80,18 @@ def switch_back(
     run: Runner, ctx: Context, channel_id: str, to: RollbackTo,
     expected_activation_id: str | None, kind: ActivationKind, who: Who, cause: str,
 ) -> Outcome:
-    """Switch on the fast path, check, report, follow up. Takes no lock: callers hold it."""
-    plan, record, noop_reason = run(rollback_switch, ctx, channel_id, to,
-                                    expected_activation_id, kind, who)
+    """Switch on the fast path, check, report, follow up. Takes no lock: callers hold it.
+    An automatic rollback with no safe target changes nothing, emits
+    `kristal.rollback.failed` (an automation may alert on it) and raises `rollback_failed`."""
+    try:
+        plan, record, noop_reason = run(rollback_switch, ctx, channel_id, to,
+                                        expected_activation_id, kind, who)
+    except RollbackFailed as exc:
+        run.log(exc.line(), warning=True)
+        run.emit(events.ROLLBACK_FAILED, channel_id=channel_id, payload={
+            "channel_id": channel_id, "expected_activation_id": expected_activation_id,
+            "cause": cause, "reason": exc.message})
+        raise
     if plan is None or record is None:
         run.log(noop_reason)
         return Outcome(channel_id=channel_id, outcome="nothing_to_do", message=noop_reason,

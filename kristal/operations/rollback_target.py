@@ -11,15 +11,19 @@ from dataclasses import dataclass
 from typing import Literal
 
 from kristal.channel import records
-from kristal.channel.history import good_records
+from kristal.channel.history import MAX_WALK, good_records
+from kristal.channel.index import load_verified_index, read_index_bytes
 from kristal.context import Context
 from kristal.errors import (
+    PointerInvalid,
     ReleaseIdSubstitutionBlocked,
     ReleaseQuarantined,
+    RollbackFailed,
     RollbackNotAuthorized,
     RollbackTargetMissing,
 )
-from kristal.formats.channel_docs import ActivationKind, ActivationRecord, ReleaseRef
+from kristal.formats.canonical import canonical_sha256
+from kristal.formats.channel_docs import ActivationKind, ReleaseRef
 from kristal.operations.plan import ActivationPlan
 from kristal.verify.fetch import verify_release
 
@@ -35,18 +39,64 @@ class RollbackDecision:
     target_sequence: int | None = None
 
 
-def _target_record(
-    ctx: Context, live: ActivationRecord, to: RollbackTo, kind: ActivationKind
-) -> tuple[ReleaseRef, int | None]:
+def automatic_target(ctx: Context, state: records.PointerState) -> tuple[ReleaseRef, int]:
+    """The automatic rollback's target (DESIGN §5): the nearest earlier record whose release is
+    not the failed (live) one, not quarantined here, not revoked, not below the floor, and whose
+    checks passed; usually the record's `previous`, across generations too (it was live a moment
+    ago). Each record on the way is proven by the hash chain from the pointer down before it is
+    trusted. None of them: `rollback_failed`, and nothing is changed."""
+    live = state.record
+    assert live is not None
     channel = live.channel_id
-    if kind == "auto_rollback" or to == "previous":
+    raw_index = read_index_bytes(ctx.store, channel)
+    index = (load_verified_index(raw_index[0], channel, ctx.trust(channel), now=ctx.now())
+             if raw_index is not None else None)
+    failed = live.active.release_id
+    expected_link = live.prev_record_sha256
+    skipped: list[str] = []
+    for sequence in range(live.sequence - 1, max(0, live.sequence - 1 - MAX_WALK), -1):
+        found = records.read_history_raw(ctx.store, channel, sequence)
+        if found is None or canonical_sha256(found[1]) != expected_link:
+            raise PointerInvalid(
+                f"history record {sequence} of {channel} is missing or not the one the chain "
+                f"links to from sequence {sequence + 1}: no rollback target is trusted")
+        record, _raw = found
+        expected_link = record.prev_record_sha256
+        rid = record.active.release_id
+        entry = index.release(rid) if index is not None else None
+        checks = records.read_checks(ctx.store, channel, sequence)
+        why = (
+            "the failed release" if rid == failed
+            else "quarantined" if records.read_quarantine(ctx.store, channel, rid) is not None
+            else "not in the index" if entry is None or index is None
+            else "revoked" if index.revocation_for(entry, ctx.now()) is not None
+            else "below the floor" if rid < index.minimum_allowed_release_id
+            else "its checks did not pass" if checks is None or checks.result != "passed"
+            or checks.activation_id != record.activation_id
+            else None
+        )
+        if why is None:
+            return record.active, sequence
+        skipped.append(f"sequence {sequence} (release {rid}): {why}")
+    raise RollbackFailed(
+        f"no safe automatic rollback target before sequence {live.sequence} of {channel}"
+        + (f" ({'; '.join(skipped[:6])})" if skipped else ": nothing was live before it"))
+
+
+def _target_record(
+    ctx: Context, state: records.PointerState, to: RollbackTo, kind: ActivationKind
+) -> tuple[ReleaseRef, int | None]:
+    live = state.record
+    assert live is not None
+    channel = live.channel_id
+    if kind == "auto_rollback":
+        return automatic_target(ctx, state)
+    if to == "previous":
         if live.previous is None:
             raise RollbackTargetMissing(
                 f"sequence {live.sequence} of {channel} has no previous release"
             )
-        if kind != "auto_rollback" and records.read_quarantine(
-            ctx.store, channel, live.previous.release_id
-        ):
+        if records.read_quarantine(ctx.store, channel, live.previous.release_id):
             raise ReleaseQuarantined(
                 f"previous release {live.previous.release_id} is quarantined here"
             )
@@ -103,7 +153,7 @@ def plan_rollback(
                 "nothing rolled back"
             ),
         )
-    target, target_sequence = _target_record(ctx, live, to, kind)
+    target, target_sequence = _target_record(ctx, state, to, kind)
     if target.release_id == live.active.release_id:
         raise RollbackTargetMissing(f"release {target.release_id} is already live in {channel_id}")
     if kind == "rollback" and target.generation != live.active.generation:
@@ -114,6 +164,13 @@ def plan_rollback(
     release = verify_release(
         ctx, channel_id, release_id=target.release_id, min_index_version=live.index_version
     )
+    floor = release.index.minimum_allowed_release_id
+    if target.release_id < floor:
+        message = (f"release {target.release_id} is below the floor {floor} of {channel_id}: "
+                   "going there is a downgrade, which needs an authorization")
+        if kind == "auto_rollback":
+            raise RollbackFailed(f"no safe automatic rollback target: {message}")
+        raise RollbackNotAuthorized(message)
     if ReleaseRef.of(release.entry) != target:
         raise ReleaseIdSubstitutionBlocked(
             f"the index entry of release {target.release_id} no longer binds the artifacts that "

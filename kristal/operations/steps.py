@@ -17,7 +17,8 @@ from kristal.channel.history import last_known_good_for
 from kristal.channel.pointer import new_record
 from kristal.context import Context
 from kristal.crashpoints import crash_point
-from kristal.errors import PointerConflict
+from kristal.errors import PointerConflict, PointerInvalid
+from kristal.formats import layout
 from kristal.formats.channel_docs import (
     ActivationKind,
     ActivationRecord,
@@ -85,12 +86,34 @@ def switch_pointer(ctx: Context, plan: ActivationPlan, who: Who,
         now=ctx.now(),
         evidence={**plan.release.evidence, "report_ids": plan.release.report_ids},
     )
+    _require_free_slots(ctx, record, plan.state)
     crash_point("before_switch")
     ptr.commit(ctx.store, record, plan.state)
     crash_point("after_switch")
     records.write_history(ctx.store, record)
     crash_point("after_history")
     return record
+
+
+def _require_free_slots(ctx: Context, record: ActivationRecord,
+                        read: records.PointerState) -> None:
+    """The record's history and checks slots must be empty before the switch: a record there
+    while the pointer has not moved was not written by a switch of this sequence, and writing
+    after it would adopt it (DESIGN §6): `pointer_invalid`, nothing written. If the pointer
+    moved meanwhile, another writer won the sequence: `pointer_conflict`, as the commit says."""
+    channel, sequence = record.channel_id, record.sequence
+    for what, key in (("history", layout.history(channel, sequence)),
+                      ("checks", layout.checks(channel, sequence))):
+        if ctx.store.head(key) is not None:
+            now = records.read_pointer(ctx.store, channel)
+            if now.sequence != read.sequence:
+                raise PointerConflict(
+                    f"pointer of {channel} moved to sequence {now.sequence} while we prepared "
+                    f"sequence {sequence}; nothing was changed")
+            raise PointerInvalid(
+                f"{what} record {sequence} of {channel} already exists before sequence "
+                f"{sequence} was switched to: not written by this channel's switches; nothing "
+                "was changed")
 
 
 def measure_pinned(ctx: Context, record: ActivationRecord,

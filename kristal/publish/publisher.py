@@ -59,6 +59,7 @@ from kristal.runtime.sqlite_index import build_index
 from kristal.store.s3 import ObjectStore
 from kristal.trust.roots import ChannelTrust
 from kristal.trust.signing import SigningKey, sign_document
+from kristal.verify.trusted_state import TrustedVersions
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,7 @@ def publish(
     shards: int = 0,
     now: Callable[[], datetime],
     workdir: Path | None = None,
+    trusted: TrustedVersions | None = None,
 ) -> PublishResult:
     validate_channel_id(channel_id)
     if release_id < 1 or generation < 0 or not 0 <= shards <= 256:
@@ -295,7 +297,8 @@ def publish(
             body["releases"].append(release)
             return body
 
-        new_index = update_index(store, channel_id, trust, keys.authority, add_release, now=now)
+        new_index = update_index(store, channel_id, trust, keys.authority, add_release, now=now,
+                                 trusted=trusted)
         return PublishResult(
             channel_id=channel_id,
             release_id=release_id,

@@ -100,13 +100,18 @@ def verify_release(
     `memo` shares content-addressed fetches between channels (a fleet run); the channel's index
     is always read afresh.
     """
+    trusted = ctx.trusted
+    remembered = trusted.highest(channel_id) if trusted is not None else 0
     verifier = ReleaseVerifier(
-        channel_id, ctx.trust(channel_id), now=ctx.now(), min_index_version=min_index_version
+        channel_id, ctx.trust(channel_id), now=ctx.now(),
+        min_index_version=max(min_index_version, remembered),
     )
     raw_index = read_index_bytes(ctx.store, channel_id)
     if raw_index is None:
         raise RollbackTargetMissing(f"channel {channel_id} has no index: nothing is published")
-    verifier.update_index(raw_index[0])
+    index = verifier.update_index(raw_index[0])
+    if trusted is not None:
+        trusted.remember(channel_id, index.index_version)
     entry = verifier.select_release(release_id, exchange_id=exchange_id, pack_ids=pack_ids)
 
     get, get_optional = fetch_required, fetch_optional
