@@ -308,3 +308,28 @@ def test_fleet_dry_run_reports_each_channel_and_exits_1_if_one_would_refuse(
     assert f"{channels[1]}: release_revoked: " in proc.stdout
     assert "Traceback" not in proc.stdout + proc.stderr
     assert [records.read_pointer(world.store, c).record for c in channels] == [None, None]
+
+
+def test_rollback_with_the_prefect_api_down_runs_without_an_orchestrator(world: World) -> None:
+    """Break-glass: the same rollback operation with the plain runner, and the record and the
+    output say no orchestrator was reachable."""
+    world.publish(1)
+    world.publish(2)
+    world.activate(1, via="plain")
+    world.activate(2, via="plain")
+    down = {**world.env, "PREFECT_API_URL": f"http://127.0.0.1:{_closed_port()}/api"}
+    proc = kristalctl("rollback", world.channel, "--operator", "alice", "--reason", "outage",
+                      "--json", env=down)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["outcome"] == "rolled_back" and doc["orchestrator"] == "none"
+    assert "no orchestrator was reachable" in doc["note"]
+    live = world.pointer().record
+    assert (live.kind, live.active.release_id, live.operator) == ("rollback", 1, "alice")
+    assert live.flow_run_id is None and live.evidence["orchestrator"] == "none"
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -22,6 +22,23 @@ from flows.console import emit, quiet_prefect
 from kristal.errors import UsageInvalid
 
 
+def _orchestrator_unreachable() -> str | None:
+    """The Prefect API URL when it is set and does not answer (else None: without a URL Prefect
+    runs a temporary local server of its own)."""
+    import os
+    import urllib.error
+    import urllib.request
+
+    url = os.environ.get("PREFECT_API_URL", "").rstrip("/")
+    if not url:
+        return None
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=3):
+            return None
+    except (urllib.error.URLError, OSError, ValueError):
+        return url
+
+
 def _run_flow(as_json: bool, call: Callable[[], Any]) -> None:
     quiet_prefect()
     outcome = call()
@@ -95,12 +112,39 @@ def rollback_command(
         correlation_id=correlation_id,
     )
 
+    unreachable = _orchestrator_unreachable()
+    if unreachable is not None:
+        _break_glass_rollback(as_json, request, unreachable)
+        return
+
     def run() -> Any:
         from flows.rollback import rollback
 
         return rollback(request)
 
     _run_flow(as_json, run)
+
+
+def _break_glass_rollback(as_json: bool, request: Any, api_url: str) -> None:
+    """With the Prefect API down, the same rollback operation with the plain runner: no lock
+    (the conditional write is the one correctness relies on), no run, artifacts or events; the
+    record says no orchestrator was reachable."""
+    from kristal.config import retry_delays_s
+    from kristal.operations.outcome import Who
+    from kristal.operations.rollback import rollback
+    from kristal.operations.runner import PlainRunner
+
+    outcome = rollback(
+        PlainRunner(retry_delays_s=retry_delays_s()), domain_context(),
+        channel_id=request.channel_id, to=request.to,
+        expected_activation_id=request.expected_activation_id,
+        who=Who.of(request.operator, request.reason, request.correlation_id, None,
+                   orchestrator="none"),
+    )
+    note = (f"no orchestrator was reachable ({api_url} does not answer): the rollback ran "
+            "without Prefect (no lock, run, artifacts or events)")
+    emit(as_json, {**outcome.model_dump(mode="json"), "note": note},
+         f"{outcome.message or outcome.outcome}\n{note}")
 
 
 @app.command("downgrade")

@@ -28,13 +28,15 @@ class Who:
     reason: str
     correlation_id: str
     flow_run_id: str | None = None
+    orchestrator: str = "prefect"  # "none": a break-glass run, recorded as such
 
     @classmethod
     def of(cls, operator: str, reason: str, correlation_id: str | None,
-           run_id: str | None) -> Who:
+           run_id: str | None, orchestrator: str = "prefect") -> Who:
         """The correlation id defaults to the run's id (or `local` without a run)."""
         return cls(operator=operator, reason=reason,
-                   correlation_id=correlation_id or run_id or "local", flow_run_id=run_id)
+                   correlation_id=correlation_id or run_id or "local", flow_run_id=run_id,
+                   orchestrator=orchestrator)
 
 
 class Outcome(BaseModel):

@@ -84,7 +84,8 @@ def switch_pointer(ctx: Context, plan: ActivationPlan, who: Who,
         correlation_id=who.correlation_id,
         flow_run_id=who.flow_run_id,
         now=ctx.now(),
-        evidence={**plan.release.evidence, "report_ids": plan.release.report_ids},
+        evidence={**plan.release.evidence, "report_ids": plan.release.report_ids,
+                  **({"orchestrator": who.orchestrator} if who.orchestrator != "prefect" else {})},
     )
     _require_free_slots(ctx, record, plan.state)
     crash_point("before_switch")
