@@ -23,7 +23,7 @@ from kristal.errors import (
     RollbackTargetMissing,
 )
 from kristal.formats.canonical import canonical_sha256
-from kristal.formats.channel_docs import ActivationKind, ReleaseRef
+from kristal.formats.channel_docs import ActivationKind, ActivationRecord, ReleaseRef
 from kristal.operations.plan import ActivationPlan
 from kristal.verify.fetch import verify_release
 
@@ -37,6 +37,13 @@ class RollbackDecision:
     plan: ActivationPlan | None
     noop_reason: str | None = None
     target_sequence: int | None = None
+
+
+def _passed(ctx: Context, record: ActivationRecord) -> bool:
+    """The record's own checks passed (read last: only for a candidate not skipped already)."""
+    checks = records.read_checks(ctx.store, record.channel_id, record.sequence)
+    return (checks is not None and checks.result == "passed"
+            and checks.activation_id == record.activation_id)
 
 
 def automatic_target(ctx: Context, state: records.PointerState) -> tuple[ReleaseRef, int]:
@@ -64,15 +71,13 @@ def automatic_target(ctx: Context, state: records.PointerState) -> tuple[Release
         expected_link = record.prev_record_sha256
         rid = record.active.release_id
         entry = index.release(rid) if index is not None else None
-        checks = records.read_checks(ctx.store, channel, sequence)
         why = (
             "the failed release" if rid == failed
             else "quarantined" if records.read_quarantine(ctx.store, channel, rid) is not None
             else "not in the index" if entry is None or index is None
             else "revoked" if index.revocation_for(entry, ctx.now()) is not None
             else "below the floor" if rid < index.minimum_allowed_release_id
-            else "its checks did not pass" if checks is None or checks.result != "passed"
-            or checks.activation_id != record.activation_id
+            else "its checks did not pass" if not _passed(ctx, record)
             else None
         )
         if why is None:
