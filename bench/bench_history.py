@@ -33,13 +33,13 @@ def grow(world: benchlib.BenchWorld, records: int) -> float:
     report = CheckReport(passed=True, outcomes=[], row_count=0, latency_p95_ms=0.0,
                          peak_rss_mb=0.0, runs=50)
     started = time.perf_counter()
-    state = records.read_pointer(world.store, world.channel)
+    state = records.read_pointer(world.ctx, world.channel)
     while state.sequence < records:
         target = 1 if state.record.active.release_id == 2 else 2
         plan = ActivationPlan(world.channel, state, releases[target], "rollback", forced=False)
         record = switch(world.ctx, plan, world.who("grow history"))
         record_checks(world.ctx, record, [report])
-        state = records.read_pointer(world.store, world.channel)
+        state = records.read_pointer(world.ctx, world.channel)
     return time.perf_counter() - started
 
 
@@ -47,8 +47,8 @@ def measure(world: benchlib.BenchWorld, runs: int) -> dict[str, float]:
     status, decide, listing = [], [], []
     for _ in range(runs):
         t0 = time.perf_counter()
-        state = records.read_pointer(world.store, world.channel)
-        records.read_checks(world.store, world.channel, state.sequence)
+        state = records.read_pointer(world.ctx, world.channel)
+        records.read_checks_at(world.ctx, world.channel, state.sequence)
         t1 = time.perf_counter()
         plan_rollback(world.ctx, world.channel, to="last-known-good")
         t2 = time.perf_counter()

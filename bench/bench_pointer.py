@@ -51,14 +51,15 @@ def main() -> int:
         cond_key = f"channels/{world.channel}/bench-if-match.json"
 
         def next_record(state: records.PointerState) -> Any:
-            return new_record(state, channel_id=world.channel, kind="activate", active=active,
+            return new_record(world.ctx.keys, state, channel_id=world.channel, kind="activate",
+                              active=active,
                               last_known_good=None,
                               index_version=release.index.index_version, forced=False,
                               operator=who.operator, reason=who.reason,
                               correlation_id=who.correlation_id, flow_run_id=None,
                               now=world.ctx.now(), evidence=evidence)
 
-        state = records.read_pointer(store, world.channel)
+        state = records.read_pointer(world.ctx, world.channel)
         commit_ms: list[float] = []
         plain_ms: list[float] = []
         if_match_ms: list[float] = []
@@ -69,7 +70,7 @@ def main() -> int:
             record = next_record(state)  # built outside the timed region
             body, _raw = records.record_bytes(record)
             t0 = time.perf_counter()
-            state = ptr.commit(store, record, state)
+            state = ptr.commit(world.ctx, record, state)
             t1 = time.perf_counter()
             store.put_bytes(plain_key, body)
             t2 = time.perf_counter()
@@ -81,7 +82,7 @@ def main() -> int:
                 commit_ms.append((t1 - t0) * 1000)
                 plain_ms.append((t2 - t1) * 1000)
                 if_match_ms.append((t3 - t2) * 1000)
-        final = records.read_pointer(store, world.channel)
+        final = records.read_pointer(world.ctx, world.channel)
         assert final.record is not None and final.record.sequence == WARMUP + args.runs
         assert final.etag == state.etag, "the fast path's ETag must be the live one"
 

@@ -33,7 +33,7 @@ def _cli(env: dict[str, str], *args: str) -> None:
 def _wait_for(world: benchlib.BenchWorld, release_id: int, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        live = records.read_pointer(world.store, world.channel).record
+        live = records.read_pointer(world.ctx, world.channel).record
         if live is not None and live.active.release_id == release_id:
             return
         time.sleep(0.05)

@@ -114,7 +114,7 @@ def rollback_steps(world: BenchWorld, *, kind: str, expected: str | None) -> dic
                                       steps.measure_pinned(ctx, record, decision.plan.release))
     t_checks = time.perf_counter()
     assert checks.result == "passed", checks
-    live = records.read_pointer(ctx.store, world.channel).record
+    live = records.read_pointer(ctx, world.channel).record
     assert live is not None and live.activation_id == record.activation_id
     return {"plan": t_plan - t0, "stage": t_stage - t_plan,
             "to_commit": t_commit - t0, "to_switch_return": t_switch - t0,
@@ -173,11 +173,11 @@ def main() -> int:
                 raise AssertionError("the bad release passed its checks")
             except CheckFailed:
                 wall = time.perf_counter() - t0
-            live = records.read_pointer(world.store, world.channel).record
+            live = records.read_pointer(world.ctx, world.channel).record
             assert live is not None and live.kind == "auto_rollback"
-            failed = records.read_checks(world.store, world.channel, live.sequence - 1)
+            failed = records.read_checks_at(world.ctx, world.channel, live.sequence - 1)
             assert failed is not None and failed.result == "failed"
-            own = records.read_checks(world.store, world.channel, live.sequence)
+            own = records.read_checks_at(world.ctx, world.channel, live.sequence)
             assert own is not None
             via_pipeline.append({
                 "checks_to_rollback_record": (live.created_at - failed.created_at).total_seconds(),
@@ -189,7 +189,7 @@ def main() -> int:
             for run in range(args.runs):
                 note(f"{label}: run {run + 1}/{args.runs} ...")
                 activate_good(world, releases.publish(bad=False))
-                live = records.read_pointer(world.store, world.channel).record
+                live = records.read_pointer(world.ctx, world.channel).record
                 assert live is not None and live.previous is not None
                 target = live.previous.release_id
                 if prepare:

@@ -314,7 +314,7 @@ class Soak:
         from kristal.channel import records
 
         op = self.rng.choices(list(WEIGHTS), weights=list(WEIGHTS.values()))[0]
-        live = records.read_pointer(self.direct.store, ch.channel_id).record
+        live = records.read_pointer(self.direct, ch.channel_id).record
         live_gen = live.active.generation if live else 1
         if op == "activate":
             if self.rng.random() < 0.15:
@@ -326,7 +326,7 @@ class Soak:
         if op == "downgrade":
             candidates = [rid for rid, (gen, _f) in ch.published.items()
                           if gen < live_gen and (live is None or rid != live.active.release_id)
-                          and records.read_quarantine(self.direct.store, ch.channel_id,
+                          and records.read_quarantine(self.direct, ch.channel_id,
                                                       rid) is None]
             if not candidates:
                 return "reverify", []
@@ -357,7 +357,7 @@ class Soak:
             if any(r.name == CHECKS_RECORD for r in report.failures):
                 # Policy: the live record's checks are missing or failed: re-run them (or
                 # finish the rollback they call for) with the forced re-activation.
-                live = records.read_pointer(self.ctx.store, ch.channel_id).record
+                live = records.read_pointer(self.ctx, ch.channel_id).record
                 assert live is not None
                 activate_op(self.ctx, ch.channel_id, live.active.release_id, who,
                                  force=True)
@@ -462,9 +462,9 @@ class Soak:
             # Converge (invariant 5): the live record's checks resumed or finished.
             try:
                 for _ in range(3):
-                    live = records.read_pointer(self.direct.store, ch.channel_id).record
+                    live = records.read_pointer(self.direct, ch.channel_id).record
                     assert live is not None
-                    checks = records.read_checks(self.direct.store, ch.channel_id, live.sequence)
+                    checks = records.read_checks(self.direct, live)
                     if checks is not None and checks.result == "passed":
                         break
                     try:

@@ -134,8 +134,8 @@ def run_demo(*, as_json: bool = False) -> dict[str, Any]:
     from kristal.channel import records
     from kristal.channel.history import history
 
-    listed = history(ctx.store, channel)
-    live = records.read_pointer(ctx.store, channel).record
+    listed = history(ctx, channel)
+    live = records.read_pointer(ctx, channel).record
     summary["history"] = [
         {
             "sequence": r.sequence,
@@ -143,7 +143,7 @@ def run_demo(*, as_json: bool = False) -> dict[str, Any]:
             "release_id": r.active.release_id,
             "checks": (
                 c.result
-                if (c := records.read_checks(ctx.store, channel, r.sequence))
+                if (c := records.read_checks(ctx, r))
                 else "pending"
             ),
         }

@@ -32,6 +32,13 @@ def _float(name: str, default: float) -> float:
         raise UsageInvalid(f"{name}={text!r} is not a number", field=name) from None
 
 
+def _positive(name: str, default: float) -> float:
+    value = _float(name, default)
+    if not value > 0 or value == float("inf"):
+        raise UsageInvalid(f"{name}={value} must be a positive number", field=name)
+    return value
+
+
 def _floats(name: str, default: tuple[float, ...]) -> tuple[float, ...]:
     text = _env(name)
     if not text:
@@ -68,6 +75,8 @@ def store_config() -> StoreConfig:
         secret_key=secret_key,
         connect_timeout=_float("KRISTAL_S3_CONNECT_TIMEOUT_S", 5.0),
         read_timeout=_float("KRISTAL_S3_READ_TIMEOUT_S", 30.0),
+        deadline_base_s=_positive("KRISTAL_DOWNLOAD_DEADLINE_BASE_S", 30.0),
+        min_bytes_per_s=_positive("KRISTAL_DOWNLOAD_MIN_BYTES_PER_S", 1_000_000.0),
     )
 
 

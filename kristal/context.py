@@ -1,7 +1,8 @@
-"""What every operation needs: the store, the local trust file, the cache and a clock.
+"""What every operation needs: the store, the local trust file, the cache, a clock and the
+activator key this process signs channel records with.
 
 Built once per process from `Settings`; the trust file is local configuration, never read from
-the bucket it protects.
+the bucket it protects. The activator key is loaded on first use (read-only commands never do).
 """
 
 from __future__ import annotations
@@ -9,13 +10,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 
+from kristal.channel.record_keys import RecordKeys
 from kristal.config import Settings
 from kristal.formats.time import utc_now
 from kristal.store.blobcache import BlobCache
 from kristal.store.s3 import ObjectStore
+from kristal.trust.keys import load_role_key
 from kristal.trust.roots import ChannelTrust, TrustFile, load_trust_file
+from kristal.trust.signing import SigningKey
 from kristal.verify.trusted_state import TrustedVersions
 
 
@@ -27,6 +30,8 @@ class Context:
     settings: Settings
     now: Callable[[], datetime] = field(default=utc_now)
     trusted: TrustedVersions | None = None
+    _keys: RecordKeys | None = field(default=None, init=False, repr=False)
+    _activator: SigningKey | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.trusted is None:
@@ -42,11 +47,18 @@ class Context:
             settings=settings,
         )
 
+    @property
+    def keys(self) -> RecordKeys:
+        """Channel records are verified against the current trust file (rebuilt when it is
+        reloaded) and signed with this process's activator key (`KRISTAL_KEY_DIR`)."""
+        if self._keys is None or self._keys.trust_file is not self.trust_file:
+            self._keys = RecordKeys(self.trust_file, self._activator_key)
+        return self._keys
+
+    def _activator_key(self) -> SigningKey:
+        if self._activator is None:
+            self._activator = load_role_key(self.settings.key_dir, "activator")
+        return self._activator
+
     def trust(self, channel_id: str) -> ChannelTrust:
         return self.trust_file.for_channel(channel_id)
-
-    @property
-    def index_dir(self) -> Path:
-        path = self.settings.cache_dir / "indexes"
-        path.mkdir(parents=True, exist_ok=True)
-        return path

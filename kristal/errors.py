@@ -13,7 +13,7 @@ gives the CLI exit status; nothing else is raised across modules.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 # Exit statuses of `kristalctl` (DESIGN §9).
 EXIT_OK = 0
@@ -89,6 +89,31 @@ class UnknownOutcome(Infrastructure):
     Never clean up after it (nothing staged may be deleted). Re-read the pointer: if it holds
     our activation the write succeeded; re-running the same activation with `--force` resumes
     at the checks."""
+
+
+class LiveUnchecked(UnknownOutcome):
+    """The switch landed, so the release is live, but its post-activation checks could not
+    be run or recorded (the cause's code is kept; the exit status says the channel changed).
+
+    Re-run the same activation with `--force` to resume at the checks, or roll back; a
+    nightly reverify fails checks that never arrive (DESIGN §6 invariant 5)."""
+
+    def __init__(self, message: str, *, cause: KristalError | None = None) -> None:
+        cause = cause or Refused(message)
+        super().__init__(message, field=cause.field)
+        # The instance keeps the cause's code: scripts still see what went wrong.
+        self.__dict__["code"] = cause.code
+        self.args = (f"{cause.code}: {message}",)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        cause = (error_class(self.code) or Refused)(self.message, field=self.field)
+        return (type(self), (self.message,), {"cause": cause})
+
+    def __setstate__(self, state: dict[str, Any] | None) -> None:
+        cause: KristalError = (state or {}).get("cause") or Refused(self.message)
+        self.field = cause.field
+        self.__dict__["code"] = cause.code
+        self.args = (f"{cause.code}: {self.message}",)
 
 
 class RolledBack(KristalError):

@@ -58,7 +58,7 @@ def worker_command(channel: str, release_id: int, *, force: bool = False, via: s
     return cmd
 
 
-def assert_history_complete(store: Any, channel: str) -> list[Any]:
+def assert_history_complete(src: Any, channel: str) -> list[Any]:
     """Invariant 4 and the hash chain: history 1..N exists (nothing beyond), N is the pointer's
     sequence, history[N] is the pointer's record, and every record's prev_record_sha256 is the
     JCS SHA-256 of the record before it. Returns the records, oldest first."""
@@ -66,7 +66,8 @@ def assert_history_complete(store: Any, channel: str) -> list[Any]:
     from kristal.formats import layout
     from kristal.formats.canonical import canonical_sha256
 
-    state = records.read_pointer(store, channel)
+    store = src.store
+    state = records.read_pointer(src, channel)
     assert state.record is not None, "the channel has no live record"
     n = state.sequence
     keys = sorted(store.list_keys(layout.history_prefix(channel)))
@@ -74,7 +75,7 @@ def assert_history_complete(store: Any, channel: str) -> list[Any]:
         f"history objects {keys} are not exactly sequences 1..{n}")
     walked = []
     for seq in range(1, n + 1):
-        record = records.read_history(store, channel, seq)
+        record = records.read_history(src, channel, seq)
         assert record is not None and record.sequence == seq
         if seq == 1:
             assert record.prev_record_sha256 is None

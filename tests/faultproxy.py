@@ -46,6 +46,7 @@ class Action(StrEnum):
     TRUNCATE = "truncate"  # forward; send headers and only `truncate_to` body bytes, then close
     DROP_RESPONSE = "drop_response"  # forward; upstream answered; close without a byte
     STRIP_CONDITIONS = "strip_conditions"  # forward without If-Match/If-None-Match (re-signed)
+    TRICKLE = "trickle"  # forward; send the body one byte every `delay` seconds
 
 
 @dataclass
@@ -244,7 +245,8 @@ class _ProxyHandler(BaseHTTPRequestHandler):
                 resp.read()
                 self._drop()
                 return
-            self._relay(resp, rule.truncate_to if action is Action.TRUNCATE and rule else None)
+            self._relay(resp, rule.truncate_to if action is Action.TRUNCATE and rule else None,
+                        rule.delay if action is Action.TRICKLE and rule else None)
         finally:
             upstream.close()
 
@@ -262,7 +264,8 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         return [(k, v.decode() if isinstance(v, bytes) else v) for k, v in request.headers.items()]
 
     # --- response ------------------------------------------------------------------------------
-    def _relay(self, resp: http.client.HTTPResponse, truncate_to: int | None) -> None:
+    def _relay(self, resp: http.client.HTTPResponse, truncate_to: int | None,
+               trickle_s: float | None = None) -> None:
         self.send_response_only(resp.status, resp.reason)
         for name, value in resp.getheaders():
             if name.lower() not in _HOP_BY_HOP or name.lower() == "content-length":
@@ -272,6 +275,13 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         if self.command == "HEAD":
             return
         sent = 0
+        while trickle_s is not None:
+            byte = resp.read(1)
+            if not byte:
+                return
+            self.wfile.write(byte)
+            self.wfile.flush()
+            time.sleep(trickle_s)
         while True:
             chunk = resp.read(64 * 1024)
             if not chunk:

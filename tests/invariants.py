@@ -107,7 +107,7 @@ def read_channel(
     store = ctx.store
     facts = ChannelFacts(channel)
     bad = facts.violations.append
-    state = records.read_pointer(store, channel)
+    state = records.read_pointer(ctx, channel)
     facts.live = state.record
     history_keys = sorted(store.list_keys(layout.history_prefix(channel)))
     history_seqs = [s for s in (_sequence_of(k) for k in history_keys) if s is not None]
@@ -118,13 +118,13 @@ def read_channel(
         if seq is None:
             bad(f"stray object {key}")
             continue
-        facts.checks[seq] = records.read_checks(store, channel, seq)
+        facts.checks[seq] = records.read_checks_at(ctx, channel, seq)
     for key in store.list_keys(quarantine_prefix):
         rid = _sequence_of(key)
         if rid is None:
             bad(f"stray object {key}")
             continue
-        facts.quarantined[rid] = records.read_quarantine(store, channel, rid)
+        facts.quarantined[rid] = records.read_quarantine(ctx, channel, rid)
 
     if state.record is None:
         if history_seqs or facts.checks or facts.quarantined:
@@ -145,11 +145,11 @@ def read_channel(
     # Chain valid (up to the last record stored; the pointer links to it when pending).
     upto = n - 1 if facts.pending_history else n
     try:
-        walk_chain(store, channel, pointer=state, allow_pending=facts.pending_history)
+        walk_chain(ctx, channel, pointer=state, allow_pending=facts.pending_history)
     except KristalError as exc:
         bad(f"chain invalid: {exc.code}: {exc.message}")
         return facts
-    walked = [r for r in (records.read_history(store, channel, s) for s in range(1, upto + 1))
+    walked = [r for r in (records.read_history(ctx, channel, s) for s in range(1, upto + 1))
                if r is not None]
     if facts.pending_history:
         live = state.record

@@ -38,11 +38,11 @@ def test_activate_two_releases_records_chain_and_checks(world: World) -> None:
     assert live.previous.release_id == 1 and live.previous_sequence == 1
     assert live.last_known_good.release_id == 1
     assert live.highest_activated_release_id == 2 and not live.rollback_mode
-    history1 = records.read_history(world.store, world.channel, 1)
+    history1 = records.read_history(world.ctx, world.channel, 1)
     assert live.prev_record_sha256 == canonical_sha256(history1.model_dump(mode="json"))
     assert history1.prev_record_sha256 is None
-    assert records.read_history(world.store, world.channel, 2) == live
-    checks = records.read_checks(world.store, world.channel, 2)
+    assert records.read_history(world.ctx, world.channel, 2) == live
+    checks = records.read_checks_at(world.ctx, world.channel, 2)
     assert checks.previous_figures["row_count"] == checks.figures["row_count"] == 60
     assert live.evidence["report_ids"] and live.operator == "pytest"
 
@@ -67,9 +67,9 @@ def test_failed_check_quarantines_and_rolls_back_to_previous(world: World) -> No
     live = world.pointer().record
     assert (live.sequence, live.kind, live.active.release_id) == (3, "auto_rollback", 1)
     assert live.highest_activated_release_id == 2 and live.rollback_mode
-    failed = records.read_checks(world.store, world.channel, 2)
+    failed = records.read_checks_at(world.ctx, world.channel, 2)
     assert failed.result == "failed" and "expected 999" in failed.reason
-    assert records.read_quarantine(world.store, world.channel, 2).sequence == 2
+    assert records.read_quarantine(world.ctx, world.channel, 2).sequence == 2
     # The quarantined release is refused unless forced.
     with pytest.raises(KristalError) as again:
         world.activate(2)
@@ -83,7 +83,7 @@ def test_first_activation_failing_its_checks_stays_live_quarantined(world: World
     with pytest.raises(CheckFailed, match="no automatic rollback"):
         world.activate(1)
     assert world.pointer().record.active.release_id == 1
-    assert records.read_quarantine(world.store, world.channel, 1) is not None
+    assert records.read_quarantine(world.ctx, world.channel, 1) is not None
 
 
 def test_dry_run_like_plan_changes_nothing(world: World) -> None:

@@ -154,7 +154,7 @@ def test_deployments_automations_and_follow_ups_end_to_end(
     elapsed = time.monotonic() - started
     live = world.pointer().record
     assert (live.kind, live.previous.release_id, live.sequence) == ("auto_rollback", 3, 5)
-    assert records.read_quarantine(world.store, world.channel, 3) is not None
+    assert records.read_quarantine(world.ctx, world.channel, 3) is not None
     assert [r for r in _rollback_runs() if r.id not in seen]
     print(f"report-failure -> previous release live: {elapsed:.1f} s")
 

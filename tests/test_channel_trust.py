@@ -144,7 +144,7 @@ def test_a_report_on_a_release_rolled_back_to_never_puts_the_failed_one_back(
     assert (now.sequence, now.kind, now.active.release_id) == (5, "auto_rollback", 1)
     from kristal.channel import records
 
-    assert records.read_quarantine(world.store, world.channel, 2) is not None  # reported
+    assert records.read_quarantine(world.ctx, world.channel, 2) is not None  # reported
 
 
 def test_an_automatic_rollback_with_no_safe_target_changes_nothing_and_fails(

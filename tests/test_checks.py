@@ -180,7 +180,9 @@ def test_isolated_checks_report_their_own_peak_rss_not_the_parents(db: Path) -> 
     ballast = bytearray(400 * 1024 * 1024)
     for i in range(0, len(ballast), 4096):
         ballast[i] = 1  # resident, not just reserved
-    report = run_checks_isolated(db, derive_expectations(db))
+    with PinnedReader(db) as reader:
+        source = reader.meta["source_sha256"]
+    report = run_checks_isolated(db, derive_expectations(db), source)
     del ballast
     assert report.passed, report.outcomes
     assert report.peak_rss_mb < 200, report.peak_rss_mb

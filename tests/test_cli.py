@@ -307,7 +307,7 @@ def test_fleet_dry_run_reports_each_channel_and_exits_1_if_one_would_refuse(
     assert "dry run: 1 would change, 0 already live, 1 would refuse" in proc.stdout
     assert f"{channels[1]}: release_revoked: " in proc.stdout
     assert "Traceback" not in proc.stdout + proc.stderr
-    assert [records.read_pointer(world.store, c).record for c in channels] == [None, None]
+    assert [records.read_pointer(world.ctx, c).record for c in channels] == [None, None]
 
 
 def test_rollback_with_the_prefect_api_down_runs_without_an_orchestrator(world: World) -> None:

@@ -48,11 +48,11 @@ def _assert_activated_once(world: World, result: Any) -> None:
     live = world.pointer().record
     assert live.activation_id == result.activation_id
     assert (live.sequence, live.active.release_id) == (2, 2)
-    assert records.read_history(world.store, world.channel, 2) == live
-    assert records.read_history(world.store, world.channel, 3) is None
+    assert records.read_history(world.ctx, world.channel, 2) == live
+    assert records.read_history(world.ctx, world.channel, 3) is None
     assert result.check_result == "passed"
-    assert records.read_checks(world.store, world.channel, 2).activation_id == live.activation_id
-    assert_history_complete(world.store, world.channel)
+    assert records.read_checks_at(world.ctx, world.channel, 2).activation_id == live.activation_id
+    assert_history_complete(world.ctx, world.channel)
 
 
 def test_lost_response_to_pointer_put_is_resolved_as_ours_without_resend(

@@ -102,7 +102,7 @@ def _assert_one_consistent_chain(world: World, outcomes: dict[int, dict[str, Any
     assert {o["code"] for o in losers.values()} <= LOSER_CODES, losers
 
     # One history object per sequence 1..N, N the pointer's, the hash chain intact.
-    walked = assert_history_complete(world.store, world.channel)
+    walked = assert_history_complete(world.ctx, world.channel)
     state = world.pointer()
     n = state.sequence
     assert n == len(walked) >= 1
@@ -128,7 +128,7 @@ def _assert_one_consistent_chain(world: World, outcomes: dict[int, dict[str, Any
     live = state.record
     assert live.active.release_id in world.published
     assert live.active == ReleaseRef.of(_entry(world, live.active.release_id))
-    checks = records.read_checks(world.store, world.channel, n)
+    checks = records.read_checks_at(world.ctx, world.channel, n)
     assert checks is not None and checks.result == "passed"
     assert checks.activation_id == live.activation_id
     assert live.active.release_id in winners
@@ -150,7 +150,8 @@ def test_commit_from_one_read_state_has_exactly_one_winner(world: World) -> None
     assert state.sequence == 1
     target = ReleaseRef.of(_entry(world, 2))
     built = [
-        new_record(state, channel_id=world.channel, kind="activate", active=target,
+        new_record(world.ctx.keys, state, channel_id=world.channel, kind="activate",
+                   active=target,
                    last_known_good=None, index_version=state.record.index_version, forced=False,
                    operator=f"thread-{i}", reason="race", correlation_id=uuid.uuid4().hex,
                    flow_run_id=None, now=world.ctx.now(), evidence={})
@@ -163,7 +164,7 @@ def test_commit_from_one_read_state_has_exactly_one_winner(world: World) -> None
     def writer(i: int) -> None:
         barrier.wait()
         try:
-            results[i] = ptr.commit(world.store, built[i], state)
+            results[i] = ptr.commit(world.ctx, built[i], state)
         except KristalError as exc:
             results[i] = exc
 
@@ -185,5 +186,5 @@ def test_commit_from_one_read_state_has_exactly_one_winner(world: World) -> None
     # Only the pointer changed (commit writes no history: that is the caller's next step).
     after = world.snapshot()
     assert {k for k in after if after[k] != before.get(k)} == {layout.pointer(world.channel)}
-    records.write_history(world.store, winner)
-    assert_history_complete(world.store, world.channel)
+    records.write_history(world.ctx, winner)
+    assert_history_complete(world.ctx, world.channel)

@@ -92,8 +92,8 @@ def test_kill_9_at_crash_point_converges(one_live: World, point: str) -> None:
     elif point in AFTER_SWITCH:
         crashed = state.record
         assert (crashed.sequence, crashed.active.release_id, crashed.kind) == (2, 2, "activate")
-        assert records.read_checks(world.store, world.channel, 2) is None
-        history2 = records.read_history(world.store, world.channel, 2)
+        assert records.read_checks_at(world.ctx, world.channel, 2) is None
+        history2 = records.read_history(world.ctx, world.channel, 2)
         if point == "after_switch":
             assert history2 is None, "the history object came before the pointer"
         else:
@@ -106,8 +106,8 @@ def test_kill_9_at_crash_point_converges(one_live: World, point: str) -> None:
         assert result.check_result == "passed"
         after = world.pointer()
         assert after.sequence == 2 and after.record == crashed
-        assert records.read_history(world.store, world.channel, 2) == crashed
-        checks = records.read_checks(world.store, world.channel, 2)
+        assert records.read_history(world.ctx, world.channel, 2) == crashed
+        checks = records.read_checks_at(world.ctx, world.channel, 2)
         assert checks.result == "passed" and checks.activation_id == crashed.activation_id
 
         # Converged: without force the live release is refused, with force it is a no-op.
@@ -122,10 +122,10 @@ def test_kill_9_at_crash_point_converges(one_live: World, point: str) -> None:
     else:  # before_rollback: release 2 failed its checks, the rollback never happened
         crashed = state.record
         assert (crashed.sequence, crashed.active.release_id) == (2, 2)
-        failed = records.read_checks(world.store, world.channel, 2)
+        failed = records.read_checks_at(world.ctx, world.channel, 2)
         assert failed is not None and failed.result == "failed"
         assert failed.activation_id == crashed.activation_id
-        assert records.read_quarantine(world.store, world.channel, 2) is None
+        assert records.read_quarantine(world.ctx, world.channel, 2) is None
 
         # Re-running the same activation must finish what the killed run was doing:
         # quarantine release 2 and roll back automatically to release 1.
@@ -134,16 +134,16 @@ def test_kill_9_at_crash_point_converges(one_live: World, point: str) -> None:
         assert info.value.exit_status == 5
         _assert_rolled_back(world, crashed.activation_id)
 
-    assert_history_complete(world.store, world.channel)
+    assert_history_complete(world.ctx, world.channel)
 
 
 def _assert_rolled_back(world: World, failed_activation_id: str) -> None:
     live = world.pointer().record
     assert (live.sequence, live.kind, live.active.release_id) == (3, "auto_rollback", 1)
     assert live.previous_sequence == 2 and live.highest_activated_release_id == 2
-    checks3 = records.read_checks(world.store, world.channel, 3)
+    checks3 = records.read_checks_at(world.ctx, world.channel, 3)
     assert checks3 is not None and checks3.result == "passed"
-    quarantined = records.read_quarantine(world.store, world.channel, 2)
+    quarantined = records.read_quarantine(world.ctx, world.channel, 2)
     assert quarantined is not None
     assert (quarantined.sequence, quarantined.activation_id) == (2, failed_activation_id)
 
@@ -155,7 +155,7 @@ def test_kill_9_before_rollback_converges_by_guarded_auto_rollback(one_live: Wor
     world.publish(2, expect=FAILING_EXPECT)
     _kill_worker_at(world, 2, "before_rollback")
     failed = world.pointer().record
-    assert records.read_checks(world.store, world.channel, 2).result == "failed"
+    assert records.read_checks_at(world.ctx, world.channel, 2).result == "failed"
 
     back = world.rollback(expected_activation_id=failed.activation_id, automatic=True)
     assert back.outcome == "rolled_back" and back.check_result == "passed"
@@ -166,4 +166,4 @@ def test_kill_9_before_rollback_converges_by_guarded_auto_rollback(one_live: Wor
     again = world.rollback(expected_activation_id=failed.activation_id, automatic=True)
     assert again.outcome == "nothing_to_do" and "nothing rolled back" in again.message
     assert world.snapshot() == snapshot
-    assert_history_complete(world.store, world.channel)
+    assert_history_complete(world.ctx, world.channel)

@@ -100,7 +100,7 @@ def _resume_checks(world: World, crashed: Any) -> None:
     assert result.activation_id == crashed.activation_id
     assert result.check_result == "passed"
     assert world.pointer().record == crashed
-    checks = records.read_checks(world.store, world.channel, crashed.sequence)
+    checks = records.read_checks_at(world.ctx, world.channel, crashed.sequence)
     assert checks.result == "passed" and checks.activation_id == crashed.activation_id
     assert world.reverify(checks_timeout_s=0).ok
 
@@ -116,8 +116,8 @@ def _assert_crashed_after_switch(world: World, point: str, sequence: int, releas
     crashed = world.pointer().record
     assert (crashed.sequence, crashed.active.release_id, crashed.kind) == (
         sequence, release_id, kind)
-    assert records.read_checks(world.store, world.channel, sequence) is None
-    history = records.read_history(world.store, world.channel, sequence)
+    assert records.read_checks_at(world.ctx, world.channel, sequence) is None
+    history = records.read_history(world.ctx, world.channel, sequence)
     if point == "after_switch":
         assert history is None, "the history object came before the pointer"
     else:
@@ -129,7 +129,7 @@ def _assert_converged(world: World, release_id: int) -> None:
     facts = check_channel(world.ctx, world.channel, allow_pending_history=False,
                           require_checked=True)
     assert facts.live.active.release_id == release_id
-    assert_history_complete(world.store, world.channel)
+    assert_history_complete(world.ctx, world.channel)
 
 
 # --- rollback ------------------------------------------------------------------------------------
@@ -164,7 +164,7 @@ def test_kill_9_during_rollback_converges(two_live: World, point: str) -> None:
         # the missing history record is repaired on the way (invariant 4).
         again = world.rollback(expected_activation_id=live_before.activation_id)
         assert again.outcome == "nothing_to_do" and "nothing rolled back" in again.message
-        assert records.read_history(world.store, world.channel, 3) == crashed
+        assert records.read_history(world.ctx, world.channel, 3) == crashed
         assert world.pointer().record == crashed
         _resume_checks(world, crashed)
     _assert_converged(world, 1)
@@ -214,7 +214,7 @@ def test_kill_9_during_downgrade_converges(world: World, point: str) -> None:
         with pytest.raises(KristalError) as refused:
             world.downgrade(1, auth_id)
         assert refused.value.code == "rollback_target_missing"
-        assert records.read_history(world.store, world.channel, 2) == crashed
+        assert records.read_history(world.ctx, world.channel, 2) == crashed
         _resume_checks(world, crashed)
     _assert_converged(world, 1)
 
@@ -225,9 +225,9 @@ def test_kill_9_between_failed_downgrade_checks_and_rollback_converges(world: Wo
 
     crashed = world.pointer().record
     assert (crashed.sequence, crashed.active.release_id, crashed.kind) == (2, 1, "downgrade")
-    failed = records.read_checks(world.store, world.channel, 2)
+    failed = records.read_checks_at(world.ctx, world.channel, 2)
     assert failed is not None and failed.result == "failed"
-    assert records.read_quarantine(world.store, world.channel, 1) is None
+    assert records.read_quarantine(world.ctx, world.channel, 1) is None
     overdue = _reverify_checks_row(world, 3600)
     assert not overdue.ok and overdue.code == "check_failed"
 
@@ -238,7 +238,7 @@ def test_kill_9_between_failed_downgrade_checks_and_rollback_converges(world: Wo
     assert info.value.exit_status == 5
     live = world.pointer().record
     assert (live.sequence, live.kind, live.active.release_id) == (3, "auto_rollback", 2)
-    quarantined = records.read_quarantine(world.store, world.channel, 1)
+    quarantined = records.read_quarantine(world.ctx, world.channel, 1)
     assert (quarantined.sequence, quarantined.activation_id) == (2, crashed.activation_id)
     _assert_converged(world, 2)
 

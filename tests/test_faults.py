@@ -273,9 +273,9 @@ def converge(op: str, ctx: Context, bed: Bed) -> None:
     channel = bed.channels[op]
     world = bed.world
     for _ in range(3):
-        live = records.read_pointer(ctx.store, channel).record
+        live = records.read_pointer(ctx, channel).record
         assert live is not None
-        checks = records.read_checks(ctx.store, channel, live.sequence)
+        checks = records.read_checks(ctx, live)
         if live.active.release_id == EXPECTED_LIVE[op] and checks is not None and (
             checks.result == "passed"
         ):
@@ -355,7 +355,7 @@ def test_fault_once_on_call_kind(
     channel = bed.channels[op]
     store = bed.store
     history_before = _history(store, channel)
-    live_before = records.read_pointer(store, channel).record
+    live_before = records.read_pointer(bed.world.ctx, channel).record
     assert live_before is not None
 
     ctx = bed.proxied(fault_proxy)

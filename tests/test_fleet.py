@@ -122,14 +122,14 @@ def test_fleet_activates_every_channel_in_waves_with_one_download(
         (channels[4], 3, "activated"),
     ]
     for channel in channels:
-        live = records.read_pointer(world.store, channel).record
+        live = records.read_pointer(world.ctx, channel).record
         assert live.active.release_id == 1 and live.sequence == 1
-        assert records.read_checks(world.store, channel, 1).result == "passed"
+        assert records.read_checks_at(world.ctx, channel, 1).result == "passed"
     # The pack's checks were measured once (by the canary); the others say whose figures they use.
-    canary_outcomes = records.read_checks(world.store, channels[0], 1).figures["outcomes"]
+    canary_outcomes = records.read_checks_at(world.ctx, channels[0], 1).figures["outcomes"]
     assert "measurement" not in {o["name"] for o in canary_outcomes}
     for channel in channels[1:]:
-        shared = [o for o in records.read_checks(world.store, channel, 1).figures["outcomes"]
+        shared = [o for o in records.read_checks_at(world.ctx, channel, 1).figures["outcomes"]
                   if o["name"] == "measurement"]
         assert len(shared) == 1 and f"measured by {channels[0]} sequence 1" in shared[0]["measured"]
     # One download of each payload object (exchange blob + pack triples), none per channel.
@@ -164,7 +164,7 @@ def test_failed_canary_halts_rolls_back_there_and_vetoes_the_rest(
     _release(world, channels, 1)
     assert fleet_activate(_request(channels, 1)).outcome == "activated"
     _release(world, channels, 2, expect=BROKEN)
-    before = {c: records.read_pointer(world.store, c).raw for c in channels[1:]}
+    before = {c: records.read_pointer(world.ctx, c).raw for c in channels[1:]}
 
     result = fleet_activate(_request(channels, 2, revoke_vetoed=True))
 
@@ -174,11 +174,11 @@ def test_failed_canary_halts_rolls_back_there_and_vetoes_the_rest(
         channels[0], "rolled_back", "check_failed")
     assert result.vetoed == channels[1:]
     assert all(o.result == "vetoed" for o in result.channels[1:])
-    live = records.read_pointer(world.store, channels[0]).record
+    live = records.read_pointer(world.ctx, channels[0]).record
     assert (live.kind, live.active.release_id, live.sequence) == ("auto_rollback", 1, 3)
-    assert records.read_quarantine(world.store, channels[0], 2) is not None
+    assert records.read_quarantine(world.ctx, channels[0], 2) is not None
     # The other channels were never touched: same pointer, release 1 live.
-    assert {c: records.read_pointer(world.store, c).raw for c in channels[1:]} == before
+    assert {c: records.read_pointer(world.ctx, c).raw for c in channels[1:]} == before
     assert result.veto_revocations == {c: "revoked" for c in channels[1:]}
     assert skew_summary(result.skew) == {"1": channels}
     assert result.skew[0]["kind"] == "auto_rollback"
@@ -192,7 +192,7 @@ def test_failed_canary_halts_rolls_back_there_and_vetoes_the_rest(
                                  reason="try anyway"))
     rerun = fleet_activate(_request(channels, 2))
     assert rerun.outcome == "halted" and rerun.channels[0].error_code == "release_quarantined"
-    assert {c: records.read_pointer(world.store, c).raw for c in channels[1:]} == before
+    assert {c: records.read_pointer(world.ctx, c).raw for c in channels[1:]} == before
     assert "halted at wave 1" in _artifacts(rerun.artifact_keys[0])[0].data
     progress = _artifacts(rerun.artifact_keys[2])[0]  # a halted fleet is not 100 % done
     assert float(progress.data) == 0.0
@@ -252,13 +252,13 @@ def test_fleet_fetches_shared_manifests_once_and_reads_every_channels_own_index(
     _release(world, channels, 1)
     gets.clear()
     assert fleet_activate(_request(channels, 1)).outcome == "activated"
-    live = records.read_pointer(world.store, channels[0]).record
+    live = records.read_pointer(world.ctx, channels[0]).record
     assert gets[layout.exchange_manifest(live.active.exchange_id)] == 1
     for pack_id in live.active.runtime_pack_ids:
         assert gets[layout.pack_manifest(pack_id)] == 1
     for channel in channels:  # each verified against its own signed index, read afresh
         assert gets[layout.channel_index(channel)] >= 1
-        assert records.read_checks(world.store, channel, 1).result == "passed"
+        assert records.read_checks_at(world.ctx, channel, 1).result == "passed"
 
 
 def test_a_channel_whose_index_names_other_content_is_verified_and_staged_on_its_own(
@@ -274,11 +274,11 @@ def test_a_channel_whose_index_names_other_content_is_verified_and_staged_on_its
     assert result.outcome == "activated"
     assert [o.downloaded for o in result.channels] == [0, 0, 2]  # the fleet staged 2 objects
     assert len(downloads) == len(set(downloads)) == 4
-    assert records.read_pointer(world.store, channels[2]).record.active.exchange_id == \
+    assert records.read_pointer(world.ctx, channels[2]).record.active.exchange_id == \
         other.exchange_id != records.read_pointer(
-            world.store, channels[0]).record.active.exchange_id
+            world.ctx, channels[0]).record.active.exchange_id
     # Its checks were measured on its own pack, not reused from the canary's.
-    outcomes = records.read_checks(world.store, channels[2], 1).figures["outcomes"]
+    outcomes = records.read_checks_at(world.ctx, channels[2], 1).figures["outcomes"]
     assert "measurement" not in {o["name"] for o in outcomes}
 
 
@@ -332,7 +332,7 @@ def test_fleet_dry_run_verifies_every_channel_and_switches_nothing(
     _release(world, channels, 1)
     assert fleet_activate(_request(channels[:1], 1)).outcome == "activated"
     revoke(world.ctx, world.keys.authority, channels[3], 1, "bad build here")
-    before = {c: records.read_pointer(world.store, c).raw for c in channels}
+    before = {c: records.read_pointer(world.ctx, c).raw for c in channels}
 
     result = fleet_activate(_request(channels, 1, dry_run=True))
 
@@ -342,7 +342,7 @@ def test_fleet_dry_run_verifies_every_channel_and_switches_nothing(
         (channels[3], "refused")]
     assert result.channels[1].message == "would activate release 1 (live now: nothing)"
     assert result.channels[3].error_code == "release_revoked"
-    assert {c: records.read_pointer(world.store, c).raw for c in channels} == before
+    assert {c: records.read_pointer(world.ctx, c).raw for c in channels} == before
     assert "dry run: nothing switched" in _artifacts(result.artifact_keys[0])[0].data
 
 
@@ -370,6 +370,6 @@ def test_a_storage_hiccup_in_one_channel_retries_only_that_channel(
     assert [o.result for o in result.channels] == ["activated"] * 3
     assert index_gets[channels[1]] == 1 and index_gets[channels[2]] == 4  # 3 refused, 1 served
     for channel in channels:
-        record = records.read_pointer(world.store, channel).record
+        record = records.read_pointer(world.ctx, channel).record
         assert record.sequence == 1
-        assert records.read_checks(world.store, channel, 1).result == "passed"
+        assert records.read_checks_at(world.ctx, channel, 1).result == "passed"

@@ -80,8 +80,8 @@ def test_failed_check_in_flow_rolls_back_and_fails_the_run(prefect_api: str, wor
         activate(_request(world, 2))
     live = world.pointer().record
     assert (live.kind, live.active.release_id, live.sequence) == ("auto_rollback", 1, 3)
-    assert records.read_checks(world.store, world.channel, 2).result == "failed"
-    assert records.read_checks(world.store, world.channel, 3).result == "passed"
+    assert records.read_checks_at(world.ctx, world.channel, 2).result == "failed"
+    assert records.read_checks_at(world.ctx, world.channel, 3).result == "passed"
 
 
 def test_dry_run_verifies_and_stages_without_switching(prefect_api: str, world: World) -> None:

@@ -331,7 +331,7 @@ def test_hand_written_pointer_with_a_bad_shape_is_pointer_invalid(published: Wor
     for case, data in _pointer_cases(world).items():
         world.store.put_bytes(key, data)
         with pytest.raises(KristalError) as info:
-            records.read_pointer(world.store, world.channel)
+            records.read_pointer(world.ctx, world.channel)
         assert info.value.code == "pointer_invalid", (case, info.value.line())
         before = world.snapshot()
         with pytest.raises(KristalError) as info:
@@ -344,7 +344,7 @@ def test_oversize_pointer_is_pointer_invalid(published: World) -> None:
     world = published
     world.store.put_bytes(layout.pointer(world.channel), b'{"pad": "' + b"x" * (2 * MiB) + b'"}')
     with pytest.raises(KristalError) as info:
-        records.read_pointer(world.store, world.channel)
+        records.read_pointer(world.ctx, world.channel)
     assert info.value.code == "pointer_invalid", info.value.line()
 
 
@@ -394,7 +394,7 @@ def test_history_record_breaking_the_chain_is_refused(live: World) -> None:
     from kristal.channel.history import history
 
     with pytest.raises(KristalError) as info:
-        history(world.store, world.channel)
+        history(world.ctx, world.channel)
     assert info.value.code == "pointer_invalid"
 
 

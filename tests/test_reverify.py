@@ -152,7 +152,7 @@ def test_missing_history_object_is_repaired_and_reported(world: World) -> None:
     row = _row(report, rv.POINTER_CHAIN)
     assert row.ok and "repaired missing history record 2" in row.detail, row
     assert report.ok, report.rows
-    assert records.read_history(world.store, world.channel, 2) == world.pointer().record
+    assert records.read_history(world.ctx, world.channel, 2) == world.pointer().record
     # Repaired once: the next run has nothing to repair.
     again = _row(_report(world)[0], rv.POINTER_CHAIN)
     assert again.ok and "repaired" not in again.detail
@@ -163,13 +163,15 @@ def test_broken_chain_fails_with_pointer_invalid(world: World) -> None:
     world.publish(2)
     _activate(world, 1)
     _activate(world, 2)
-    assert len(walk_chain(world.store, world.channel)) == 2
+    assert len(walk_chain(world.ctx, world.channel)) == 2
     key = layout.history(world.channel, 1)
     doc = world.read_json(key)
     doc["reason"] = "rewritten after the fact"
-    world.write_json(key, doc)  # over the immutable object, as an attacker with write access
+    # Over the immutable object, re-signed as an attacker holding an activator key would: the
+    # signature holds, the chain does not.
+    world.write_json(key, world.resign(doc))
     with pytest.raises(KristalError) as info:
-        walk_chain(world.store, world.channel)
+        walk_chain(world.ctx, world.channel)
     assert info.value.code == "pointer_invalid" and "chain is broken" in info.value.message
     report, error = _report(world)
     row = _row(report, rv.POINTER_CHAIN)
@@ -189,7 +191,7 @@ def test_checks_missing_past_timeout_fails_and_rolls_back_by_policy(
     plan = plan_activation(world.ctx, world.channel, release_id=2)
     staging.stage_release(world.ctx, plan.release)
     record = switch_pointer(world.ctx, plan, world.who("crashed before checks"))
-    assert records.read_checks(world.store, world.channel, record.sequence) is None
+    assert records.read_checks_at(world.ctx, world.channel, record.sequence) is None
 
     pending = _row(_report(world, checks_timeout_s=3600)[0], rv.CHECKS_RECORD)
     assert pending.ok and "pending" in pending.detail
@@ -202,7 +204,7 @@ def test_checks_missing_past_timeout_fails_and_rolls_back_by_policy(
         reverify(_request(world, checks_timeout_s=0, rollback_on_failure=[world.channel]))
     live = world.pointer().record
     assert (live.kind, live.active.release_id, live.sequence) == ("rollback", 1, 3)
-    assert records.read_checks(world.store, world.channel, 3).result == "passed"
+    assert records.read_checks_at(world.ctx, world.channel, 3).result == "passed"
 
 
 def test_channel_policy_in_trust_file_decides_reverify_rollback(

@@ -55,9 +55,9 @@ def test_rollback_to_last_known_good_keeps_highest_and_sets_rollback_mode(
     assert (record.kind, record.active.release_id) == ("rollback", 2)
     assert record.highest_activated_release_id == 3 and record.rollback_mode
     assert record.previous.release_id == 3 and record.reason == "rollback"
-    assert records.read_checks(world.store, world.channel, 4).result == "passed"
+    assert records.read_checks_at(world.ctx, world.channel, 4).result == "passed"
     # History is appended, never rewritten.
-    assert [records.read_history(world.store, world.channel, s).active.release_id
+    assert [records.read_history(world.ctx, world.channel, s).active.release_id
             for s in (1, 2, 3, 4)] == [1, 2, 3, 2]
     # The next forward activation leaves rollback mode.
     world.publish(4)

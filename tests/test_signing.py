@@ -319,7 +319,8 @@ def test_threshold_met_despite_an_extra_bad_signature(publisher: SigningKey) -> 
 
 def test_thresholds_default_to_one_per_role_and_refuse_zero() -> None:
     trust = ChannelTrust(keys=[], thresholds={"publisher": 2})
-    assert trust.thresholds == {"publisher": 2, "validator": 1, "channel-authority": 1}
+    assert trust.thresholds == {"publisher": 2, "validator": 1, "channel-authority": 1,
+                                "activator": 1}
     with pytest.raises(ValueError):
         ChannelTrust(keys=[], thresholds={"publisher": 0})
     with pytest.raises(ValueError):

@@ -213,7 +213,7 @@ class World:
         return PlainRunner(retry_delays_s=(0.05, 0.1))
 
     def pointer(self) -> records.PointerState:
-        return records.read_pointer(self.store, self.channel)
+        return records.read_pointer(self.ctx, self.channel)
 
     def snapshot(self) -> dict[str, bytes]:
         """Every object under the channel (pointer, history, checks, quarantine), for equality."""
@@ -230,6 +230,16 @@ class World:
 
     def write_json(self, key: str, doc: Any) -> None:
         self.store.put_bytes(key, canonical_bytes(doc))
+
+    def resign(self, doc: dict[str, Any], key: Any = None) -> dict[str, Any]:
+        """`doc` (a channel record) with a fresh `record_id` and one signature, by `key` or
+        this world's activator: an edit an attacker holding a key could make."""
+        from kristal.formats.identity import DocKind
+        from kristal.trust.signing import sign_document
+
+        body = {k: v for k, v in doc.items() if k not in ("record_id", "signatures")}
+        return sign_document({**body, "signatures": []}, DocKind.CHANNEL_RECORD,
+                             key or self.ctx.keys.signer())
 
     def trust_doc(self) -> dict[str, Any]:
         return json.loads(Path(self.env["KRISTAL_TRUST_FILE"]).read_text())

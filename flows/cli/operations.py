@@ -250,7 +250,7 @@ def report_failure_command(channel: Channel, reason: ReasonOpt, as_json: JsonOpt
     from kristal.channel import records
 
     ctx = domain_context()
-    live = records.read_pointer(ctx.store, channel).record
+    live = records.read_pointer(ctx, channel).record
     if live is None:
         from kristal.errors import RollbackTargetMissing
 

@@ -12,12 +12,12 @@ def status_command(channel: Channel, as_json: JsonOpt = False) -> None:
     from kristal.channel import records
 
     ctx = domain_context()
-    state = records.read_pointer(ctx.store, channel)
+    state = records.read_pointer(ctx, channel)
     if state.record is None:
         emit(as_json, {"channel_id": channel, "active": None}, f"{channel}: nothing is live")
         return
     record = state.record
-    checks = records.read_checks(ctx.store, channel, record.sequence)
+    checks = records.read_checks(ctx, record)
     doc = record.model_dump(mode="json")
     doc["checks"] = checks.model_dump(mode="json") if checks else None
     human = (
@@ -39,8 +39,8 @@ def history_command(channel: Channel, as_json: JsonOpt = False) -> None:
     from kristal.channel import records
 
     rows = []
-    for record in history(ctx.store, channel):
-        checks = records.read_checks(ctx.store, channel, record.sequence)
+    for record in history(ctx, channel):
+        checks = records.read_checks(ctx, record)
         rows.append(
             {
                 "sequence": record.sequence,

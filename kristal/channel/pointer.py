@@ -1,10 +1,10 @@
 """The active-pointer protocol of DESIGN §6: the only way anything goes live.
 
-`new_record` builds the record that follows a pointer state; `commit` switches the pointer to
-it with one conditional write (`If-Match` on the ETag of the read the decision was made on, or
-`If-None-Match: *` for a channel's first record) and resolves every ambiguous outcome by
-re-reading. An Iceberg-style commit: written, conflict (`PointerConflict`: nothing of ours was
-written, re-read and decide again) or unknown (`CommitUnknown`: clean nothing up).
+`new_record` builds (and signs) the record that follows a pointer state; `commit` switches the
+pointer to it with one conditional write (`If-Match` on the ETag of the read the decision was
+made on, or `If-None-Match: *` for a channel's first record) and resolves every ambiguous
+outcome by re-reading. An Iceberg-style commit: written, conflict (`PointerConflict`: nothing
+of ours was written, re-read and decide again) or unknown (`CommitUnknown`: clean nothing up).
 """
 
 from __future__ import annotations
@@ -15,20 +15,24 @@ from datetime import datetime
 from typing import Any
 
 from kristal.channel.records import (
+    ChannelAccess,
     PointerState,
+    RecordKeys,
     read_history,
     read_pointer,
     record_bytes,
+    sign_record,
 )
 from kristal.errors import CommitUnknown, PointerConflict, PointerInvalid, StorageUnavailable
 from kristal.formats import layout
 from kristal.formats.channel_docs import ActivationKind, ActivationRecord, LastKnownGood, ReleaseRef
-from kristal.store.s3 import ObjectStore, WriteStatus
+from kristal.store.s3 import WriteStatus
 
 COMMIT_ATTEMPTS = 3
 
 
 def new_record(
+    keys: RecordKeys,
     state: PointerState,
     *,
     channel_id: str,
@@ -48,7 +52,7 @@ def new_record(
     highest = live.highest_activated_release_id if live else 0
     if kind == "activate":
         highest = max(highest, active.release_id)
-    return ActivationRecord(
+    return sign_record(keys, ActivationRecord(
         channel_id=channel_id,
         sequence=state.sequence + 1,
         activation_id=str(uuid.uuid4()),
@@ -68,10 +72,10 @@ def new_record(
         created_at=now,
         evidence=evidence,
         prev_record_sha256=state.record_sha256,
-    )
+    ))
 
 
-def commit(store: ObjectStore, record: ActivationRecord, expected: PointerState) -> PointerState:
+def commit(src: ChannelAccess, record: ActivationRecord, expected: PointerState) -> PointerState:
     """Switch the pointer from `expected` to `record` in one conditional write.
 
     Returns the new state. Raises `PointerConflict` when another writer moved the pointer first
@@ -82,6 +86,7 @@ def commit(store: ObjectStore, record: ActivationRecord, expected: PointerState)
         raise PointerConflict(
             f"record sequence {record.sequence} does not follow live sequence {expected.sequence}"
         )
+    store = src.store
     store.ensure_conditional_writes()
     key = layout.pointer(record.channel_id)
     body, raw = record_bytes(record)
@@ -96,7 +101,7 @@ def commit(store: ObjectStore, record: ActivationRecord, expected: PointerState)
         last_detail = outcome.detail or outcome.status.value
         # A 412 can answer our own retried write; a timeout or 5xx may have landed: re-read.
         try:
-            now = read_pointer(store, record.channel_id)
+            now = read_pointer(src, record.channel_id)
         except (StorageUnavailable, PointerInvalid):
             time.sleep(0.2 * (attempt + 1))
             continue
@@ -105,7 +110,7 @@ def commit(store: ObjectStore, record: ActivationRecord, expected: PointerState)
         if now.etag != expected.etag:
             if now.sequence > record.sequence:
                 # Our write may have landed and been built upon since: history knows.
-                landed = read_history(store, record.channel_id, record.sequence)
+                landed = read_history(src, record.channel_id, record.sequence)
                 if landed is not None and landed.activation_id == record.activation_id:
                     return PointerState(record, None, raw)
             holder = now.record.activation_id if now.record else "nothing"

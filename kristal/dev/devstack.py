@@ -24,7 +24,7 @@ from kristal.store.s3 import ObjectStore, StoreConfig
 from kristal.trust.keys import generate_key
 
 DEV_BUCKET = "kristal-dev"
-DEV_ROLES = ("publisher", "validator", "channel-authority")
+DEV_ROLES = ("publisher", "validator", "channel-authority", "activator")
 
 
 @dataclass
@@ -99,12 +99,22 @@ def ensure_dev_keys(dev_dir: Path) -> Path:
                 "*": {
                     "keys": keys,
                     "revoked_key_ids": [],
-                    "thresholds": {"publisher": 1, "validator": 1, "channel-authority": 1},
+                    "thresholds": dict.fromkeys(DEV_ROLES, 1),
                     "required_profiles": ["schema", "ordering", "row-count", "source-binding"],
                 }
             }
         }
         trust_path.write_text(json.dumps(trust, indent=2) + "\n")
+    else:
+        # A development home from before a role existed (the activator): trust its new key.
+        trust = json.loads(trust_path.read_text())
+        entry = trust.get("channels", {}).get("*")
+        if isinstance(entry, dict) and isinstance(entry.get("keys"), list):
+            known = {k.get("key_id") for k in entry["keys"] if isinstance(k, dict)}
+            missing = [k for k in keys if k["key_id"] not in known]
+            if missing:
+                entry["keys"].extend(missing)
+                trust_path.write_text(json.dumps(trust, indent=2) + "\n")
     return trust_path
 
 

@@ -10,7 +10,8 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 from pydantic_core import PydanticCustomError
 
-from kristal.errors import PathInvalid
+from kristal.errors import FileInventoryMissing, PathInvalid
+from kristal.formats.layout import TRIPLES_PATH
 from kristal.formats.models import (
     BLOBS_EXT,
     FEDERATION_EXT,
@@ -166,6 +167,14 @@ class RuntimePackManifest(Strict):
     def generation(self) -> int | None:
         value = (self.extensions or {}).get(GENERATION_EXT)
         return value if isinstance(value, int) else None
+
+    def triples(self) -> FileEntry:
+        """The pack's triples file (its query index is built from it)."""
+        entry = next((e for e in self.files if e.path == TRIPLES_PATH), None)
+        if entry is None:
+            raise FileInventoryMissing(
+                f"runtime pack {self.runtime_pack_id} lists no {TRIPLES_PATH}")
+        return entry
 
 
 # --- Federation root --------------------------------------------------------------------------

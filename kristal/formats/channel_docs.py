@@ -130,6 +130,9 @@ class ActivationRecord(Strict):
     created_at: datetime
     evidence: dict[str, Any]
     prev_record_sha256: Sha256Id | None
+    # Set by signing (DESIGN §6): the record's own ID and its activator signatures.
+    record_id: Sha256Id | None = None
+    signatures: list[dict[str, Any]] = Field(default_factory=list)
 
 
 class CheckRecord(Strict):
@@ -143,6 +146,8 @@ class CheckRecord(Strict):
     figures: dict[str, Any]
     previous_figures: dict[str, Any] | None
     created_at: datetime
+    record_id: Sha256Id | None = None
+    signatures: list[dict[str, Any]] = Field(default_factory=list)
 
 
 class QuarantineRecord(Strict):
@@ -153,3 +158,5 @@ class QuarantineRecord(Strict):
     sequence: int
     activation_id: str
     created_at: datetime
+    record_id: Sha256Id | None = None
+    signatures: list[dict[str, Any]] = Field(default_factory=list)

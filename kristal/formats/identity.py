@@ -28,6 +28,7 @@ class DocKind(StrEnum):
     VALIDATION_REPORT = "validation-report"
     CHANNEL_INDEX = "channel-index"
     ROLLBACK_AUTHORIZATION = "rollback-authorization"
+    CHANNEL_RECORD = "channel-record"
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ ID_RULES: dict[DocKind, IdRule] = {
     DocKind.VALIDATION_REPORT: IdRule("validation_report_id"),
     DocKind.CHANNEL_INDEX: IdRule("index_id"),
     DocKind.ROLLBACK_AUTHORIZATION: IdRule("authorization_id"),
+    DocKind.CHANNEL_RECORD: IdRule("record_id"),
 }
 
 

@@ -9,6 +9,9 @@ from __future__ import annotations
 from kristal.formats.identity import check_id
 from kristal.formats.models import validate_channel_id, validate_relative_path
 
+# The triples file every `kristal.runtime/sqlite/1` pack ships (DESIGN §7).
+TRIPLES_PATH = "data/triples.jsonl"
+
 
 def exchange_manifest(kristal_id: str) -> str:
     return f"exchanges/{check_id(kristal_id, 'exchange_id')}/exchange-manifest.json"

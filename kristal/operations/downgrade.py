@@ -76,8 +76,8 @@ def find_authorization(
 def plan_downgrade(
     ctx: Context, channel_id: str, *, release_id: int, authorization_id: str
 ) -> ActivationPlan:
-    state = records.read_pointer(ctx.store, channel_id)
-    repaired = records.repair_history(ctx.store, state)
+    state = records.read_pointer(ctx, channel_id)
+    repaired = records.repair_history(ctx, state)
     live = state.record
     if live is None:
         raise RollbackTargetMissing(f"{channel_id} has nothing live to downgrade from")
@@ -92,7 +92,7 @@ def plan_downgrade(
         )
     if live.active.release_id == release_id:
         raise RollbackTargetMissing(f"release {release_id} is already live in {channel_id}")
-    if records.read_quarantine(ctx.store, channel_id, release_id) is not None:
+    if records.read_quarantine(ctx, channel_id, release_id) is not None:
         raise ReleaseQuarantined(f"release {release_id} is quarantined in {channel_id}")
     plan = ActivationPlan(
         channel_id, state, release, "downgrade", forced=False, repaired_history=repaired

@@ -139,13 +139,15 @@ def fleet_measure(ctx: Context, fleet: FleetRun, record: ActivationRecord,
     """
     source = f"{record.channel_id} sequence {record.sequence}"
     reports = []
-    readers = {p.pack_id: PinnedReader(index_path(ctx, p.pack_id)) for p in release.packs}
+    sources = {p.pack_id: p.manifest.triples().sha256 for p in release.packs}
+    readers = {p.pack_id: PinnedReader(index_path(ctx, p.pack_id), source_sha256=sources[p.pack_id])
+               for p in release.packs}
     with PinnedSession(record, readers):
         for pack in release.packs:
             report, measured_by = fleet.measurements.report(
                 pack.pack_id, source,
                 functools.partial(run_checks_isolated, index_path(ctx, pack.pack_id),
-                                  pack.expectations))
+                                  pack.expectations, sources[pack.pack_id]))
             if measured_by is not None:
                 report = report.model_copy(update={"outcomes": [*report.outcomes, CheckOutcome(
                     name="measurement", passed=True, expected="this fleet run's measurement",
@@ -157,11 +159,11 @@ def fleet_measure(ctx: Context, fleet: FleetRun, record: ActivationRecord,
 def _live_and_checked(ctx: Context, channel_id: str, release_id: int,
                       wave: int) -> tuple[records.PointerState, ChannelOutcome | None, bool]:
     """(pointer, an outcome if `release_id` is already live and checked, force to resume)."""
-    state = records.read_pointer(ctx.store, channel_id)
+    state = records.read_pointer(ctx, channel_id)
     live = state.record
     if live is None or live.active.release_id != release_id:
         return state, None, False
-    checks = records.read_checks(ctx.store, channel_id, live.sequence)
+    checks = records.read_checks(ctx, live)
     if checks is not None and checks.result == "passed":
         return state, ChannelOutcome(
             channel_id=channel_id, wave=wave, result="already_live", sequence=live.sequence,

@@ -218,7 +218,7 @@ def _skew_row(ctx: Context, channel_id: str, known: dict[str, str]) -> dict[str,
         "checks": None,
     }
     try:
-        record = records.read_pointer(ctx.store, channel_id).record
+        record = records.read_pointer(ctx, channel_id).record
     except KristalError as exc:
         row["checks"] = f"pointer unreadable: {exc.code}"
         return row
@@ -235,7 +235,7 @@ def _skew_row(ctx: Context, channel_id: str, known: dict[str, str]) -> dict[str,
         row["checks"] = known[record.activation_id]
         return row
     try:
-        checks = records.read_checks(ctx.store, channel_id, record.sequence)
+        checks = records.read_checks(ctx, record)
     except KristalError as exc:
         row["checks"] = f"unreadable: {exc.code}"
         return row

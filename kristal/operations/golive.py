@@ -7,13 +7,15 @@ channel and a forced resume all end here (DESIGN §5, §6, §7).
 3. A failed check quarantines the release and rolls back automatically, inside the run and
    conditional on that activation still being live; the run then fails with `check_failed`.
    A first activation has nothing to go back to: the message says so.
+   A refusal after the switch (a checks record that is not ours) is `LiveUnchecked`: the
+   exit status says the channel changed.
 4. Every run leaves its report; a downgrade (a rollback across generations) opens a follow-up.
 """
 
 from __future__ import annotations
 
 from kristal.context import Context
-from kristal.errors import CheckFailed, KristalError
+from kristal.errors import CheckFailed, KristalError, LiveUnchecked, Refused
 from kristal.formats.channel_docs import ActivationRecord, CheckRecord
 from kristal.operations.outcome import Outcome, OutcomeKind, Who
 from kristal.operations.plan import ActivationPlan
@@ -46,9 +48,16 @@ def go_live(run: Runner, ctx: Context, plan: ActivationPlan, who: Who, *,
     try:
         if plan.failed_checks is not None:
             raise ChecksDidNotPass(plan.failed_checks)
-        checks = run(post_activation_checks, ctx, record, plan.release, measure)  # E
+        checks = run(post_activation_checks, ctx, record, plan.release, measure,
+                     plan.state.record)  # E
     except ChecksDidNotPass as failed:
         raise roll_back_failed(run, ctx, plan, record, failed.checks, who) from None
+    except Refused as exc:
+        # The pointer moved: a refusal now must not read as "nothing changed" (exit 1).
+        raise LiveUnchecked(
+            f"release {record.active.release_id} is live in {plan.channel_id} (sequence "
+            f"{record.sequence}) but its checks were not recorded: {exc.message}; roll back, "
+            "or resume the checks with --force", cause=exc) from exc
     run.log(f"checks of sequence {record.sequence} passed")
     done: OutcomeKind = "downgraded" if plan.kind == "downgrade" else "activated"
     if report:

@@ -74,8 +74,8 @@ def plan_activation(
     `memo`: content-addressed documents shared with other channels (`verify_release`);
     `state`: the caller's own read of this channel's pointer, moments ago (else read here)."""
     if state is None:
-        state = records.read_pointer(ctx.store, channel_id)
-    repaired = records.repair_history(ctx.store, state)
+        state = records.read_pointer(ctx, channel_id)
+    repaired = records.repair_history(ctx, state)
     live = state.record
     release = verify_release(
         ctx,
@@ -104,7 +104,7 @@ def plan_activation(
                 raise ReleaseIdSubstitutionBlocked(
                     f"the index entry of release {target.release_id} differs from the live record"
                 )
-            checks = records.read_checks(ctx.store, channel_id, live.sequence)
+            checks = records.read_checks(ctx, live)
             plan.resume = checks is None
             plan.noop = checks is not None and checks.result == "passed"
             if checks is not None and checks.result != "passed":
@@ -116,7 +116,7 @@ def plan_activation(
                 else "checks had failed: finishing quarantine and rollback"
             )
             return plan
-        quarantined = records.read_quarantine(ctx.store, channel_id, target.release_id)
+        quarantined = records.read_quarantine(ctx, channel_id, target.release_id)
         if quarantined is not None:
             if not force:
                 raise ReleaseQuarantined(

@@ -26,6 +26,7 @@ be retried; `reverify.reverify_channel` turns what outlived the retries into a f
 
 from __future__ import annotations
 
+import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -56,7 +57,7 @@ from kristal.formats.models import CHANNEL_PATTERN, EXPECTATIONS_EXT
 from kristal.formats.time import rfc3339
 from kristal.operations.runner import step
 from kristal.runtime.sqlite_index import PinnedReader
-from kristal.runtime.staging import TRIPLES_PATH, index_path, record_inventory
+from kristal.runtime.staging import index_path, record_inventory
 from kristal.verify.fetch import read_by_id
 
 HASH_WORKERS = 4
@@ -146,7 +147,7 @@ class ChainOutcome(BaseModel):
 @step("reverify-pointer-chain")
 def check_pointer_chain(ctx: Context, channel_id: str) -> ChainOutcome:
     try:
-        state = records.read_pointer(ctx.store, channel_id)
+        state = records.read_pointer(ctx, channel_id)
     except StorageUnavailable:
         raise
     except KristalError as exc:
@@ -159,9 +160,9 @@ def check_pointer_chain(ctx: Context, channel_id: str) -> ChainOutcome:
     live = state.record
     notes: list[str] = []
     try:
-        if records.repair_history(ctx.store, state):
+        if records.repair_history(ctx, state):
             notes.append(f"repaired missing history record {live.sequence} from the pointer")
-        checked = len(walk_chain(ctx.store, channel_id, pointer=state))
+        checked = len(walk_chain(ctx, channel_id, pointer=state))
     except StorageUnavailable:
         raise
     except KristalError as exc:
@@ -221,12 +222,10 @@ def _pack_manifest(ctx: Context, pack_id: str) -> RuntimePackManifest:
 def _judge_index(ctx: Context, pack_id: str) -> tuple[bool, str, str | None]:
     db = index_path(ctx, pack_id)
     short = pack_id[:19]
-    if not db.exists():
+    if not os.path.lexists(db):
         return True, f"{short}: not staged on this machine", None
     pack = _pack_manifest(ctx, pack_id)
-    triples = next((e for e in pack.files if e.path == TRIPLES_PATH), None)
-    if triples is None:
-        return False, f"{short}: the pack lists no {TRIPLES_PATH}", FileInventoryMissing.code
+    triples = pack.triples()
     expected_rows = (pack.extensions or {}).get(EXPECTATIONS_EXT, {}).get("row_count")
     with PinnedReader(db) as reader:
         source = reader.meta.get("source_sha256")
@@ -265,7 +264,7 @@ def check_checks_record(
     ctx: Context, live: ActivationRecord, *, checks_timeout_s: float
 ) -> list[CheckRow]:
     try:
-        checks = records.read_checks(ctx.store, live.channel_id, live.sequence)
+        checks = records.read_checks(ctx, live)
     except StorageUnavailable:
         raise
     except KristalError as exc:

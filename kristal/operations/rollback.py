@@ -43,7 +43,7 @@ GUARDED_LOCK_WAIT_S = 10.0
 @step("find-run-activation")
 def switched_by_run(ctx: Context, channel_id: str, flow_run_id: str) -> str | None:
     """The live activation if the given run switched it forward (activate or downgrade)."""
-    live = records.read_pointer(ctx.store, channel_id).record
+    live = records.read_pointer(ctx, channel_id).record
     if live is None or live.flow_run_id != flow_run_id:
         return None
     if live.kind not in ("activate", "downgrade"):
@@ -54,7 +54,7 @@ def switched_by_run(ctx: Context, channel_id: str, flow_run_id: str) -> str | No
 @step("quarantine-live")
 def quarantine_live(ctx: Context, channel_id: str, activation_id: str, reason: str) -> bool:
     """Quarantine the live release if `activation_id` is still the live one (else nothing)."""
-    live = records.read_pointer(ctx.store, channel_id).record
+    live = records.read_pointer(ctx, channel_id).record
     if live is None or live.activation_id != activation_id:
         return False
     quarantine_release(ctx, live, reason)
@@ -100,7 +100,7 @@ def switch_back(
             f"(sequence {record.sequence})")
     checks: CheckRecord
     try:
-        checks = run(post_activation_checks, ctx, record, plan.release)
+        checks = run(post_activation_checks, ctx, record, plan.release, None, plan.state.record)
     except ChecksDidNotPass as failed:
         checks = failed.checks
     live_again = f"release {record.active.release_id} is live again (sequence {record.sequence})"

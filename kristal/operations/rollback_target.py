@@ -11,19 +11,17 @@ from dataclasses import dataclass
 from typing import Literal
 
 from kristal.channel import records
-from kristal.channel.history import MAX_WALK, good_records
+from kristal.channel.history import MAX_WALK, passed, proven_back
 from kristal.channel.index import load_verified_index, read_index_bytes
 from kristal.context import Context
 from kristal.errors import (
-    PointerInvalid,
     ReleaseIdSubstitutionBlocked,
     ReleaseQuarantined,
     RollbackFailed,
     RollbackNotAuthorized,
     RollbackTargetMissing,
 )
-from kristal.formats.canonical import canonical_sha256
-from kristal.formats.channel_docs import ActivationKind, ActivationRecord, ReleaseRef
+from kristal.formats.channel_docs import ActivationKind, ReleaseRef
 from kristal.operations.plan import ActivationPlan
 from kristal.verify.fetch import verify_release
 
@@ -39,13 +37,6 @@ class RollbackDecision:
     target_sequence: int | None = None
 
 
-def _passed(ctx: Context, record: ActivationRecord) -> bool:
-    """The record's own checks passed (read last: only for a candidate not skipped already)."""
-    checks = records.read_checks(ctx.store, record.channel_id, record.sequence)
-    return (checks is not None and checks.result == "passed"
-            and checks.activation_id == record.activation_id)
-
-
 def automatic_target(ctx: Context, state: records.PointerState) -> tuple[ReleaseRef, int]:
     """The automatic rollback's target (DESIGN §5): the nearest earlier record whose release is
     not the failed (live) one, not quarantined here, not revoked, not below the floor, and whose
@@ -59,30 +50,23 @@ def automatic_target(ctx: Context, state: records.PointerState) -> tuple[Release
     index = (load_verified_index(raw_index[0], channel, ctx.trust(channel), now=ctx.now())
              if raw_index is not None else None)
     failed = live.active.release_id
-    expected_link = live.prev_record_sha256
     skipped: list[str] = []
-    for sequence in range(live.sequence - 1, max(0, live.sequence - 1 - MAX_WALK), -1):
-        found = records.read_history_raw(ctx.store, channel, sequence)
-        if found is None or canonical_sha256(found[1]) != expected_link:
-            raise PointerInvalid(
-                f"history record {sequence} of {channel} is missing or not the one the chain "
-                f"links to from sequence {sequence + 1}: no rollback target is trusted")
-        record, _raw = found
-        expected_link = record.prev_record_sha256
+    walk = proven_back(ctx, state, down_to=max(1, live.sequence - MAX_WALK))
+    for record in walk:
         rid = record.active.release_id
         entry = index.release(rid) if index is not None else None
         why = (
             "the failed release" if rid == failed
-            else "quarantined" if records.read_quarantine(ctx.store, channel, rid) is not None
+            else "quarantined" if records.read_quarantine(ctx, channel, rid) is not None
             else "not in the index" if entry is None or index is None
             else "revoked" if index.revocation_for(entry, ctx.now()) is not None
             else "below the floor" if rid < index.minimum_allowed_release_id
-            else "its checks did not pass" if not _passed(ctx, record)
+            else "its checks did not pass" if not passed(ctx, record)
             else None
         )
         if why is None:
-            return record.active, sequence
-        skipped.append(f"sequence {sequence} (release {rid}): {why}")
+            return record.active, record.sequence
+        skipped.append(f"sequence {record.sequence} (release {rid}): {why}")
     raise RollbackFailed(
         f"no safe automatic rollback target before sequence {live.sequence} of {channel}"
         + (f" ({'; '.join(skipped[:6])})" if skipped else ": nothing was live before it"))
@@ -91,6 +75,7 @@ def automatic_target(ctx: Context, state: records.PointerState) -> tuple[Release
 def _target_record(
     ctx: Context, state: records.PointerState, to: RollbackTo, kind: ActivationKind
 ) -> tuple[ReleaseRef, int | None]:
+    """The record to go back to, proven by the chain from the pointer down (DESIGN §6)."""
     live = state.record
     assert live is not None
     channel = live.channel_id
@@ -101,35 +86,25 @@ def _target_record(
             raise RollbackTargetMissing(
                 f"sequence {live.sequence} of {channel} has no previous release"
             )
-        if records.read_quarantine(ctx.store, channel, live.previous.release_id):
-            raise ReleaseQuarantined(
-                f"previous release {live.previous.release_id} is quarantined here"
-            )
-        return live.previous, live.previous_sequence
-    if to == "last-known-good":
-        start = (
-            records.read_history(ctx.store, channel, live.last_known_good.sequence)
-            if live.last_known_good
-            else None
-        )
-        for record in good_records(ctx.store, start):
+        target = next(proven_back(ctx, state, down_to=live.sequence - 1))
+    elif to == "last-known-good":
+        for record in proven_back(ctx, state):
             rid = record.active.release_id
-            if rid == live.active.release_id or record.sequence >= live.sequence:
+            if rid == live.active.release_id or not passed(ctx, record):
                 continue
-            if records.read_quarantine(ctx.store, channel, rid) is not None:
+            if records.read_quarantine(ctx, channel, rid) is not None:
                 continue
             return record.active, record.sequence
         raise RollbackTargetMissing(
             f"{channel} has no last-known-good release before sequence {live.sequence}"
         )
-    if not isinstance(to, int) or to < 1 or to >= live.sequence:
-        raise RollbackTargetMissing(
-            f"rollback target sequence {to!r} must be an earlier sequence than {live.sequence}"
-        )
-    target = records.read_history(ctx.store, channel, to)
-    if target is None:
-        raise RollbackTargetMissing(f"{channel} has no history record {to}")
-    if records.read_quarantine(ctx.store, channel, target.active.release_id) is not None:
+    else:
+        if not isinstance(to, int) or to < 1 or to >= live.sequence:
+            raise RollbackTargetMissing(
+                f"rollback target sequence {to!r} must be an earlier sequence than "
+                f"{live.sequence}")
+        *_, target = proven_back(ctx, state, down_to=to)
+    if records.read_quarantine(ctx, channel, target.active.release_id) is not None:
         raise ReleaseQuarantined(f"release {target.active.release_id} is quarantined here")
     return target.active, target.sequence
 
@@ -142,8 +117,8 @@ def plan_rollback(
     expected_activation_id: str | None = None,
     kind: ActivationKind = "rollback",
 ) -> RollbackDecision:
-    state = records.read_pointer(ctx.store, channel_id)
-    repaired = records.repair_history(ctx.store, state)
+    state = records.read_pointer(ctx, channel_id)
+    repaired = records.repair_history(ctx, state)
     live = state.record
     if live is None:
         raise RollbackTargetMissing(

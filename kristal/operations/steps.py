@@ -72,11 +72,12 @@ def switch_pointer(ctx: Context, plan: ActivationPlan, who: Who,
     """Step D: one conditional write of the pointer, then the immutable history object."""
     target = plan.release.entry
     record = new_record(
+        ctx.keys,
         plan.state,
         channel_id=plan.channel_id,
         kind=kind or plan.kind,
         active=ReleaseRef.of(target),
-        last_known_good=last_known_good_for(ctx.store, plan.state, target.release_id),
+        last_known_good=last_known_good_for(ctx, plan.state, target.release_id),
         index_version=plan.release.index.index_version,
         forced=plan.forced,
         operator=who.operator,
@@ -89,9 +90,9 @@ def switch_pointer(ctx: Context, plan: ActivationPlan, who: Who,
     )
     _require_free_slots(ctx, record, plan.state)
     crash_point("before_switch")
-    ptr.commit(ctx.store, record, plan.state)
+    ptr.commit(ctx, record, plan.state)
     crash_point("after_switch")
-    records.write_history(ctx.store, record)
+    records.write_history(ctx, record)
     crash_point("after_history")
     return record
 
@@ -106,7 +107,7 @@ def _require_free_slots(ctx: Context, record: ActivationRecord,
     for what, key in (("history", layout.history(channel, sequence)),
                       ("checks", layout.checks(channel, sequence))):
         if ctx.store.head(key) is not None:
-            now = records.read_pointer(ctx.store, channel)
+            now = records.read_pointer(ctx, channel)
             if now.sequence != read.sequence:
                 raise PointerConflict(
                     f"pointer of {channel} moved to sequence {now.sequence} while we prepared "
@@ -120,14 +121,16 @@ def _require_free_slots(ctx: Context, record: ActivationRecord,
 def measure_pinned(ctx: Context, record: ActivationRecord,
                    release: VerifiedRelease) -> list[CheckReport]:
     """The pinned reader's indexes, checked in a fresh process each (its own peak RSS)."""
-    with open_pinned(ctx, record.channel_id) as session:
+    sources = {p.pack_id: p.manifest.triples().sha256 for p in release.packs}
+    with open_pinned(ctx, record.channel_id, sources=sources) as session:
         if session.record.activation_id != record.activation_id:
             raise PointerConflict(
                 f"sequence {record.sequence} is no longer live (now {session.record.sequence}, "
                 f"{session.record.activation_id}); its checks are not ours to run"
             )
         reports = [
-            run_checks_isolated(staging.index_path(ctx, p.pack_id), p.expectations)
+            run_checks_isolated(staging.index_path(ctx, p.pack_id), p.expectations,
+                                sources[p.pack_id])
             for p in release.packs
         ]
     crash_point("after_checks")
@@ -135,10 +138,12 @@ def measure_pinned(ctx: Context, record: ActivationRecord,
 
 
 def record_checks(
-    ctx: Context, record: ActivationRecord, reports: list[CheckReport]
+    ctx: Context, record: ActivationRecord, reports: list[CheckReport],
+    before: ActivationRecord | None = None,
 ) -> CheckRecord:
     """The write-once `checks/<sequence>.json` of these measurements, beside the previous
-    release's figures; the record that stands is returned (the first written wins)."""
+    release's figures (`before`: the record this one replaced, when the caller has it); the
+    record that stands is returned (the first written wins)."""
     ok = all(r.passed for r in reports)
     failing = [o for r in reports for o in r.outcomes if not o.passed]
     reason = (
@@ -148,11 +153,10 @@ def record_checks(
             f"{o.name}: expected {o.expected}, measured {o.measured}" for o in failing[:4]
         )
     )
-    previous = (
-        records.read_checks(ctx.store, record.channel_id, record.previous_sequence)
-        if record.previous_sequence
-        else None
-    )
+    if before is None or before.sequence != record.previous_sequence:
+        before = (records.read_history(ctx, record.channel_id, record.previous_sequence)
+                  if record.previous_sequence else None)
+    previous = records.read_checks(ctx, before) if before is not None else None
     figures = {
         "row_count": sum(r.row_count for r in reports),
         "latency_p95_ms": max(r.latency_p95_ms for r in reports),
@@ -171,16 +175,17 @@ def record_checks(
         previous_figures=previous.figures if previous else None,
         created_at=ctx.now(),
     )
-    return records.write_checks(ctx.store, checks)
+    return records.write_checks(ctx, record, checks)
 
 
 @step("post-activation-checks")
 def post_activation_checks(ctx: Context, record: ActivationRecord, release: VerifiedRelease,
-                           measure: Measure | None = None) -> CheckRecord:
+                           measure: Measure | None = None,
+                           before: ActivationRecord | None = None) -> CheckRecord:
     """Step E: measure the live release through the pinned reader and record the outcome;
     raises `ChecksDidNotPass` (after recording) when a check failed."""
     reports = measure(record) if measure is not None else measure_pinned(ctx, record, release)
-    checks = record_checks(ctx, record, reports)
+    checks = record_checks(ctx, record, reports, before)
     if checks.result != "passed":
         raise ChecksDidNotPass(checks)
     return checks
@@ -191,7 +196,7 @@ def quarantine_release(ctx: Context, record: ActivationRecord, reason: str) -> N
     """The write-once `quarantine/<release_id>.json`: this release failed here."""
     crash_point("before_rollback")
     records.write_quarantine(
-        ctx.store,
+        ctx,
         QuarantineRecord(
             channel_id=record.channel_id,
             release_id=record.active.release_id,

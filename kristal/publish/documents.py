@@ -31,7 +31,6 @@ from kristal.formats.time import rfc3339
 from kristal.store.s3 import ObjectStore, WriteStatus
 from kristal.trust.signing import SigningKey, sign_document
 
-TRIPLES_PATH = "data/triples.jsonl"
 ASSERTIONS_PATH = "data/assertions.jsonl"
 
 

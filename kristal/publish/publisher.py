@@ -30,6 +30,7 @@ from kristal.formats.canonical import canonical_bytes, parse_json, sha256_hex
 from kristal.formats.channel_docs import ChannelIndex
 from kristal.formats.expectations import Expectations
 from kristal.formats.identity import DocKind, with_identity
+from kristal.formats.layout import TRIPLES_PATH
 from kristal.formats.models import (
     GENERATION_EXT,
     parse_model,
@@ -39,7 +40,6 @@ from kristal.formats.time import rfc3339
 from kristal.publish.datagen import sort_triples_file
 from kristal.publish.documents import (
     ASSERTIONS_PATH,
-    TRIPLES_PATH,
     adopt_existing,
     exchange_doc,
     file_entry,

@@ -1,7 +1,7 @@
 """Runs one pack's post-activation checks in a fresh process, so that peak RSS is the
 checks' own and not the orchestrator's (DESIGN §7: memory is the peak RSS of the process
-running the checks). `python -m kristal.runtime.checkrunner DB` reads the expectations JSON on
-stdin and writes the report JSON on stdout; the child imports no pydantic (`measure`).
+running the checks). `python -m kristal.runtime.checkrunner DB SOURCE_SHA256` reads the
+expectations JSON on stdin and writes the report JSON on stdout; the child imports no pydantic.
 """
 
 from __future__ import annotations
@@ -23,11 +23,13 @@ if TYPE_CHECKING:
 CHECK_TIMEOUT_S = 600
 
 
-def run_checks_isolated(db_path: Path, expectations: Expectations) -> CheckReport:
+def run_checks_isolated(db_path: Path, expectations: Expectations,
+                        source_sha256: str) -> CheckReport:
+    """The checks of the index at `db_path`, which must be built from `source_sha256`."""
     from kristal.runtime.checks import CheckReport
 
     proc = subprocess.run(
-        [sys.executable, "-m", "kristal.runtime.checkrunner", str(db_path)],
+        [sys.executable, "-m", "kristal.runtime.checkrunner", str(db_path), source_sha256],
         input=expectations.model_dump_json().encode(),
         capture_output=True,
         timeout=CHECK_TIMEOUT_S,
@@ -43,7 +45,7 @@ def run_checks_isolated(db_path: Path, expectations: Expectations) -> CheckRepor
 
 def main() -> None:
     expectations = json.loads(sys.stdin.read())
-    with PinnedReader(Path(sys.argv[1])) as reader:
+    with PinnedReader(Path(sys.argv[1]), source_sha256=sys.argv[2]) as reader:
         report = measure(reader, expectations)
     sys.stdout.write(json.dumps(report))
 

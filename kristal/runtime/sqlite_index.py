@@ -10,6 +10,7 @@ import json
 import os
 import re
 import sqlite3
+import stat
 import threading
 import uuid
 from collections.abc import Iterator
@@ -17,7 +18,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final
 
-from kristal.errors import ManifestSchemaInvalid, PathInvalid, ProfileUnsupported
+from kristal.errors import (
+    FileHashMismatch,
+    FileInventoryMissing,
+    ManifestSchemaInvalid,
+    PathInvalid,
+    ProfileUnsupported,
+)
 from kristal.formats.canonical import canonical_bytes, sha256_hex
 
 PROFILE: Final = "kristal.runtime/sqlite/1"
@@ -229,6 +236,17 @@ def build_index(triples_path: Path, db_path: Path, *, source_sha256: str) -> int
     return rows.count
 
 
+def _regular_file(path: Path) -> tuple[int, int]:
+    """(device, inode) of a regular file at `path`, refusing a symlink or anything else."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        raise FileInventoryMissing(f"query index {path} does not exist") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise PathInvalid(f"query index {path} is not a regular file (links are never followed)")
+    return st.st_dev, st.st_ino
+
+
 class PinnedReader:
     """A read-only session on one release's index; it never sees another release's rows.
 
@@ -236,7 +254,10 @@ class PinnedReader:
     change detection, and a later pointer switch (a different file) cannot affect it.
     """
 
-    def __init__(self, db_path: Path) -> None:
+    def __init__(self, db_path: Path, *, source_sha256: str | None = None) -> None:
+        """Open `db_path` (a regular file, never through a symlink); with `source_sha256`, it
+        must have been built from exactly those triples (else `file_hash_mismatch`)."""
+        before = _regular_file(db_path)
         uri = Path(os.path.abspath(db_path)).as_uri() + "?mode=ro&immutable=1"
         try:
             self._db = sqlite3.connect(uri, uri=True, check_same_thread=False)
@@ -248,6 +269,14 @@ class PinnedReader:
         if meta.get("profile") != PROFILE or meta.get("index_format") != INDEX_FORMAT:
             self._db.close()
             raise ProfileUnsupported(f"{db_path} is not a {PROFILE} index (meta {meta})")
+        if _regular_file(db_path) != before:  # swapped while it was being opened
+            self._db.close()
+            raise PathInvalid(f"{db_path} changed while it was opened")
+        if source_sha256 is not None and meta.get("source_sha256") != source_sha256:
+            self._db.close()
+            raise FileHashMismatch(
+                f"{db_path} was built from triples {meta.get('source_sha256')}, not from this "
+                f"pack's {source_sha256}")
         self.db_path = db_path
         self.meta: dict[str, str] = meta
         self._lock = threading.Lock()

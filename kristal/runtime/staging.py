@@ -2,11 +2,16 @@
 local query index of each pack, without touching what is live.
 
 Downloads stream and hash in one pass (`ObjectStore.download_to`), run in parallel, and land in
-the cache by atomic rename; a cached blob is re-hashed before it is used for a switch.
+the cache by atomic rename; a cached blob is re-hashed before it is used for a switch. A cached
+query index counts only as a regular file built from this pack's triples (`usable_index`);
+anything else there is removed and rebuilt, and no link under the cache is followed.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,13 +27,13 @@ from kristal.formats.artifacts import (
 )
 from kristal.formats.channel_docs import ReleaseRef
 from kristal.formats.identity import DocKind
+from kristal.formats.layout import TRIPLES_PATH
 from kristal.formats.models import M
-from kristal.runtime.sqlite_index import build_index
-from kristal.store.blobcache import BlobCache
+from kristal.runtime.sqlite_index import PinnedReader, build_index
+from kristal.store.blobcache import BlobCache, real_dir
 from kristal.verify.fetch import read_by_id
 from kristal.verify.verifier import VerifiedRelease
 
-TRIPLES_PATH = "data/triples.jsonl"
 DOWNLOAD_WORKERS = 4
 
 
@@ -96,7 +101,32 @@ def _fetch_one(
 
 
 def index_path(ctx: Context, pack_id: str) -> Path:
-    return ctx.index_dir / f"{pack_id.removeprefix('sha256:')}.sqlite"
+    """Where a pack's query index lives; the directory is a real one (a symlink is refused)."""
+    directory = ctx.settings.cache_dir / "indexes"
+    real_dir(ctx.settings.cache_dir)
+    real_dir(directory)
+    return directory / f"{pack_id.removeprefix('sha256:')}.sqlite"
+
+
+def usable_index(db: Path, source_sha256: str) -> bool:
+    """Whether `db` is a query index built from exactly these triples, in this index format,
+    and a regular file. Anything else found there (a link, a directory, a decoy, a stale
+    format) is removed, so that the caller builds it again."""
+    try:
+        st = os.lstat(db)
+    except FileNotFoundError:
+        return False
+    if stat.S_ISREG(st.st_mode):
+        try:
+            with PinnedReader(db, source_sha256=source_sha256):
+                return True
+        except KristalError:
+            pass
+    if stat.S_ISDIR(st.st_mode):
+        shutil.rmtree(db, ignore_errors=True)  # never follows links inside
+    else:
+        db.unlink(missing_ok=True)  # a link itself, never its target
+    return False
 
 
 def stage_release(ctx: Context, release: VerifiedRelease) -> StagedRelease:
@@ -116,11 +146,9 @@ def stage_release(ctx: Context, release: VerifiedRelease) -> StagedRelease:
     ctx.cache.flush(fresh)
     staged.bytes_total = sum(entry.size_bytes for _key, entry in items)
     for pack in release.packs:
-        triples = next((e for e in pack.manifest.files if e.path == TRIPLES_PATH), None)
-        if triples is None:
-            raise FileInventoryMissing(f"runtime pack {pack.pack_id} lists no {TRIPLES_PATH}")
+        triples = pack.manifest.triples()
         db = index_path(ctx, pack.pack_id)
-        if not db.exists():
+        if not usable_index(db, triples.sha256):
             source = staged.files[layout.pack_file(pack.pack_id, TRIPLES_PATH)]
             build_index(source, db, source_sha256=triples.sha256)
         staged.pack_dbs[pack.pack_id] = db

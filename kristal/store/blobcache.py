@@ -67,7 +67,7 @@ def hash_files_parallel(paths: list[Path], workers: int = 2) -> list[tuple[str, 
         return list(pool.map(hash_file, paths))
 
 
-def _real_dir(path: Path) -> None:
+def real_dir(path: Path) -> None:
     """Create `path` (mode 0700) and insist it is a directory, not a symlink to one."""
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     if not stat.S_ISDIR(os.lstat(path).st_mode):
@@ -98,7 +98,7 @@ class BlobCache:
         self._tmp = self.root / "tmp"
         self._locks = self.root / "locks"
         for directory in (self.root, self.root / "blobs", self._blobs, self._tmp, self._locks):
-            _real_dir(directory)
+            real_dir(directory)
 
     def path_for(self, sha256_hex: str) -> Path:
         if not isinstance(sha256_hex, str) or not _HEX64.fullmatch(sha256_hex):

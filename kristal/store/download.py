@@ -1,7 +1,9 @@
 """Streaming reads from the object store (DESIGN §7): every byte hashed in the same pass as it
 is written, memory flat with the object's size, the stream stopped as soon as an object is
 longer than declared, and a body cut mid-transfer resumed with a Range GET pinned to the same
-version (If-Match). Large objects come as parallel ranges, hashed in order.
+version (If-Match). Large objects come as parallel ranges, hashed in order. Every transfer has
+an overall `Deadline` from its size and a minimum throughput: a socket timeout restarts with
+every byte, so a trickling server would otherwise hold a channel for as long as it likes.
 """
 
 from __future__ import annotations
@@ -42,6 +44,38 @@ class _TooLong(Exception):
     """Internal: the stream delivered more bytes than allowed."""
 
 
+class Deadline:
+    """The overall time limit of one object's transfer: `deadline_base_s` plus its size at
+    `min_bytes_per_s` (the store's configuration); past it, `storage_unavailable`."""
+
+    def __init__(self, store: ObjectStore, key: str, size: int) -> None:
+        config = store.config
+        self.store, self.key, self.size = store, key, size
+        self.seconds = config.deadline_base_s + max(0, size) / config.min_bytes_per_s
+        self._at = time.monotonic() + self.seconds
+        self._read_timeout = config.read_timeout
+
+    def remaining(self) -> float:
+        left = self._at - time.monotonic()
+        if left <= 0:
+            raise StorageUnavailable(
+                f"{self.store.full_key(self.key)}: {self.size} bytes did not arrive within "
+                f"{self.seconds:.1f} s (KRISTAL_DOWNLOAD_DEADLINE_BASE_S plus the size at "
+                f"KRISTAL_DOWNLOAD_MIN_BYTES_PER_S={self.store.config.min_bytes_per_s:g}); "
+                "the transfer was abandoned")
+        return left
+
+    def read(self, body: Any, amount: int) -> bytes:
+        """Up to `amount` bytes as soon as any arrive, waiting no later than the deadline
+        (`read1`: a plain `read` would wait for all `amount` bytes of a trickle)."""
+        left = self.remaining()
+        with contextlib.suppress(AttributeError, OSError):
+            body.set_socket_timeout(min(left, self._read_timeout))
+        read1 = getattr(getattr(body, "_raw_stream", None), "read1", None)
+        chunk: bytes = read1(amount) if callable(read1) else body.read(amount)
+        return chunk
+
+
 def _fd_name(fd: int) -> str:
     """A readable name for an open file descriptor in error messages."""
     with contextlib.suppress(OSError):
@@ -55,6 +89,7 @@ def stream(
     sink: Callable[[bytes], None],
     *,
     limit: int | None,
+    deadline: Deadline,
     start: int = 0,
     end: int | None = None,
     etag: str | None = None,
@@ -63,11 +98,13 @@ def stream(
 
     A connection cut mid-body is resumed from the last byte received with a Range GET
     pinned by If-Match, so the bytes still come from one version of the object.
-    `limit`: raise _TooLong as soon as more than `limit` bytes arrived.
+    `limit`: raise _TooLong as soon as more than `limit` bytes arrived. Nothing goes on past
+    `deadline`.
     """
     count = 0
     resumes = 0
     while True:
+        deadline.remaining()
         offset = start + count
         extra: dict[str, Any] = {}
         if offset > 0 or end is not None:
@@ -82,7 +119,7 @@ def stream(
         try:
             while True:
                 try:
-                    chunk = body.read(CHUNK)
+                    chunk = deadline.read(body, CHUNK)
                 except _BODY_ERRORS as exc:
                     resumes += 1
                     if resumes > STREAM_RESUMES:
@@ -102,8 +139,14 @@ def stream_sha256(store: ObjectStore, key: str, *,
                   expected_size: int | None = None) -> tuple[str, int]:
     """Re-hash an object in the bucket without storing it: (hex sha256, size)."""
     hasher = hashlib.sha256()
+    if expected_size is None:
+        info = store.head(key)
+        known = info.size if info is not None else 0
+    else:
+        known = expected_size
     try:
-        size, _ = stream(store, key, hasher.update, limit=expected_size)
+        size, _ = stream(store, key, hasher.update, limit=expected_size,
+                         deadline=Deadline(store, key, known))
     except _TooLong:
         raise FileHashMismatch(
             f"{store.full_key(key)} is longer than the declared {expected_size} bytes"
@@ -130,19 +173,20 @@ def download_to(
     if expected_size < 0:
         raise ManifestSchemaInvalid(f"expected size is negative: {expected_size}")
     hasher = hashlib.sha256()
+    deadline = Deadline(store, key, expected_size)
     # O_RDWR: the parallel path reads finished parts back to hash them in order.
     fd = os.open(dest, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
     ok = False
     try:
         if expected_size >= store.parallel_threshold:
-            size = _download_parallel(store, key, fd, hasher, expected_size)
+            size = _download_parallel(store, key, fd, hasher, expected_size, deadline)
         else:
             def sink(chunk: bytes) -> None:
                 hasher.update(chunk)
                 os.write(fd, chunk)
 
             try:
-                size, _ = stream(store, key, sink, limit=expected_size)
+                size, _ = stream(store, key, sink, limit=expected_size, deadline=deadline)
             except _TooLong:
                 raise FileHashMismatch(
                     f"{store.full_key(key)} is longer than the declared {expected_size} bytes"
@@ -166,7 +210,7 @@ def download_to(
                 os.unlink(dest)
 
 def _download_parallel(
-    store: ObjectStore, key: str, fd: int, hasher: Any, expected_size: int
+    store: ObjectStore, key: str, fd: int, hasher: Any, expected_size: int, deadline: Deadline
 ) -> int:
     """Ranged GETs in parallel, written with pwrite; hashed in order by reading them back.
 
@@ -200,9 +244,8 @@ def _download_parallel(
             pos += len(chunk)
 
         try:
-            count, _ = stream(store,
-                key, sink, limit=end - start, start=start, end=end, etag=info.etag
-            )
+            count, _ = stream(store, key, sink, limit=end - start, deadline=deadline,
+                              start=start, end=end, etag=info.etag)
         except _TooLong:
             raise FileHashMismatch(
                 f"{store.full_key(key)}: range {start}-{end} returned too many bytes"

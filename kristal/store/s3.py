@@ -64,6 +64,9 @@ class StoreConfig:
     secret_key: str | None = field(default=None, repr=False)
     connect_timeout: float = 5.0
     read_timeout: float = 30.0
+    # Every read has an overall deadline: base + size / minimum throughput (DESIGN §7).
+    deadline_base_s: float = 30.0
+    min_bytes_per_s: float = 1_000_000.0
 
 
 @dataclass(frozen=True)
@@ -223,6 +226,7 @@ class ObjectStore:
 
     def get_bytes(self, key: str, *, max_bytes: int) -> tuple[bytes, str]:
         """The whole (small) object and its etag; more than `max_bytes` -> ManifestSchemaInvalid."""
+        deadline = download.Deadline(self, key, max_bytes)
         resp = self.get_object(key)
         body = resp["Body"]
         try:
@@ -235,7 +239,7 @@ class ObjectStore:
             total = 0
             # Bounded read even if Content-Length lied: never more than max_bytes + one chunk.
             while True:
-                chunk = body.read(min(_CHUNK, max_bytes + 1 - total))
+                chunk = deadline.read(body, min(_CHUNK, max_bytes + 1 - total))
                 if not chunk:
                     break
                 total += len(chunk)

@@ -28,8 +28,8 @@ from kristal.formats.canonical import parse_json
 from kristal.formats.models import CHANNEL_PART_PATTERN, parse_model, validate_channel_id
 from kristal.formats.time import Rfc3339
 
-Role = Literal["publisher", "validator", "channel-authority"]
-ROLES: tuple[Role, ...] = ("publisher", "validator", "channel-authority")
+Role = Literal["publisher", "validator", "channel-authority", "activator"]
+ROLES: tuple[Role, ...] = ("publisher", "validator", "channel-authority", "activator")
 DEFAULT_REQUIRED_PROFILES: tuple[str, ...] = ("schema", "ordering", "row-count", "source-binding")
 
 KEY_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")

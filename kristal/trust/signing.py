@@ -56,6 +56,7 @@ ROLE_FOR_KIND: dict[DocKind, str] = {
     DocKind.VALIDATION_REPORT: "validator",
     DocKind.CHANNEL_INDEX: "channel-authority",
     DocKind.ROLLBACK_AUTHORIZATION: "channel-authority",
+    DocKind.CHANNEL_RECORD: "activator",
 }
 
 
