@@ -41,14 +41,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kristal.channel import records
-
 HERE = Path(__file__).resolve()
 REPO_ROOT = HERE.parent.parent
 TESTS_DIR = REPO_ROOT / "tests"
 for _path in (str(REPO_ROOT), str(TESTS_DIR)):
     if _path not in sys.path:
         sys.path.insert(0, _path)
+
+from kristal.channel import records  # noqa: E402  (after the path set-up, from a clone too)
 
 ACCESS_KEY = "kristal-soak"
 SECRET_KEY = "kristal-soak-secret"

@@ -53,9 +53,10 @@ def test_generated_file_is_canonical_sorted_and_unique(tmp_path: Path) -> None:
         row = json.loads(line)
         assert line == canonical_bytes(row)
         assert set(row) == {"statement_id", "subject", "predicate", "object"}
-        keys.append(tuple(row[k].encode() for k in ("subject", "predicate", "statement_id")))
+        keys.append(tuple(row[k].encode()
+                          for k in ("subject", "predicate", "object", "statement_id")))
     assert keys == sorted(keys) and len(set(keys)) == len(keys)
-    assert len({k[2] for k in keys}) == len(keys)
+    assert len({k[3] for k in keys}) == len(keys)
 
 
 def test_generation_is_deterministic_by_seed(tmp_path: Path) -> None:
@@ -113,7 +114,8 @@ def test_sort_orders_by_utf8_bytes_and_writes_jcs(tmp_path: Path) -> None:
     dst = tmp_path / "out.jsonl"
     sort_triples_file(src, dst, chunk_rows=2)
     expected = sorted(
-        rows, key=lambda r: [r[k].encode() for k in ("subject", "predicate", "statement_id")]
+        rows, key=lambda r: [r[k].encode()
+                             for k in ("subject", "predicate", "object", "statement_id")]
     )
     assert dst.read_bytes() == b"".join(canonical_bytes(r) + b"\n" for r in expected)
 

@@ -87,7 +87,7 @@ def _assert_jcs_sorted(data: bytes, id_field: str) -> list[dict[str, str]]:
         row = json.loads(line)
         assert canonical_bytes(row) + b"\n" == line, f"not JCS: {line!r}"
         rows.append(row)
-        keys.append(tuple(row[f].encode() for f in ("subject", "predicate", id_field)))
+        keys.append(tuple(row[f].encode() for f in ("subject", "predicate", "object", id_field)))
     assert keys == sorted(keys) and len(set(keys)) == len(keys), "not strictly sorted by bytes"
     return rows
 

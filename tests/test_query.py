@@ -15,7 +15,7 @@ from kristal.formats.canonical import canonical_bytes, sha256_hex
 from kristal.publish.datagen import generate_triples
 from kristal.runtime.sqlite_index import PROFILE, PinnedReader, build_index, result_digest
 
-ORDER = ("subject", "predicate", "statement_id")
+ORDER = ("subject", "predicate", "object", "statement_id")
 
 
 def row(sid: str, s: str, p: str, o: str) -> dict[str, str]:

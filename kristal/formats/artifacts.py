@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from kristal.errors import FileInventoryMissing, PathInvalid
@@ -24,21 +24,14 @@ from kristal.formats.models import (
     parse_model,
     validate_relative_path,
 )
+from kristal.formats.pack_schema import check_pack_schema
+from kristal.formats.time import Rfc3339
 
 
 # --- payload inventories ---------------------------------------------------------------------
 class FileEntry(Strict):
     path: str
-    role: Literal[
-        "parquet_data",
-        "index",
-        "bitmap",
-        "membership_filter",
-        "dictionary",
-        "metadata",
-        "statistics",
-        "other",
-    ]
+    role: NonEmpty  # a pack's roles are the upstream schema's enum (checked there)
     sha256: Hex64
     size_bytes: int = Field(ge=0)
     mime_type: str | None = None
@@ -98,11 +91,15 @@ class ExchangeManifest(Open):
 
 
 # --- Runtime Pack (upstream v5: 14 required fields, additionalProperties false) --------------
+# The upstream schema (`pack_schema`) is checked first; these models then accept everything it
+# accepts (IDs may be bare hex there: identity and binding checks refuse those later), and
+# refuse beyond it only unsafe or repeated payload paths (`path_invalid`).
 class SourceExchangeRef(Strict):
-    exchange_id: Sha256Id
+    exchange_id: str
     artifact_type: Literal["working_exchange", "reference_exchange"]
-    exchange_manifest_hash: Sha256Id
-    exchange_version: str
+    exchange_manifest_hash: str | None = None
+    exchange_version: str | None = None
+    scope: dict[str, Any] | None = None
 
 
 class Compiler(Strict):
@@ -113,17 +110,23 @@ class Compiler(Strict):
 
 
 class Build(Strict):
-    build_id: str | None = None
-    deterministic: bool
+    build_id: str
+    deterministic: Literal[True]
     canonicalization_profile: Literal["kristal.v5:jcs-rfc8785"]
     canonicalization_version: Literal["1"]
-    config_hash: Sha256Id
+    config_hash: str
     compile_status: Literal["succeeded", "failed", "partial"]
+    validation_status: str | None = None
+    recognition_status: str | None = None
+    publication_status: Any = None
+    activation_status: Any = None
+    reason_codes: list[str] | None = None
 
 
 class QueryContractRef(Strict):
     contract_id: NonEmpty
-    contract_version: NonEmpty
+    contract_hash: str | None = None
+    contract_version: str | None = None
 
 
 class Integrity(Strict):
@@ -133,13 +136,13 @@ class Integrity(Strict):
 
 
 class RuntimePackManifest(Strict):
-    schema_version: str = Field(pattern=r"^5\.\d+$")
+    schema_version: Literal["5.0"]
     artifact_type: Literal["runtime_pack_manifest"]
-    runtime_pack_id: Sha256Id
+    runtime_pack_id: str
     runtime_pack_version: NonEmpty
-    created_at: datetime
+    created_at: Rfc3339
     source_exchange_ref: SourceExchangeRef
-    source_artifact_status: Literal["working", "reference", "candidate", "deprecated"]
+    source_artifact_status: str
     compiler: Compiler
     build: Build
     policies: dict[str, Any]
@@ -154,13 +157,19 @@ class RuntimePackManifest(Strict):
     signatures: list[dict[str, Any]] | None = None
     extensions: dict[str, Any] | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _upstream_schema(cls, data: Any) -> Any:
+        check_pack_schema(data)  # raises ManifestSchemaInvalid with the JSON path
+        return data
+
     @field_validator("files")
     @classmethod
     def _unique_paths(cls, files: list[FileEntry]) -> list[FileEntry]:
         seen: set[str] = set()
         for entry in files:
             if entry.path in seen:
-                raise ValueError(f"duplicate path {entry.path!r}")
+                raise PydanticCustomError("path_invalid", f"duplicate path {entry.path!r}")
             seen.add(entry.path)
         return files
 

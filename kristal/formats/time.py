@@ -42,6 +42,15 @@ def _strict_rfc3339(value: Any) -> Any:
 Rfc3339 = Annotated[AwareDatetime, BeforeValidator(_strict_rfc3339)]
 
 
+def is_rfc3339(value: object) -> bool:
+    """Whether `value` is a timestamp `Rfc3339` accepts (the JSON schemas' `date-time`)."""
+    try:
+        _strict_rfc3339(value)
+    except ValueError:
+        return False
+    return isinstance(value, str)
+
+
 def parse_duration(text: str, *, at_least: timedelta = timedelta(0),
                    at_most: timedelta = MAX_DURATION) -> timedelta:
     """`30m`, `24h`, `7d`, or ISO 8601 (`P7D`, `PT12H`, `P1DT2H30M`); positive, bounded."""

@@ -51,8 +51,9 @@ def _entity(i: int) -> str:
 
 
 def _generated_lines(count: int, seed: int) -> Iterator[str]:
-    """Rows in canonical order by construction: subjects ascend, and within a subject the
-    predicates ascend and statement ids ascend, so no sort is ever needed."""
+    """Rows in canonical order by construction: subjects ascend, within a subject the
+    predicates, within a predicate the objects, and statement ids ascend with them, so no
+    sort is ever needed."""
     rng = random.Random(seed)
     # Object references point into the subject range so object lookups find real entities.
     n_subjects = max(1, count // 3)
@@ -76,7 +77,7 @@ def _generated_lines(count: int, seed: int) -> Iterator[str]:
                 objects = [f"Entity {i} label {rng.randrange(1_000_000)}"]
             else:
                 objects = [str(rng.randrange(10_000_000))]
-            for obj in objects:
+            for obj in sorted(objects):  # (subject, predicate, object, statement_id) order
                 # Every value is ASCII without quotes, backslashes or control characters, so the
                 # f-string below is already the JCS form (keys in sorted order).
                 yield (
@@ -158,12 +159,16 @@ def check_row_shape(value: object, where: str) -> dict[str, str]:
     return value
 
 
-def row_key(row: dict[str, str]) -> tuple[str, str, str]:
-    # Code-point order of str equals UTF-8 byte order (surrogates are refused above).
-    return (row["subject"], row["predicate"], row["statement_id"])
+RowKey = tuple[str, str, str, str]
 
 
-def _write_run(rows: list[tuple[tuple[str, str, str], bytes]], tmp_dir: str) -> str:
+def row_key(row: dict[str, str]) -> RowKey:
+    """The canonical order (DESIGN §7): subject, predicate, object, statement_id. Code-point
+    order of str equals UTF-8 byte order (surrogates are refused above)."""
+    return (row["subject"], row["predicate"], row["object"], row["statement_id"])
+
+
+def _write_run(rows: list[tuple[RowKey, bytes]], tmp_dir: str) -> str:
     rows.sort(key=lambda item: item[0])
     fd, name = tempfile.mkstemp(prefix="sort-run-", suffix=".jsonl", dir=tmp_dir)
     with os.fdopen(fd, "wb") as out:
@@ -171,12 +176,11 @@ def _write_run(rows: list[tuple[tuple[str, str, str], bytes]], tmp_dir: str) -> 
     return name
 
 
-def _read_run(name: str) -> Iterator[tuple[tuple[str, str, str], bytes]]:
+def _read_run(name: str) -> Iterator[tuple[RowKey, bytes]]:
     with open(name, "rb") as run:
         for line in run:
             # Our own canonical output: the plain parser is enough here.
-            row = json.loads(line)
-            yield (row["subject"], row["predicate"], row["statement_id"]), line
+            yield row_key(json.loads(line)), line
 
 
 def sort_triples_file(
@@ -186,8 +190,7 @@ def sort_triples_file(
 
     Memory is bounded by `chunk_rows` rows: sorted runs go to temp files, then `heapq.merge`.
     Blank lines are skipped; any other bad line raises `ManifestSchemaInvalid` with its number.
-    Exact duplicates of (subject, predicate, statement_id) are refused; global statement_id
-    uniqueness is enforced by `kristal.runtime.sqlite_index.build_index` over the sorted output.
+    A statement_id given twice is refused (with both line numbers).
     """
     if chunk_rows < 1:
         raise ValueError("chunk_rows must be >= 1")
@@ -195,7 +198,7 @@ def sort_triples_file(
     runs: list[str] = []
     partial = dst.with_name(f".{dst.name}.{os.getpid()}.partial")
     try:
-        chunk: list[tuple[tuple[str, str, str], bytes]] = []
+        chunk: list[tuple[RowKey, bytes]] = []
         # statement_id uniqueness with the input's line numbers, in bounded memory (on disk).
         seen = sqlite3.connect(os.path.join(work, "ids.sqlite"), isolation_level=None)
         seen.execute("PRAGMA journal_mode=OFF")
@@ -229,14 +232,13 @@ def sort_triples_file(
             runs.append(_write_run(chunk, work))
         del chunk
         count = 0
-        previous: tuple[str, str, str] | None = None
+        previous: RowKey | None = None
         with open(partial, "wb") as out:
             merged = heapq.merge(*(_read_run(name) for name in runs), key=lambda item: item[0])
             for key, line in merged:
                 if key == previous:
                     raise ManifestSchemaInvalid(
-                        f"triples file: statement_id {key[2]!r} repeated for the same subject "
-                        "and predicate"
+                        f"triples file: statement_id {key[3]!r} repeated"
                     )
                 previous = key
                 out.write(line)

@@ -154,6 +154,20 @@ def sign_exchange(doc: dict[str, Any], key: SigningKey, now: datetime) -> dict[s
     )
 
 
+# What the `kristal.runtime/sqlite/1` pack is, in the upstream schema's terms (DESIGN §7).
+PACK_POLICIES: dict[str, Any] = {
+    "data_ordering": {
+        "policy": "subject_predicate_object_statement_id_asc",
+        "notes": "by the UTF-8 bytes of subject, predicate, object, statement_id"},
+    "row_grouping": {
+        "policy": "fixed_rows_100k",
+        "notes": "nominal: one JSONL file, indexed whole by the activator's SQLite index"},
+    "membership_filter": {"kind": "none"},
+    "bitmap": {"format": "roaring", "run_optimize": False,
+               "notes": "nominal: the pack ships no bitmap index"},
+}
+
+
 def pack_doc(
     exchange_id: str,
     exchange_manifest_sha256: str,
@@ -162,7 +176,8 @@ def pack_doc(
     expectations: Expectations,
     now: datetime,
 ) -> dict[str, Any]:
-    config = {"profile": SQLITE_PROFILE, "contract": QUERY_CONTRACT, "ordering": "spo-bytes"}
+    config = {"profile": SQLITE_PROFILE, "contract": QUERY_CONTRACT,
+              "ordering": PACK_POLICIES["data_ordering"]["policy"]}
     return {
         "schema_version": "5.0",
         "artifact_type": "runtime_pack_manifest",
@@ -188,7 +203,7 @@ def pack_doc(
             "config_hash": "sha256:" + sha256_hex(canonical_bytes(config)),
             "compile_status": "succeeded",
         },
-        "policies": {"data_ordering": {"policy": "subject_predicate_statement_id_utf8_asc"}},
+        "policies": PACK_POLICIES,
         "reader_policy_refs": [],
         "query_contract_ref": {"contract_id": QUERY_CONTRACT, "contract_version": "1"},
         "files": [triples_entry],

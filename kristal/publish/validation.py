@@ -26,8 +26,8 @@ REPORT_LIFETIME = timedelta(days=365)
 
 
 # --- validation profiles: real checks over what was written ----------------------------------
-def _order_key(row: dict[str, str], id_field: str) -> tuple[bytes, bytes, bytes]:
-    return (row["subject"].encode(), row["predicate"].encode(), row[id_field].encode())
+def _order_key(row: dict[str, str], id_field: str) -> tuple[bytes, ...]:
+    return tuple(row[k].encode() for k in ("subject", "predicate", "object", id_field))
 
 
 def _check_schema(ctx: ReleaseFiles) -> list[dict[str, str]]:
@@ -48,7 +48,7 @@ def _check_ordering(ctx: ReleaseFiles) -> list[dict[str, str]]:
     sources = [(ctx.triples, "statement_id", "triples")]
     sources += [(p, "assertion_id", f"assertions[{i}]") for i, p in enumerate(ctx.assertion_blobs)]
     for path, id_field, what in sources:
-        previous: tuple[bytes, bytes, bytes] | None = None
+        previous: tuple[bytes, ...] | None = None
         bad = ""
         for line_no, row in enumerate(read_rows(path), start=1):
             current = _order_key(row, id_field)
@@ -60,7 +60,7 @@ def _check_ordering(ctx: ReleaseFiles) -> list[dict[str, str]]:
             {
                 "check_id": f"ordering:{what}",
                 "status": "failed" if bad else "passed",
-                "message": bad or "strictly increasing by subject, predicate, id bytes",
+                "message": bad or "strictly increasing by subject, predicate, object, id bytes",
             }
         )
     return findings

@@ -147,7 +147,7 @@ class _RowStream:
 
     def __iter__(self) -> Iterator[tuple[str, str, str, str]]:
         fast = _FAST_LINE.fullmatch
-        prev_key: tuple[str, str, str] = ("", "", "")
+        prev_key: tuple[str, str, str, str] = ("", "", "", "")
         prev_id = ""
         ascending = True
         lineno = 0
@@ -158,7 +158,7 @@ class _RowStream:
                     o, p, sid, s = m.groups()
                 else:
                     sid, s, p, o = _slow_row(line, lineno)
-                key = (s, p, sid)
+                key = (s, p, o, sid)
                 if key <= prev_key:
                     self._order_error(key, prev_key, lineno)
                 prev_key = key
@@ -170,14 +170,14 @@ class _RowStream:
         self.ids_ascending = ascending
 
     @staticmethod
-    def _order_error(key: tuple[str, str, str], prev: tuple[str, str, str], lineno: int) -> None:
+    def _order_error(key: tuple[str, ...], prev: tuple[str, ...], lineno: int) -> None:
         if key == prev:
             raise ManifestSchemaInvalid(
-                f"{_where(lineno)}: duplicate statement_id {key[2]!r} (also on line {lineno - 1})"
+                f"{_where(lineno)}: duplicate statement_id {key[3]!r} (also on line {lineno - 1})"
             )
         raise ManifestSchemaInvalid(
             f"{_where(lineno)}: out of order: rows must be sorted by the UTF-8 bytes of subject, "
-            "predicate, statement_id"
+            "predicate, object, statement_id"
         )
 
 

@@ -69,9 +69,16 @@ class Deadline:
         """Up to `amount` bytes as soon as any arrive, waiting no later than the deadline
         (`read1`: a plain `read` would wait for all `amount` bytes of a trickle)."""
         left = self.remaining()
-        with contextlib.suppress(AttributeError, OSError):
-            body.set_socket_timeout(min(left, self._read_timeout))
-        read1 = getattr(getattr(body, "_raw_stream", None), "read1", None)
+        raw = getattr(body, "_raw_stream", None)
+        if left < self._read_timeout:
+            # The socket botocore's `set_socket_timeout` reaches (it logs an error when the
+            # response is already drained); the deadline, not the read timeout, comes first.
+            fp = getattr(getattr(raw, "_fp", None), "fp", None)
+            sock = getattr(getattr(fp, "raw", None), "_sock", None)
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.settimeout(left)
+        read1 = getattr(raw, "read1", None)
         chunk: bytes = read1(amount) if callable(read1) else body.read(amount)
         return chunk
 
