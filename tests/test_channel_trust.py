@@ -56,8 +56,11 @@ def test_a_pointer_with_a_sequence_gap_is_not_repaired_into_history(world: World
     world.activate(1, via="plain")
     world.activate(2, via="plain")
     pointer = world.read_json(layout.pointer(world.channel))
-    world.write_json(layout.pointer(world.channel), {**pointer, "sequence": 5})
-    _refused(world, "pointer_invalid", lambda: world.rollback())
+    # Re-signed (an attacker holding an activator key): the chain rule, not the signature,
+    # is what refuses it.
+    world.write_json(layout.pointer(world.channel), world.resign({**pointer, "sequence": 5}))
+    error = _refused(world, "pointer_invalid", lambda: world.rollback())
+    assert "does not follow on from history record 4" in error.message
     assert world.store.head(layout.history(world.channel, 5)) is None
 
 

@@ -81,12 +81,12 @@ def test_a_symlinked_index_directory_is_refused_before_anything_moves(
 def test_a_trickling_download_is_abandoned_at_its_deadline(
         world: World, fault_proxy: FaultProxy) -> None:
     """Issue 12 item 10: the pack's triples come at 2 bytes/s. Each attempt stops at its
-    deadline (2 s + size at the minimum throughput), the retries too; then the run fails
+    deadline (1 s + size at the minimum throughput), the retries too; then the run fails
     `storage_unavailable`, nothing changed, and the channel is free for the next run."""
     world.publish(1)
     world.publish(2)
     world.activate(1, via="plain")
-    world.patch.setenv("KRISTAL_DOWNLOAD_DEADLINE_BASE_S", "2")
+    world.patch.setenv("KRISTAL_DOWNLOAD_DEADLINE_BASE_S", "1")
     world.flows_through(fault_proxy.url, cache_dir=world.home / "fresh-cache")
     fault_proxy.add_rule(Action.TRICKLE, method="GET", key_contains=layout.TRIPLES_PATH,
                          delay=0.5, times=100)

@@ -71,7 +71,7 @@ def _parse(doc: Any) -> RuntimePackManifest:
 
 # Generating from this schema costs ~0.5 s an example on 2 cores, shrinking far more: a few
 # examples per run, no shrinking (a failure prints the example as generated).
-@settings(max_examples=12, deadline=None, phases=[Phase.generate],
+@settings(max_examples=8, deadline=None, phases=[Phase.generate],
           suppress_health_check=list(HealthCheck))
 @given(doc=from_schema(_schema() if SCHEMA_PATH.is_file() else {"const": None}))
 def test_the_model_accepts_every_manifest_the_schema_accepts(doc: Any) -> None:
