@@ -50,6 +50,17 @@ def _floats(name: str, default: tuple[float, ...]) -> tuple[float, ...]:
                            field=name) from None
 
 
+def lease_renew_s() -> float:
+    """Seconds between channel-lock lease renewals (`KRISTAL_LEASE_RENEW_S`, default 15)."""
+    return _positive("KRISTAL_LEASE_RENEW_S", 15.0)
+
+
+def lock_stale_s() -> float | None:
+    """`KRISTAL_LOCK_STALE_S`: a lock holder not seen for this long is gone (default: four
+    renewals)."""
+    return _positive("KRISTAL_LOCK_STALE_S", 1.0) if _env("KRISTAL_LOCK_STALE_S") else None
+
+
 def home_dir() -> Path:
     return Path(os.environ.get("KRISTAL_HOME") or Path.home() / ".kristal").expanduser()
 

@@ -267,6 +267,13 @@ class PointerConflict(Conflict):
     code = "pointer_conflict"
 
 
+class ChannelLocked(Conflict):
+    """A live run holds the channel's lock (it renewed its lease recently): wait for it, or
+    stop that run first."""
+
+    code = "channel_locked"
+
+
 class CommitUnknown(UnknownOutcome):
     code = "commit_unknown"
 

@@ -24,8 +24,11 @@ from prefect import get_client
 from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.objects import ConcurrencyLeaseHolder
 
+from kristal.config import lease_renew_s
+from tasks import lock_registry
+
 LEASE_S = 60.0  # the server refuses shorter leases
-RENEW_EVERY_S = LEASE_S / 4
+HEAL_CHECK_S = 2.0  # while refused (423): how often to look for a holder that is gone
 BUSY_BACKOFF_S = (0.05, 0.1, 0.2, 0.4, 0.8, 1.0)  # 503/502/429 and dropped connections
 LOCKED_BACKOFF_MAX_S = 1.0  # a 423 (held by someone else): re-ask at least this often
 _BUSY_STATUSES = frozenset({429, 502, 503, 504})
@@ -88,13 +91,21 @@ class Lease:
         except BaseException:
             self._close()
             raise
+        self._record(self._client)
         self._renewer = threading.Thread(target=self._renew, args=(self._client,), daemon=True,
                                          name=f"kristal-lease-{self.names[0]}")
         self._renewer.start()
 
+    def _record(self, client: SyncPrefectClient) -> None:
+        if self.lease_id is not None:
+            holder = self.holder.model_dump(mode="json") if self.holder is not None else None
+            lock_registry.write(client, self.names, str(self.lease_id), holder)
+
     def _increment(self, client: SyncPrefectClient, wait_s: float) -> UUID:
         deadline = time.monotonic() + wait_s
         busy = 0
+        locked_since: float | None = None  # first refusal of this wait (423)
+        healed_at = 0.0
         payload: dict[str, Any] = {"names": self.names, "slots": 1, "mode": "concurrency",
                                    "lease_duration": LEASE_S}
         if self.holder is not None:
@@ -110,6 +121,12 @@ class Lease:
                 log.debug("acquire %s: %s %s", self.names, status, exc.response.text[:200])
                 if status == 423:
                     pause = min(_retry_after(exc.response), LOCKED_BACKOFF_MAX_S)
+                    now = time.monotonic()
+                    locked_since = locked_since if locked_since is not None else now
+                    if now - healed_at >= HEAL_CHECK_S:
+                        healed_at = now
+                        if lock_registry.free_stale(client, self.names, now - locked_since):
+                            pause = 0.0
                 elif status in _BUSY_STATUSES:
                     pause = BUSY_BACKOFF_S[min(busy, len(BUSY_BACKOFF_S) - 1)]
                     busy += 1
@@ -136,13 +153,18 @@ class Lease:
     def _renew(self, client: SyncPrefectClient) -> None:
         assert self.lease_id is not None
         lease_id, last_renewed = self.lease_id, time.monotonic()
-        while not self._stop.wait(RENEW_EVERY_S):
+        every = lease_renew_s()
+        while not self._stop.wait(every):
             try:
                 client.renew_concurrency_lease(lease_id, lease_duration=LEASE_S)
                 last_renewed = time.monotonic()
+                self._record(client)  # the heartbeat others judge this holder by
             except Exception as exc:  # any failure: try again while the lease lasts
-                gone = isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code == 404
-                if gone or time.monotonic() - last_renewed >= LEASE_S - RENEW_EVERY_S:
+                # 410 (or 404): the server no longer knows the lease (it expired, or the
+                # server restarted with its leases in memory): it is lost, not late.
+                gone = (isinstance(exc, httpx.HTTPStatusError)
+                        and exc.response.status_code in (404, 410))
+                if gone or time.monotonic() - last_renewed >= LEASE_S - every:
                     self._lost.set()
                     log.warning("lease on %s lost (%s): channels not yet started will not "
                                 "start under it", self.names, exc)
@@ -158,6 +180,7 @@ class Lease:
         try:
             if lease_id is not None and self._client is not None:
                 self._decrement(self._client, lease_id)
+                lock_registry.clear(self._client, self.names, str(lease_id))
         finally:
             self._close()
 

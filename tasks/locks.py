@@ -26,6 +26,8 @@ from tasks.leases import Lease, LimitMissing, current_holder
 from tasks.names import lock_name
 
 log = logging.getLogger("kristal.locks")
+_held: contextvars.ContextVar[tuple[Lease, ...]] = contextvars.ContextVar(
+    "kristal_held_leases", default=())
 _upserted: set[tuple[str, str]] = set()
 UPSERTS_IN_FLIGHT = 8
 LIMITS_PAGE = 200
@@ -109,7 +111,7 @@ def channel_lock(channel_ids: Sequence[str], *, wait_s: float,
     names = ", ".join(lock_name(c) for c in channel_ids)
     held = ExitStack()
     try:
-        held.enter_context(hold_channel_limits(channel_ids, wait_s=wait_s))
+        held_lease = held.enter_context(hold_channel_limits(channel_ids, wait_s=wait_s))
     except TimeoutError:
         if not proceed_without:
             raise
@@ -120,7 +122,16 @@ def channel_lock(channel_ids: Sequence[str], *, wait_s: float,
         yield False
         return
     with held:
-        yield True
+        token = _held.set((*_held.get(), held_lease))
+        try:
+            yield True
+        finally:
+            _held.reset(token)
+
+
+def lease_lost() -> bool:
+    """Whether a channel lock this context holds (`channel_lock`) has lost its lease."""
+    return any(not lease.held for lease in _held.get())
 
 
 class WaveLock:
@@ -177,6 +188,28 @@ class WaveLock:
     def join(self, timeout_s: float = 30.0) -> None:
         self._release.set()
         self._thread.join(timeout_s)
+
+
+def unlock_channel(channel_id: str) -> dict[str, Any]:
+    """Free a channel lock whose holder is gone (`kristalctl unlock`): refused with
+    `channel_locked` while its holder still renews; nothing to do when it is free."""
+    from kristal.errors import ChannelLocked
+    from tasks import lock_registry
+
+    name = ensure_channel_limits([channel_id])[0]
+    with get_client(sync_client=True) as client:
+        taken = lock_registry.active_slots(client, name)
+        entry = lock_registry.read(client, name)
+        out: dict[str, Any] = {"channel_id": channel_id, "lock": name, "active_slots": taken,
+                               "holder": entry.describe() if entry else None, "freed": False}
+        if taken == 0:
+            return out
+        if entry is not None and entry.age_s() <= lock_registry.stale_after_s():
+            raise ChannelLocked(f"{name} is held by {entry.describe()}: that run is alive; "
+                                "wait for it or cancel it first")
+        lock_registry.free(client, name)
+    out["freed"] = True
+    return out
 
 
 def run_logger() -> Any:

@@ -19,8 +19,9 @@ from prefect.utilities.annotations import opaque
 from pydantic import Field
 
 from kristal.config import retry_delays_s
+from kristal.errors import ActivationAborted
 from kristal.operations.runner import Approval, Artifact, HeldLock, Progress, Step
-from tasks.locks import WaveLock, channel_lock, ensure_channel_limits, run_logger
+from tasks.locks import WaveLock, channel_lock, ensure_channel_limits, lease_lost, run_logger
 from tasks.names import artifact_key, channel_resource_id, fleet_resource_id
 from tasks.reporting import ProgressArtifact, publish_artifact
 from tasks.runtime import retry_on_transient
@@ -78,6 +79,11 @@ class PrefectRunner:
         return "prefect"
 
     def __call__(self, step: Step[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
+        if step.switches and lease_lost():
+            raise ActivationAborted(
+                f"the channel lock's lease was lost before {step.name} (the Prefect server "
+                "restarted, or could not be reached to renew it): nothing was switched; run it "
+                "again")
         if self._inline:
             return step.fn(*args, **kwargs)
         # Our arguments are never futures: `opaque` keeps Prefect from walking into them (a

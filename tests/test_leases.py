@@ -6,8 +6,10 @@ a fault proxy in front of the API.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 from faultproxy import Action, FaultProxy
@@ -119,14 +121,14 @@ def test_a_limit_deleted_behind_the_process_is_created_again(prefect_api: str) -
     assert _active_slots(name) == 0
 
 
+@pytest.mark.parametrize("status", [404, 410])
 def test_a_held_lease_is_renewed_and_known_lost_when_the_server_forgets_it(
-    prefect_api: str, monkeypatch: pytest.MonkeyPatch
+    prefect_api: str, monkeypatch: pytest.MonkeyPatch, status: int
 ) -> None:
+    """Prefect 3.9 answers 410 Gone to the renewal of a lease it no longer has."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    import tasks.leases as leases
-
-    monkeypatch.setattr(leases, "RENEW_EVERY_S", 0.2)
+    monkeypatch.setenv("KRISTAL_LEASE_RENEW_S", "0.2")
     name = ensure_channel_limits(_channels(1))[0]
     with FaultProxy(prefect_api.removesuffix("/api"), access_key="-", secret_key="-") as proxy, \
             temporary_settings(updates={PREFECT_API_URL: f"{proxy.url}/api"}), \
@@ -135,9 +137,84 @@ def test_a_held_lease_is_renewed_and_known_lost_when_the_server_forgets_it(
         renewals = proxy.requests("POST", "/renew")
         assert len(renewals) >= 3 and all(r.upstream_status == 204 for r in renewals)
         assert lease.held
-        proxy.add_rule(Action.STATUS, method="POST", key_contains="/renew", status=404, times=1)
+        proxy.add_rule(Action.STATUS, method="POST", key_contains="/renew", status=status,
+                       times=1)
         deadline = time.monotonic() + 3
         while lease.held and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not lease.held  # a 404: the server no longer has it
+        assert not lease.held  # the server no longer has it: lost, not late
     assert _active_slots(name) == 0
+
+
+def _migrated_database(tmp_path: Path) -> str:
+    """A copy of the session server's database (already migrated: a fresh one costs ~17 s of
+    migrations at start-up), as a connection URL for a server of the test's own."""
+    import sqlite3
+
+    from prefect.settings import get_current_settings
+
+    url = get_current_settings().server.database.connection_url
+    assert url is not None
+    source = url.get_secret_value().removeprefix("sqlite+aiosqlite:///")
+    target = tmp_path / "prefect.db"
+    with sqlite3.connect(source) as src, sqlite3.connect(target) as dst:
+        src.backup(dst)
+    return f"sqlite+aiosqlite:///{target}"
+
+
+def test_a_server_restart_does_not_lock_a_channel_for_good(
+        prefect_api: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 14: with leases in the server's memory (Prefect's default), a restart forgets the
+    lease while its slot stays taken. The holder learns its lease is lost (410); the next
+    acquisition frees the slot once its holder is stale; `kristalctl unlock` refuses while a
+    holder is alive and frees a slot nobody holds."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from test_cli import kristalctl
+
+    from kristal.dev.processes import start_prefect_server, stop_process
+    from tasks.locks import channel_lock
+
+    monkeypatch.setenv("KRISTAL_LEASE_RENEW_S", "0.3")
+    monkeypatch.setenv("KRISTAL_LOCK_STALE_S", "2")
+    monkeypatch.setenv("PREFECT_SERVER_DATABASE_CONNECTION_URL", _migrated_database(tmp_path))
+    home = tmp_path / "prefect"
+    memory = "prefect.server.concurrency.lease_storage.memory"
+    server = start_prefect_server(home, log_path=tmp_path / "a.log", lease_storage=memory)
+    channel = _channels(1)[0]
+    env = {"PREFECT_API_URL": server.api_url, "KRISTAL_LOCK_STALE_S": "2"}
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+            name = ensure_channel_limits([channel])[0]
+            lease = Lease([name])
+            lease.acquire(5)
+            stop_process(server.pid)
+            server = start_prefect_server(home, log_path=tmp_path / "b.log", port=server.port,
+                                          lease_storage=memory)
+            deadline = time.monotonic() + 10
+            while lease.held and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert not lease.held, "the renewal's 410 was not taken as a lost lease"
+            lease.release()
+            assert _active_slots(name) == 1  # the wedge: a slot no lease will ever free
+            started = time.monotonic()
+            with channel_lock([channel], wait_s=60) as held:
+                assert held
+            assert time.monotonic() - started < 30  # stale after 2 s; was 600 s, then failed
+            assert _active_slots(name) == 0
+
+            with hold_limits([name], wait_s=5):  # alive: renewing every 0.3 s
+                proc = kristalctl("unlock", channel, env=env)
+                assert proc.returncode == 3, proc.stderr
+                assert proc.stderr.startswith("error: channel_locked: "), proc.stderr
+                assert _active_slots(name) == 1
+            from prefect import get_client
+            from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
+
+            with get_client(sync_client=True) as client:  # a slot taken by nobody
+                client.update_global_concurrency_limit(
+                    name, GlobalConcurrencyLimitUpdate(active_slots=1))
+            proc = kristalctl("unlock", channel, "--json", env=env)
+            assert proc.returncode == 0, proc.stderr
+            assert json.loads(proc.stdout)["freed"] is True and _active_slots(name) == 0
+    finally:
+        stop_process(server.pid)

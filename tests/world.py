@@ -316,6 +316,10 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory, seaweed: SeaweedProces
     os.environ["PREFECT_HOME"] = str(home)
     os.environ["PREFECT_LOCAL_STORAGE_PATH"] = str(home / "storage")
     os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    from kristal.dev.processes import FILESYSTEM_LEASES
+
+    # As `dev up` and production run it: leases that survive a server restart.
+    os.environ.setdefault("PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE", FILESYSTEM_LEASES)
     from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 

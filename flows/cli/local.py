@@ -1,5 +1,5 @@
-"""`kristalctl keys`, `dev`, `serve` and `demo`: keys, the local stack, serving the
-deployments, and the main job end to end."""
+"""`kristalctl keys`, `dev`, `serve`, `demo` and `unlock`: keys, the local stack, serving the
+deployments, the main job end to end, and freeing a channel lock whose holder is gone."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from flows.cli.app import JsonOpt, app, dev_app, keys_app
+from flows.cli.app import Channel, JsonOpt, app, dev_app, keys_app
 from flows.console import emit, quiet_prefect
 from kristal.config import home_dir
 
@@ -63,3 +63,23 @@ def demo_command(as_json: JsonOpt = False) -> None:
     from flows.demo import run_demo
 
     run_demo(as_json=as_json)  # starts the stack first: Prefect must see PREFECT_API_URL
+
+
+@app.command("unlock")
+def unlock_command(channel: Channel, as_json: JsonOpt = False) -> None:
+    """Free a channel lock whose holder is gone (e.g. its lease was lost to a Prefect server
+    restart); refused while a live run holds it."""
+    import os
+
+    from kristal.errors import UsageInvalid
+
+    if not os.environ.get("PREFECT_API_URL"):
+        raise UsageInvalid("unlock needs PREFECT_API_URL: the server whose lock to free",
+                           field="PREFECT_API_URL")
+    quiet_prefect()
+    from tasks.locks import unlock_channel
+
+    done = unlock_channel(channel)
+    human = (f"{done['lock']}: freed (its holder was {done['holder'] or 'not recorded'})"
+             if done["freed"] else f"{done['lock']}: not locked")
+    emit(as_json, done, human)

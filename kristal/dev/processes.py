@@ -204,12 +204,19 @@ class PrefectServerProcess:
     api_url: str
 
 
+# Leases on disk under the server's PREFECT_HOME: a restart keeps them, so a channel lock held
+# across one is still released by its holder (in memory, the slot would stay taken for good).
+FILESYSTEM_LEASES = "prefect.server.concurrency.lease_storage.filesystem"
+
+
 def start_prefect_server(
-    prefect_home: Path, *, log_path: Path | None = None, ready_timeout: float = 90
+    prefect_home: Path, *, log_path: Path | None = None, ready_timeout: float = 90,
+    port: int | None = None, lease_storage: str | None = None,
 ) -> PrefectServerProcess:
-    """Start `prefect server start` on 127.0.0.1:<free port>; wait until /api/health answers."""
+    """Start `prefect server start` on 127.0.0.1:<port> (a free one unless given; the same
+    home and port restart a server); wait until /api/health answers."""
     prefect_home.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     env = {
         **os.environ,
         "PREFECT_HOME": str(prefect_home),
@@ -221,6 +228,10 @@ def start_prefect_server(
     }
     # A client-side API URL inherited from the caller's shell means nothing to the server.
     env.pop("PREFECT_API_URL", None)
+    if lease_storage is not None:
+        env["PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE"] = lease_storage
+    else:
+        env.setdefault("PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE", FILESYSTEM_LEASES)
     argv = [
         sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
         "--port", str(port),

@@ -29,23 +29,26 @@ log = logging.getLogger("kristal")
 class Step(Generic[P, R]):
     """A named domain step. `retries`: a storage hiccup may be retried because the step is
     idempotent (reads, write-once records); a step that moves the pointer never is, since a
-    retry after a write that landed would move it again."""
+    retry after a write that landed would move it again. `switches`: the step moves the
+    pointer forward; a runner holding the channel's lock does not start it once that lock is
+    lost (the conditional write stays the only lock correctness needs)."""
 
     name: str
     fn: Callable[P, R]
     retries: bool = True
     run_name: str | None = None  # a template over the step's parameters: "activate-wave-{wave}"
+    switches: bool = False
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.fn(*args, **kwargs)
 
 
-def step(name: str, *, retries: bool = True,
-         run_name: str | None = None) -> Callable[[Callable[P, R]], Step[P, R]]:
+def step(name: str, *, retries: bool = True, run_name: str | None = None,
+         switches: bool = False) -> Callable[[Callable[P, R]], Step[P, R]]:
     """Declare a function as a named step (see `Step`)."""
 
     def wrap(fn: Callable[P, R]) -> Step[P, R]:
-        return Step(name, fn, retries, run_name)
+        return Step(name, fn, retries, run_name, switches)
 
     return wrap
 

@@ -66,7 +66,7 @@ def confirm_live_restorable(ctx: Context, plan: ActivationPlan) -> str:
     return f"release {live.active.release_id} (live) is restorable"
 
 
-@step("switch-pointer", retries=False)
+@step("switch-pointer", retries=False, switches=True)
 def switch_pointer(ctx: Context, plan: ActivationPlan, who: Who,
                    kind: ActivationKind | None = None) -> ActivationRecord:
     """Step D: one conditional write of the pointer, then the immutable history object."""
