@@ -10,6 +10,7 @@ import json
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from faultproxy import Action, FaultProxy
@@ -218,3 +219,37 @@ def test_a_server_restart_does_not_lock_a_channel_for_good(
             assert json.loads(proc.stdout)["freed"] is True and _active_slots(name) == 0
     finally:
         stop_process(server.pid)
+
+
+def test_an_activation_whose_lease_is_lost_stops_before_its_switch(
+        world: Any, prefect_api: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The renewal answers 410 while the run stages: the switch does not start under a lock
+    the server no longer knows; nothing in the channel changed, and the next run succeeds."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from kristal.errors import KristalError
+    from kristal.runtime import staging
+
+    world.publish(1)
+    world.publish(2)
+    world.activate(1, via="plain")
+    monkeypatch.setenv("KRISTAL_LEASE_RENEW_S", "0.1")
+    before = world.snapshot()
+    with FaultProxy(prefect_api.removesuffix("/api"), access_key="-", secret_key="-") as proxy, \
+            temporary_settings(updates={PREFECT_API_URL: f"{proxy.url}/api"}):
+        proxy.add_rule(Action.STATUS, method="POST", key_contains="/renew", status=410,
+                       times=1)
+        monkeypatch.setattr(staging, "stage_release", _slowly(staging.stage_release))
+        with pytest.raises(KristalError) as info:
+            world.activate(2)
+    assert info.value.code == "activation_aborted" and info.value.exit_status == 1, \
+        info.value.line()
+    assert world.snapshot() == before
+    assert world.activate(2).outcome == "activated"
+
+
+def _slowly(fn: Any) -> Any:
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.5)  # a renewal (every 0.1 s) happens while staging
+        return fn(*args, **kwargs)
+    return wrapped
