@@ -91,15 +91,15 @@ class Lease:
         except BaseException:
             self._close()
             raise
-        self._record(self._client)
+        self._record(self._client, first=True)
         self._renewer = threading.Thread(target=self._renew, args=(self._client,), daemon=True,
                                          name=f"kristal-lease-{self.names[0]}")
         self._renewer.start()
 
-    def _record(self, client: SyncPrefectClient) -> None:
+    def _record(self, client: SyncPrefectClient, *, first: bool = False) -> None:
         if self.lease_id is not None:
             holder = self.holder.model_dump(mode="json") if self.holder is not None else None
-            lock_registry.write(client, self.names, str(self.lease_id), holder)
+            lock_registry.write(client, self.names, str(self.lease_id), holder, first=first)
 
     def _increment(self, client: SyncPrefectClient, wait_s: float) -> UUID:
         deadline = time.monotonic() + wait_s
@@ -180,7 +180,7 @@ class Lease:
         try:
             if lease_id is not None and self._client is not None:
                 self._decrement(self._client, lease_id)
-                lock_registry.clear(self._client, self.names, str(lease_id))
+                lock_registry.clear(self._client, str(lease_id))
         finally:
             self._close()
 
