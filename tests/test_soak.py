@@ -26,7 +26,7 @@ def _load_soak():  # type: ignore[no-untyped-def]
     return module
 
 
-def test_soak_100_operations_keeps_every_invariant(
+def test_soak_60_operations_keeps_every_invariant(
     seaweed: SeaweedProcess, tmp_path: Path
 ) -> None:
     soak = _load_soak()
