@@ -333,3 +333,12 @@ def _closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def test_status_and_history_of_an_unknown_channel_are_errors(world: World) -> None:
+    """A typo'd or unpublished channel is `channel_unknown` (exit 1), not an empty answer."""
+    unknown = world.channel + "x"
+    for command in ("status", "history"):
+        proc = kristalctl(command, unknown, env=world.env)
+        line = _refused(proc, "channel_unknown", 1)
+        assert unknown in line

@@ -2,8 +2,23 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from flows.cli.app import Channel, JsonOpt, app, domain_context
 from flows.console import emit
+
+
+def _require_published(ctx: Any, channel: str) -> None:
+    """A channel with nothing live must at least have an index: else it is unknown here (a
+    typo, or another bucket), which is an error, not an empty answer."""
+    from kristal.errors import ChannelUnknown
+    from kristal.formats import layout
+
+    if ctx.store.head(layout.channel_index(channel)) is None:
+        config = ctx.store.config
+        where = f"s3://{config.bucket}/{config.prefix.strip('/') + '/' if config.prefix else ''}"
+        raise ChannelUnknown(f"{channel} is not published in {where}: no channel index and "
+                             "nothing ever live there")
 
 
 @app.command("status")
@@ -14,6 +29,7 @@ def status_command(channel: Channel, as_json: JsonOpt = False) -> None:
     ctx = domain_context()
     state = records.read_pointer(ctx, channel)
     if state.record is None:
+        _require_published(ctx, channel)
         emit(as_json, {"channel_id": channel, "active": None}, f"{channel}: nothing is live")
         return
     record = state.record
@@ -39,7 +55,10 @@ def history_command(channel: Channel, as_json: JsonOpt = False) -> None:
     from kristal.channel import records
 
     rows = []
-    for record in history(ctx, channel):
+    listed = history(ctx, channel)
+    if not listed:
+        _require_published(ctx, channel)
+    for record in listed:
         checks = records.read_checks(ctx, record)
         rows.append(
             {
