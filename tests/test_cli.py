@@ -342,3 +342,24 @@ def test_status_and_history_of_an_unknown_channel_are_errors(world: World) -> No
         proc = kristalctl(command, unknown, env=world.env)
         line = _refused(proc, "channel_unknown", 1)
         assert unknown in line
+
+
+def test_channels_lists_what_is_live_in_every_channel_of_the_bucket(world: World) -> None:
+    other = world.channel + "b"
+    world.publish(1)
+    world.publish(1, channel=other)
+    world.activate(1, via="plain", reason="channels test")
+    proc = kristalctl("channels", "--json", env=world.env)
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["channel"]: r for r in json.loads(proc.stdout)}
+    assert set(rows) == {world.channel, other}
+    live = rows[world.channel]
+    assert (live["release_id"], live["sequence"], live["kind"], live["checks"]) == \
+        (1, 1, "activate", "passed")
+    assert live["operator"] == "pytest" and live["since"].endswith("Z")
+    assert rows[other]["release_id"] is None and rows[other]["checks"] == "nothing live"
+    region = other.rsplit("/", 1)[1]
+    only = kristalctl("channels", "--region", region, "--json", env=world.env)
+    assert [r["channel"] for r in json.loads(only.stdout)] == [other]
+    table = kristalctl("channels", env=world.env)
+    assert table.returncode == 0 and world.channel in table.stdout and "passed" in table.stdout

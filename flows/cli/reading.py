@@ -1,8 +1,11 @@
-"""`kristalctl status` and `history`: what is live, and every record."""
+"""`kristalctl status`, `history` and `channels`: what is live in a channel, its every
+record, and what is live in every channel of the bucket."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
+
+import typer
 
 from flows.cli.app import Channel, JsonOpt, app, domain_context
 from flows.console import emit
@@ -88,5 +91,37 @@ def history_command(channel: Channel, as_json: JsonOpt = False) -> None:
             table.add_row(*(Text(str(r[k])) for k in (
                 "sequence", "kind", "release_id", "generation", "checks", "operator", "reason")))
         Console(width=120).print(table)
+
+    emit(as_json, rows, human)
+
+
+PartOpt = Annotated[str | None, typer.Option(help="Only channels with this part.")]
+
+
+@app.command("channels")
+def channels_command(tenant: PartOpt = None, environment: PartOpt = None,
+                     region: PartOpt = None, as_json: JsonOpt = False) -> None:
+    """Every channel in the bucket with what is live there: release, generation, since when,
+    by whom, kind, checks, rollback mode."""
+    from kristal.channel.directory import channel_rows, list_channels
+
+    ctx = domain_context()
+    rows = channel_rows(ctx, list_channels(ctx, tenant=tenant, environment=environment,
+                                           region=region))
+
+    def human() -> None:
+        from rich.console import Console
+        from rich.table import Table
+        from rich.text import Text
+
+        table = Table(title=Text(f"{len(rows)} channel(s)"))
+        columns = ("channel", "release_id", "generation", "since", "operator", "kind",
+                   "checks", "rollback_mode")
+        for column in ("channel", "release", "gen", "since", "by", "kind", "checks",
+                       "rollback mode"):
+            table.add_column(column)
+        for r in rows:
+            table.add_row(*(Text("" if r[k] is None else str(r[k])) for k in columns))
+        Console(width=140).print(table)
 
     emit(as_json, rows, human)

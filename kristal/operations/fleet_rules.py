@@ -30,11 +30,10 @@ Rules:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
-from kristal.channel import records
+from kristal.channel.directory import channel_rows
 from kristal.channel.index import update_index
 from kristal.context import Context
 from kristal.errors import (
@@ -57,7 +56,6 @@ from kristal.trust.signing import SigningKey
 from kristal.verify.fetch import read_by_id
 
 FLEET_VETO_REASON = "fleet-veto"
-SKEW_READERS = 16
 
 
 
@@ -208,41 +206,6 @@ def revoke_vetoed(
 
 
 # --- which channel runs which release -------------------------------------------------------
-def _skew_row(ctx: Context, channel_id: str, known: dict[str, str]) -> dict[str, Any]:
-    row: dict[str, Any] = {
-        "channel": channel_id,
-        "release_id": None,
-        "generation": None,
-        "sequence": None,
-        "kind": None,
-        "checks": None,
-    }
-    try:
-        record = records.read_pointer(ctx, channel_id).record
-    except KristalError as exc:
-        row["checks"] = f"pointer unreadable: {exc.code}"
-        return row
-    if record is None:
-        row["checks"] = "nothing live"
-        return row
-    row.update(
-        release_id=record.active.release_id,
-        generation=record.active.generation,
-        sequence=record.sequence,
-        kind=record.kind,
-    )
-    if record.activation_id in known:  # checks are write-once per sequence: already known
-        row["checks"] = known[record.activation_id]
-        return row
-    try:
-        checks = records.read_checks(ctx, record)
-    except KristalError as exc:
-        row["checks"] = f"unreadable: {exc.code}"
-        return row
-    row["checks"] = checks.result if checks is not None else "pending"
-    return row
-
-
 def skew_report(
     ctx: Context, channel_ids: list[str], known_checks: dict[str, str] | None = None
 ) -> list[dict[str, Any]]:
@@ -252,11 +215,7 @@ def skew_report(
     caller wrote itself moments ago; a channel still live at one of those activations is not
     asked for its checks record again (it is write-once, so it cannot have changed).
     """
-    if not channel_ids:
-        return []
-    known = known_checks or {}
-    with ThreadPoolExecutor(max_workers=min(SKEW_READERS, len(channel_ids))) as pool:
-        return list(pool.map(lambda c: _skew_row(ctx, c, known), channel_ids))
+    return channel_rows(ctx, channel_ids, known_checks)
 
 
 def skew_summary(rows: list[dict[str, Any]]) -> dict[str, list[str]]:
