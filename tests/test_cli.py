@@ -363,3 +363,26 @@ def test_channels_lists_what_is_live_in_every_channel_of_the_bucket(world: World
     assert [r["channel"] for r in json.loads(only.stdout)] == [other]
     table = kristalctl("channels", env=world.env)
     assert table.returncode == 0 and world.channel in table.stdout and "passed" in table.stdout
+
+
+def test_releases_shows_each_release_state_in_the_channel(world: World) -> None:
+    from kristal.channel.governance import revoke
+    from kristal.errors import CheckFailed
+
+    broken = {"row_count": 60, "smoke_queries": [
+        {"pattern": {"s": "entity:001", "p": None, "o": None}, "expect_count": 999}],
+        "latency_p95_ms": 50, "max_rss_mb": 512}
+    world.publish(1, generation=1)
+    world.publish(2, generation=2)
+    world.publish(3, generation=2, expect=broken)
+    world.publish(4, generation=2)
+    world.activate(1, via="plain")
+    world.activate(2, via="plain")
+    with pytest.raises(CheckFailed):
+        world.activate(3, via="plain")
+    revoke(world.ctx, world.keys.authority, world.channel, 4, "bad-data")
+    proc = kristalctl("releases", world.channel, "--json", env=world.env)
+    assert proc.returncode == 0, proc.stderr
+    states = {r["release_id"]: r["state"] for r in json.loads(proc.stdout)}
+    assert states == {1: "needs an authorization", 2: "live", 3: "quarantined", 4: "revoked"}
+    _refused(kristalctl("releases", world.channel + "x", env=world.env), "channel_unknown", 1)

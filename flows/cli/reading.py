@@ -125,3 +125,36 @@ def channels_command(tenant: PartOpt = None, environment: PartOpt = None,
         Console(width=140).print(table)
 
     emit(as_json, rows, human)
+
+
+@app.command("releases")
+def releases_command(channel: Channel, as_json: JsonOpt = False) -> None:
+    """The channel's releases (its verified index) with each one's state here: live,
+    activatable, quarantined, revoked, below the floor, needs an authorization."""
+    from kristal.channel.directory import release_rows
+    from kristal.channel.index import load_verified_index, read_index_bytes
+
+    ctx = domain_context()
+    raw = read_index_bytes(ctx.store, channel)
+    if raw is None:
+        _require_published(ctx, channel)  # raises: no index
+        return
+    index = load_verified_index(raw[0], channel, ctx.trust(channel), now=ctx.now())
+    rows = release_rows(ctx, channel, index, ctx.now())
+
+    def human() -> None:
+        from rich.console import Console
+        from rich.table import Table
+        from rich.text import Text
+
+        table = Table(title=Text(f"releases of {channel} (index v{index.index_version}, "
+                                 f"floor {index.minimum_allowed_release_id})"))
+        for column in ("release", "gen", "state", "published", "exchange"):
+            table.add_column(column)
+        for r in rows:
+            table.add_row(*(Text(str(v)) for v in (
+                r["release_id"], r["generation"], r["state"], r["published_at"],
+                r["exchange_id"][:19])))
+        Console(width=120).print(table)
+
+    emit(as_json, rows, human)

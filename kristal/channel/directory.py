@@ -1,15 +1,18 @@
 """Every channel of the bucket at a glance (`kristalctl channels`, the fleet's skew report):
-the channels found by walking `channels/<tenant>/<environment>/<region>/`, and one row per
-channel read from its signed pointer and checks record."""
+the channels found by walking `channels/<tenant>/<environment>/<region>/`, one row per channel
+read from its signed pointer and checks record; and a channel's releases with their state here
+(`kristalctl releases`)."""
 
 from __future__ import annotations
 
 import re
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from typing import Any
 
 from kristal.channel import records
 from kristal.errors import KristalError
+from kristal.formats.channel_docs import ChannelIndex
 from kristal.formats.models import CHANNEL_PATTERN
 from kristal.formats.time import rfc3339
 from kristal.store.listing import child_prefixes
@@ -72,3 +75,31 @@ def channel_rows(src: records.ChannelAccess, channel_ids: list[str],
         return []
     with ThreadPoolExecutor(max_workers=min(READERS, len(channel_ids))) as pool:
         return list(pool.map(lambda c: channel_row(src, c, known), channel_ids))
+
+
+def release_rows(src: records.ChannelAccess, channel_id: str, index: ChannelIndex,
+                 now: datetime) -> list[dict[str, Any]]:
+    """Each release of the channel's (verified) index with its state here, first match of:
+    live, revoked, quarantined, below the floor, needs an authorization (an older generation
+    than the live one: a downgrade), activatable."""
+    live = records.read_pointer(src, channel_id).record
+    entries = sorted(index.releases, key=lambda e: e.release_id)
+    with ThreadPoolExecutor(max_workers=min(READERS, max(1, len(entries)))) as pool:
+        quarantined = list(pool.map(
+            lambda e: records.read_quarantine(src, channel_id, e.release_id), entries))
+    rows = []
+    for entry, quarantine in zip(entries, quarantined, strict=True):
+        rid = entry.release_id
+        state = (
+            "live" if live is not None and live.active.release_id == rid
+            else "revoked" if index.revocation_for(entry, now) is not None
+            else "quarantined" if quarantine is not None
+            else "below the floor" if rid < index.minimum_allowed_release_id
+            else "needs an authorization" if live is not None
+            and entry.generation < live.active.generation
+            else "activatable")
+        rows.append({"release_id": rid, "generation": entry.generation, "state": state,
+                     "published_at": rfc3339(entry.published_at),
+                     "exchange_id": entry.exchange_id, "runtime_pack_ids": entry.runtime_pack_ids,
+                     "quarantine_reason": quarantine.reason if quarantine else None})
+    return rows
