@@ -23,7 +23,7 @@ from typing import Any
 
 from kristal.config import Settings
 from kristal.context import Context
-from kristal.dev.devstack import dev_env
+from kristal.dev.devstack import dev_env, without_bakes
 from kristal.dev.processes import SeaweedProcess, start_seaweed, stop_seaweed
 from kristal.operations.outcome import Outcome, Who
 from kristal.publish.publisher import PublisherKeys, PublishResult, load_publisher_keys, publish
@@ -115,6 +115,7 @@ class BenchWorld:
 def make_world(home: Path, config: StoreConfig) -> BenchWorld:
     """Dev keys + trust file under `home`, KRISTAL_* in os.environ, a Context, a fresh channel."""
     env = dev_env(home, config)
+    without_bakes(Path(env["KRISTAL_TRUST_FILE"]))  # a benchmark that measures bakes sets one
     os.environ.update(env)
     ctx = Context.from_settings(Settings.from_env())
     ctx.store.ensure_bucket()

@@ -227,7 +227,7 @@ class Soak:
 
         from kristal.config import Settings
         from kristal.context import Context
-        from kristal.dev.devstack import ensure_dev_keys
+        from kristal.dev.devstack import ensure_dev_keys, without_bakes
         from kristal.publish.publisher import PublisherKeys
         from kristal.store.blobcache import BlobCache
         from kristal.store.s3 import ObjectStore, StoreConfig
@@ -241,7 +241,7 @@ class Soak:
         self.crash_rate = crash_rate
         self.proxy = FaultProxy(endpoint, access_key=ACCESS_KEY, secret_key=SECRET_KEY,
                                 region=REGION).start()
-        trust_file = ensure_dev_keys(workdir / "dev")
+        trust_file = without_bakes(ensure_dev_keys(workdir / "dev"))
         key_dir = workdir / "dev" / "keys"
         self.keys = PublisherKeys(publisher=load_role_key(key_dir, "publisher"),
                                   validator=load_role_key(key_dir, "validator"),

@@ -35,6 +35,7 @@ from tasks.names import (
 
 def build_deployments() -> list[RunnerDeployment]:
     from flows.activate import activate
+    from flows.bake import bake
     from flows.downgrade import downgrade
     from flows.fleet import fleet_activate
     from flows.reverify import reverify
@@ -46,6 +47,7 @@ def build_deployments() -> list[RunnerDeployment]:
         activate.to_deployment(name="activate", description=activate.__doc__),
         rollback.to_deployment(name="rollback", description=rollback.__doc__),
         downgrade.to_deployment(name="downgrade", description=downgrade.__doc__),
+        bake.to_deployment(name="bake", description=bake.__doc__),
         reverify.to_deployment(
             name="nightly", description="Nightly re-verification of every live store.",
             schedules=[Cron(settings.reverify_cron, timezone=settings.reverify_timezone)],

@@ -10,6 +10,7 @@ from flows.params import ActivateRequest, RunOutcome
 from flows.prefect_fixes import no_heartbeat_join
 from kristal.operations import activate as operation
 from kristal.operations.outcome import Who
+from tasks.bake_launch import follow_with_bake
 from tasks.runner import PrefectRunner
 from tasks.runtime import domain_context
 
@@ -18,9 +19,9 @@ no_heartbeat_join()  # before any run of this module's flows: see flows.prefect_
 
 @flow(name="activate", log_prints=True)
 def activate(request: ActivateRequest) -> RunOutcome:
-    """Put a published release live in a channel: verify, stage, switch, check."""
+    """Put a published release live in a channel: verify, stage, switch, check, then bake."""
     run = PrefectRunner()
-    return operation.activate(
+    outcome = operation.activate(
         run, domain_context(),
         channel_id=request.channel_id,
         release_id=request.release_id,
@@ -28,5 +29,8 @@ def activate(request: ActivateRequest) -> RunOutcome:
         pack_ids=request.runtime_pack_ids,
         force=request.force,
         dry_run=request.dry_run,
+        bake=request.bake,
+        bake_interval=request.bake_interval,
         who=Who.of(request.operator, request.reason, request.correlation_id, run.run_id),
     )
+    return follow_with_bake(outcome, request.operator)

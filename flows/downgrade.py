@@ -12,6 +12,7 @@ from flows.params import DowngradeRequest, RunOutcome
 from flows.prefect_fixes import no_heartbeat_join
 from kristal.operations import downgrade as operation
 from kristal.operations.outcome import Who
+from tasks.bake_launch import follow_with_bake
 from tasks.runner import PrefectRunner
 from tasks.runtime import domain_context
 
@@ -22,7 +23,7 @@ no_heartbeat_join()  # before any run of this module's flows: see flows.prefect_
 def downgrade(request: DowngradeRequest) -> RunOutcome:
     """Move a channel to an older generation, only to a target an authorization blesses."""
     run = PrefectRunner()
-    return operation.downgrade(
+    outcome = operation.downgrade(
         run, domain_context(),
         channel_id=request.channel_id,
         release_id=request.release_id,
@@ -30,3 +31,4 @@ def downgrade(request: DowngradeRequest) -> RunOutcome:
         require_approval=request.require_approval,
         who=Who.of(request.operator, request.reason, request.correlation_id, run.run_id),
     )
+    return follow_with_bake(outcome, request.operator)

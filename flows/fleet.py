@@ -10,6 +10,7 @@ from flows.params import FleetOutcome, FleetRequest
 from flows.prefect_fixes import no_heartbeat_join
 from kristal.operations import fleet as operation
 from kristal.operations.outcome import Who
+from tasks.bake_launch import start_bake_run
 from tasks.runner import PrefectRunner
 from tasks.runtime import domain_context
 
@@ -20,7 +21,7 @@ no_heartbeat_join()  # before any run of this module's flows: see flows.prefect_
 def fleet_activate(request: FleetRequest) -> FleetOutcome:
     """Activate one release across many channels in waves (canary first); halt and veto."""
     run = PrefectRunner()
-    return operation.fleet_activate(
+    outcome = operation.fleet_activate(
         run, domain_context(),
         channel_ids=request.channel_ids,
         release_id=request.release_id,
@@ -31,3 +32,8 @@ def fleet_activate(request: FleetRequest) -> FleetOutcome:
         dry_run=request.dry_run,
         who=Who.of(request.operator, request.reason, request.correlation_id, run.run_id),
     )
+    baking = [(c.channel_id, c.activation_id) for c in outcome.channels
+              if c.baking and c.activation_id is not None]
+    if baking:  # one bake run for every channel that went live baking
+        outcome.bake_note = start_bake_run(baking, request.operator)
+    return outcome

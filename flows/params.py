@@ -15,9 +15,9 @@ from kristal.operations.fleet_channel import ChannelOutcome, FleetOutcome
 from kristal.operations.outcome import Outcome as RunOutcome
 from kristal.operations.reverify import ReverifyResult
 
-__all__ = ["ActivateRequest", "ChannelOutcome", "DowngradeRequest", "FleetOutcome",
-           "FleetRequest", "Operator", "ReverifyRequest", "ReverifyResult", "RollbackRequest",
-           "RunOutcome"]
+__all__ = ["ActivateRequest", "BakeRequest", "BakeTarget", "ChannelOutcome",
+           "DowngradeRequest", "FleetOutcome", "FleetRequest", "Operator", "ReverifyRequest",
+           "ReverifyResult", "RollbackRequest", "RunOutcome"]
 
 ID_PATTERN = r"^sha256:[0-9a-f]{64}$"
 
@@ -43,6 +43,13 @@ class ActivateRequest(Operator):
         False, description="Re-activate a quarantined release or resume the live one."
     )
     dry_run: bool = Field(False, description="Verify and stage only; report the plan.")
+    bake: str | None = Field(
+        None, description="How long the release must hold up live before it counts as "
+        "known-good (30s, 10m, 1h; 0 for none); empty: the channel's bake policy."
+    )
+    bake_interval: str | None = Field(
+        None, description="How often it is measured while baking; empty: the policy's."
+    )
 
 
 class RollbackRequest(Operator):
@@ -63,6 +70,24 @@ class RollbackRequest(Operator):
         description="A failed check reported after the fact: go to the record's previous release "
         "(even across generations) and quarantine the failed one.",
     )
+
+
+class BakeTarget(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    channel_id: str = Field(pattern=CHANNEL_PATTERN, description="<tenant>/<environment>/<region>")
+    activation_id: str | None = Field(
+        None, description="The activation to bake; empty: the live one. A bake whose "
+        "activation is no longer live ends at once (superseded)."
+    )
+
+
+class BakeRequest(BakeTarget):
+    more: list[BakeTarget] = Field(
+        [], description="More channels baked in the same run (a fleet's), each on its clock."
+    )
+    operator: str = Field("bake", min_length=1, description="Recorded on a rollback.")
+    reason: str = Field("bake", min_length=1, description="Recorded on a rollback.")
 
 
 class DowngradeRequest(Operator):

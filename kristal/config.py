@@ -156,3 +156,42 @@ def retry_delays_s() -> tuple[float, ...]:
 def checks_timeout_s() -> float:
     """`KRISTAL_CHECKS_TIMEOUT_S`, without needing the rest of the settings."""
     return _float("KRISTAL_CHECKS_TIMEOUT_S", DEFAULT_CHECKS_TIMEOUT_S)
+
+
+@dataclass(frozen=True)
+class PrometheusSettings:
+    """Where a bake's metric checks are sent (`KRISTAL_PROMETHEUS_URL`, e.g.
+    `http://127.0.0.1:9090`), with a bearer token (`KRISTAL_PROMETHEUS_TOKEN`) or basic auth
+    (`KRISTAL_PROMETHEUS_USER`, `KRISTAL_PROMETHEUS_PASSWORD`), each query bounded by
+    `KRISTAL_PROMETHEUS_TIMEOUT_S` (default 5)."""
+
+    url: str
+    token: str | None = None
+    user: str | None = None
+    password: str | None = None
+    timeout_s: float = 5.0
+
+
+def prometheus_settings() -> PrometheusSettings | None:
+    url = _env("KRISTAL_PROMETHEUS_URL").rstrip("/")
+    if not url:
+        return None
+    if not url.startswith(("http://", "https://")):
+        raise UsageInvalid(f"KRISTAL_PROMETHEUS_URL={url!r} is not an http(s) URL",
+                           field="KRISTAL_PROMETHEUS_URL")
+    return PrometheusSettings(
+        url=url, token=_env("KRISTAL_PROMETHEUS_TOKEN") or None,
+        user=_env("KRISTAL_PROMETHEUS_USER") or None,
+        password=_env("KRISTAL_PROMETHEUS_PASSWORD") or None,
+        timeout_s=_positive("KRISTAL_PROMETHEUS_TIMEOUT_S", 5.0),
+    )
+
+
+def bake_launch() -> str:
+    """`KRISTAL_BAKE_LAUNCH`: `auto` (default) starts a bake run after an activation that
+    bakes; `none` leaves it to `kristalctl bake` (a test, or a host that runs bakes itself)."""
+    value = _env("KRISTAL_BAKE_LAUNCH", "auto") or "auto"
+    if value not in ("auto", "none"):
+        raise UsageInvalid(f"KRISTAL_BAKE_LAUNCH={value!r} must be auto or none",
+                           field="KRISTAL_BAKE_LAUNCH")
+    return value

@@ -10,6 +10,7 @@ from kristal.formats.models import validate_channel_id
 
 # Deployments (`<flow>/<deployment>`) and the automations that run them.
 ROLLBACK_DEPLOYMENT = "rollback/rollback"
+BAKE_DEPLOYMENT = "bake/bake"
 AUTO_ROLLBACK_ON_FAILED_RUN = "kristal: roll back a failed activate or downgrade run"
 AUTO_ROLLBACK_ON_CHECK_FAILED = "kristal: roll back on kristal.check.failed"
 FOLLOWUP_NOTIFICATION = "kristal: carry rollback follow-ups to the tracker"

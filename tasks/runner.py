@@ -21,6 +21,7 @@ from pydantic import Field
 from kristal.config import retry_delays_s
 from kristal.errors import ActivationAborted
 from kristal.operations.runner import Approval, Artifact, HeldLock, Progress, Step
+from tasks.board import update_board
 from tasks.locks import WaveLock, channel_lock, ensure_channel_limits, lease_lost, run_logger
 from tasks.names import artifact_key, channel_resource_id, fleet_resource_id
 from tasks.reporting import ProgressArtifact, publish_artifact
@@ -106,6 +107,9 @@ class PrefectRunner:
         ensure_channel_limits(channel_ids)
 
     def publish(self, artifact: Artifact) -> None:
+        if artifact.kind == "board" and artifact.table is not None:
+            update_board(artifact.table)
+            return
         publish_artifact(artifact)
 
     def progress(self, kind: str, scope: str, description: str) -> Progress:

@@ -20,6 +20,7 @@ from kristal.errors import CheckFailed, ChecksNotPassed, KristalError
 from kristal.formats import layout
 from kristal.operations import reverify_checks as rv
 from kristal.operations.plan import plan_activation
+from kristal.operations.reverify_bake import BAKE
 from kristal.operations.reverify_checks import ChannelReport, CheckRow, list_channels
 from kristal.operations.steps import switch_pointer
 from kristal.runtime import staging
@@ -103,7 +104,7 @@ def test_healthy_channel_passes_every_row_and_the_flow_reports_it(
     assert (report.sequence, report.release_id) == (2, 2)
     names = [r.name for r in report.rows]
     assert names == [rv.POINTER_CHAIN, rv.LIVE_RELEASE, rv.EXPIRY, rv.AUTHORIZATIONS,
-                     rv.OBJECTS, rv.LOCAL_INDEX, rv.CHECKS_RECORD]
+                     rv.OBJECTS, rv.LOCAL_INDEX, rv.CHECKS_RECORD, BAKE]
     assert all(r.ok for r in report.rows), report.rows
     assert "chain of 2 record(s) holds" in _row(report, rv.POINTER_CHAIN).detail
     assert "staged index matches its pack (60 rows)" in _row(report, rv.LOCAL_INDEX).detail

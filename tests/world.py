@@ -20,7 +20,7 @@ from kristal.channel import records
 from kristal.channel.index import index_body, update_index
 from kristal.config import Settings
 from kristal.context import Context
-from kristal.dev.devstack import dev_env
+from kristal.dev.devstack import dev_env, without_bakes
 from kristal.dev.processes import SeaweedProcess
 from kristal.formats import layout
 from kristal.formats.canonical import canonical_bytes, parse_json
@@ -294,6 +294,7 @@ class World:
 def make_world(tmp_path: Path, config: StoreConfig, monkeypatch: pytest.MonkeyPatch) -> World:
     home = tmp_path / "kristal-home"
     env = dev_env(home, config)
+    without_bakes(Path(env["KRISTAL_TRUST_FILE"]))  # tests/test_bake.py opts into bakes
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     ctx = Context.from_settings(Settings.from_env())

@@ -57,9 +57,14 @@ def activate_command(
     force: Annotated[bool, typer.Option("--force")] = False,
     correlation_id: CorrelationOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run")] = False,
+    bake: Annotated[str | None, typer.Option(
+        "--bake", help="How long it must hold up live before it counts as known-good "
+        "(30s, 10m; 0: none). Default: the channel's bake policy.")] = None,
+    bake_interval: Annotated[str | None, typer.Option(
+        "--bake-interval", help="How often it is measured while baking.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Verify, stage, switch and check a release."""
+    """Verify, stage, switch and check a release, then bake it (in its own run)."""
     from flows.params import ActivateRequest
 
     if (release is None) == (exchange is None):
@@ -72,6 +77,8 @@ def activate_command(
         runtime_pack_ids=pack or None,
         force=force,
         dry_run=dry_run,
+        bake=bake,
+        bake_interval=bake_interval,
         operator=operator,
         reason=reason,
         correlation_id=correlation_id,
@@ -216,6 +223,47 @@ def fleet_activate_command(
           f"release {release}: {outcome.outcome} ({live}/{len(outcome.channels)} live, "
           f"{len(outcome.vetoed)} vetoed)")
     raise typer.Exit(outcome.exit_status)
+
+
+@app.command("bake")
+def bake_command(
+    channels: Annotated[list[str] | None, typer.Argument(
+        help="Channels whose live release to bake.")] = None,
+    activation_id: Annotated[str | None, typer.Option(
+        "--activation-id", help="With one channel: the activation to bake (default: the live "
+        "one; another one live ends the bake at once).")] = None,
+    target: Annotated[list[str] | None, typer.Option(
+        "--target", help="CHANNEL=ACTIVATION_ID, repeatable (how a fleet's bake starts).")
+    ] = None,
+    operator: Annotated[str, typer.Option("--operator", help="Recorded on a rollback.")] = "bake",
+    as_json: JsonOpt = False,
+) -> None:
+    """Run live releases' bakes here, in the foreground, to their verdicts (exit 5: one failed
+    and was rolled back). Activations start this by themselves."""
+    from flows.params import BakeRequest
+
+    pairs: list[dict[str, Any]] = [{"channel_id": c, "activation_id": None}
+                                   for c in channels or []]
+    if activation_id is not None:
+        if len(pairs) != 1:
+            raise UsageInvalid("--activation-id goes with exactly one channel")
+        pairs[0]["activation_id"] = activation_id
+    for item in target or []:
+        channel, sep, activation = item.partition("=")
+        if not sep or not activation:
+            raise UsageInvalid(f"--target {item!r} is not CHANNEL=ACTIVATION_ID")
+        pairs.append({"channel_id": channel, "activation_id": activation})
+    if not pairs:
+        raise UsageInvalid("name a channel to bake (or --target CHANNEL=ACTIVATION_ID)")
+    request = request_model(BakeRequest, **pairs[0], more=pairs[1:], operator=operator,
+                            reason="bake")
+    quiet_prefect()
+    from flows.bake import bake
+
+    outcomes = bake(request)
+    docs = [o.model_dump(mode="json") for o in outcomes]
+    emit(as_json, docs[0] if len(docs) == 1 else docs,
+         "\n".join(o.message or o.outcome for o in outcomes))
 
 
 @app.command("reverify")

@@ -28,6 +28,7 @@ def _require_published(ctx: Any, channel: str) -> None:
 def status_command(channel: Channel, as_json: JsonOpt = False) -> None:
     """The live record of a channel."""
     from kristal.channel import records
+    from kristal.channel.bakes import bake_status
 
     ctx = domain_context()
     state = records.read_pointer(ctx, channel)
@@ -37,14 +38,22 @@ def status_command(channel: Channel, as_json: JsonOpt = False) -> None:
         return
     record = state.record
     checks = records.read_checks(ctx, record)
+    bake = bake_status(ctx, record, live=True)
     doc = record.model_dump(mode="json")
     doc["checks"] = checks.model_dump(mode="json") if checks else None
+    doc["bake_plan"] = doc.pop("bake")
+    doc["bake"] = bake.model_dump(mode="json")
+    baking = "" if bake.state == "none" else (
+        f"\n  bake: {bake.state} {bake.done}/{bake.total}"
+        + (f" (every {bake.interval_s:g}s)" if bake.state == "baking" else "")
+        + (f": {bake.reason}" if bake.reason else "")
+        + (f"; last: {bake.last['result']} {bake.last['reason']}" if bake.last else ""))
     human = (
         f"{channel}: release {record.active.release_id} (generation "
         f"{record.active.generation}) live since {record.created_at:%Y-%m-%d %H:%M:%S}Z\n"
         f"  sequence {record.sequence} {record.kind} by {record.operator}: {record.reason}\n"
         f"  checks: {checks.result if checks else 'pending'}"
-        f"{'  rollback mode' if record.rollback_mode else ''}"
+        f"{'  rollback mode' if record.rollback_mode else ''}{baking}"
     )
     emit(as_json, doc, human)
 
@@ -116,8 +125,8 @@ def channels_command(tenant: PartOpt = None, environment: PartOpt = None,
 
         table = Table(title=Text(f"{len(rows)} channel(s)"))
         columns = ("channel", "release_id", "generation", "since", "operator", "kind",
-                   "checks", "rollback_mode")
-        for column in ("channel", "release", "gen", "since", "by", "kind", "checks",
+                   "checks", "bake", "rollback_mode")
+        for column in ("channel", "release", "gen", "since", "by", "kind", "checks", "bake",
                        "rollback mode"):
             table.add_column(column)
         for r in rows:

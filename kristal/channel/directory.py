@@ -11,8 +11,9 @@ from datetime import datetime
 from typing import Any
 
 from kristal.channel import records
+from kristal.channel.bakes import bake_status
 from kristal.errors import KristalError
-from kristal.formats.channel_docs import ChannelIndex
+from kristal.formats.channel_docs import ActivationRecord, ChannelIndex
 from kristal.formats.models import CHANNEL_PATTERN
 from kristal.formats.time import rfc3339
 from kristal.store.listing import child_prefixes
@@ -44,7 +45,7 @@ def channel_row(src: records.ChannelAccess, channel_id: str,
     checks, rollback mode. An unreadable record is shown by its code, never skipped."""
     row: dict[str, Any] = {"channel": channel_id, "release_id": None, "generation": None,
                            "sequence": None, "kind": None, "since": None, "operator": None,
-                           "checks": None, "rollback_mode": None}
+                           "checks": None, "rollback_mode": None, "bake": None}
     try:
         record = records.read_pointer(src, channel_id).record
     except KristalError as exc:
@@ -65,7 +66,21 @@ def channel_row(src: records.ChannelAccess, channel_id: str,
         row["checks"] = f"unreadable: {exc.code}"
         return row
     row["checks"] = checks.result if checks is not None else "pending"
+    row["bake"] = bake_label(src, record)
     return row
+
+
+def bake_label(src: records.ChannelAccess, record: ActivationRecord) -> str:
+    """`none`, `baking 4/10`, `passed`, `failed`, `superseded` (or why it is unreadable)."""
+    if record.bake is None:
+        return "none"
+    try:
+        status = bake_status(src, record, live=True)
+    except KristalError as exc:
+        return f"unreadable: {exc.code}"
+    if status.state == "baking":
+        return f"baking {status.done}/{status.total}"
+    return status.state
 
 
 def channel_rows(src: records.ChannelAccess, channel_ids: list[str],

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from kristal.channel.bakes import read_verdict
 from kristal.channel.records import (
     ChannelAccess,
     PointerState,
@@ -31,8 +32,14 @@ HISTORY_WORKERS = 8
 
 
 def passed(src: ChannelAccess, record: ActivationRecord) -> bool:
+    """Known-good: its checks passed and, if it promised a bake, the bake passed."""
     checks = read_checks(src, record)
-    return checks is not None and checks.result == "passed"
+    if checks is None or checks.result != "passed":
+        return False
+    if record.bake is None:
+        return True
+    verdict = read_verdict(src, record)
+    return verdict is not None and verdict.result == "passed"
 
 
 def proven_back(src: ChannelAccess, state: PointerState, *,

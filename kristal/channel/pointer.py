@@ -25,6 +25,7 @@ from kristal.channel.records import (
 )
 from kristal.errors import CommitUnknown, PointerConflict, PointerInvalid, StorageUnavailable
 from kristal.formats import layout
+from kristal.formats.bake_docs import BakePlan
 from kristal.formats.channel_docs import ActivationKind, ActivationRecord, LastKnownGood, ReleaseRef
 from kristal.store.s3 import WriteStatus
 
@@ -47,6 +48,7 @@ def new_record(
     flow_run_id: str | None,
     now: datetime,
     evidence: dict[str, Any],
+    bake: BakePlan | None = None,
 ) -> ActivationRecord:
     live = state.record
     highest = live.highest_activated_release_id if live else 0
@@ -72,6 +74,7 @@ def new_record(
         created_at=now,
         evidence=evidence,
         prev_record_sha256=state.record_sha256,
+        bake=bake,
     ))
 
 

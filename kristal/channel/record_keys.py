@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
 from kristal.errors import KristalError, PointerInvalid, UsageInvalid
+from kristal.formats.bake_docs import BakeMeasurement, BakeVerdict
 from kristal.formats.channel_docs import ActivationRecord, CheckRecord, QuarantineRecord
 from kristal.formats.identity import DocKind
 from kristal.store.s3 import ObjectStore
@@ -21,7 +22,8 @@ from kristal.trust.roots import ChannelTrust, TrustFile
 from kristal.trust.signing import SigningKey, require_signatures, sign_document
 
 ROLE = "activator"
-R = TypeVar("R", ActivationRecord, CheckRecord, QuarantineRecord)
+R = TypeVar("R", ActivationRecord, CheckRecord, QuarantineRecord, BakeMeasurement, BakeVerdict)
+AnyRecord = (ActivationRecord | CheckRecord | QuarantineRecord | BakeMeasurement | BakeVerdict)
 
 
 @dataclass
@@ -67,8 +69,8 @@ def sign_record(keys: RecordKeys, record: R) -> R:
     return type(record).model_validate(signed)
 
 
-def verify_record(keys: RecordKeys, raw: dict[str, Any], record: ActivationRecord | CheckRecord
-                  | QuarantineRecord, *, what: str) -> None:
+def verify_record(keys: RecordKeys, raw: dict[str, Any], record: AnyRecord, *,
+                  what: str) -> None:
     """Raise `PointerInvalid` unless `raw` (the record exactly as stored) carries its
     `record_id` and enough valid activator signatures of its channel's trust entry."""
     if not isinstance(raw.get("record_id"), str):

@@ -18,12 +18,14 @@ from typing import Any, TypeVar
 from kristal.channel.record_keys import ChannelAccess, RecordKeys, sign_record, verify_record
 from kristal.errors import ManifestSchemaInvalid, ObjectNotFound, PointerInvalid, StorageUnavailable
 from kristal.formats import layout
+from kristal.formats.bake_docs import BakeMeasurement, BakeVerdict
 from kristal.formats.canonical import canonical_bytes, canonical_sha256, parse_json
 from kristal.formats.channel_docs import ActivationRecord, CheckRecord, QuarantineRecord
 from kristal.formats.models import parse_model
 from kristal.store.s3 import ObjectStore, WriteStatus
 
-__all__ = ["ChannelAccess", "RecordKeys", "sign_record"]
+__all__ = ["ChannelAccess", "RecordKeys", "get_record", "parse_signed", "sign_record",
+           "write_once"]
 
 MAX_RECORD_BYTES = 1024 * 1024
 WRITE_ATTEMPTS = 3
@@ -47,10 +49,10 @@ class PointerState:
         return canonical_sha256(self.raw) if self.raw is not None else None
 
 
-M = TypeVar("M", ActivationRecord, CheckRecord, QuarantineRecord)
+M = TypeVar("M", ActivationRecord, CheckRecord, QuarantineRecord, BakeMeasurement, BakeVerdict)
 
 
-def _parse_signed(keys: RecordKeys, data: bytes, model: type[M], channel_id: str, *,
+def parse_signed(keys: RecordKeys, data: bytes, model: type[M], channel_id: str, *,
                   what: str) -> tuple[M, dict[str, Any]]:
     try:
         raw = parse_json(data, max_bytes=MAX_RECORD_BYTES, what=what)
@@ -65,10 +67,10 @@ def _parse_signed(keys: RecordKeys, data: bytes, model: type[M], channel_id: str
 
 def parse_record(keys: RecordKeys, data: bytes, channel_id: str, *,
                  what: str) -> tuple[ActivationRecord, dict[str, Any]]:
-    return _parse_signed(keys, data, ActivationRecord, channel_id, what=what)
+    return parse_signed(keys, data, ActivationRecord, channel_id, what=what)
 
 
-def _get(store: ObjectStore, key: str, what: str) -> tuple[bytes, str | None] | None:
+def get_record(store: ObjectStore, key: str, what: str) -> tuple[bytes, str | None] | None:
     try:
         return store.get_bytes(key, max_bytes=MAX_RECORD_BYTES)
     except ObjectNotFound:
@@ -78,7 +80,7 @@ def _get(store: ObjectStore, key: str, what: str) -> tuple[bytes, str | None] | 
 
 
 def read_pointer(src: ChannelAccess, channel_id: str) -> PointerState:
-    got = _get(src.store, layout.pointer(channel_id), "active pointer")
+    got = get_record(src.store, layout.pointer(channel_id), "active pointer")
     if got is None:
         return PointerState(None, None, None)
     record, raw = parse_record(src.keys, got[0], channel_id, what="active pointer")
@@ -90,7 +92,7 @@ def record_bytes(record: ActivationRecord) -> tuple[bytes, dict[str, Any]]:
     return canonical_bytes(raw), raw
 
 
-def _write_once(store: ObjectStore, key: str, body: bytes, read_back: Callable[[], T | None],
+def write_once(store: ObjectStore, key: str, body: bytes, read_back: Callable[[], T | None],
                 what: str) -> T | None:
     """If-None-Match: * with a re-read after anything but success: the first copy stands.
 
@@ -113,7 +115,7 @@ def write_history(src: ChannelAccess, record: ActivationRecord) -> None:
     """Write `activations/<sequence>.json` once (If-None-Match: *); an equal copy is success.
     `record` is the pointer's record, signed already."""
     body, _raw = record_bytes(record)
-    existing = _write_once(
+    existing = write_once(
         src.store, layout.history(record.channel_id, record.sequence), body,
         lambda: read_history(src, record.channel_id, record.sequence),
         f"history {record.sequence} of {record.channel_id}",
@@ -129,7 +131,7 @@ def read_history_raw(src: ChannelAccess, channel_id: str,
                      sequence: int) -> tuple[ActivationRecord, dict[str, Any]] | None:
     """History record `sequence` and its JSON exactly as stored (what the chain hashes)."""
     what = f"history record {sequence}"
-    got = _get(src.store, layout.history(channel_id, sequence), what)
+    got = get_record(src.store, layout.history(channel_id, sequence), what)
     if got is None:
         return None
     record, raw = parse_record(src.keys, got[0], channel_id, what=what)
@@ -172,10 +174,10 @@ def read_checks(src: ChannelAccess, record: ActivationRecord) -> CheckRecord | N
     activation and release, signed by an activator."""
     channel, sequence = record.channel_id, record.sequence
     what = f"checks record {sequence}"
-    got = _get(src.store, layout.checks(channel, sequence), what)
+    got = get_record(src.store, layout.checks(channel, sequence), what)
     if got is None:
         return None
-    checks, _raw = _parse_signed(src.keys, got[0], CheckRecord, channel, what=what)
+    checks, _raw = parse_signed(src.keys, got[0], CheckRecord, channel, what=what)
     if (checks.sequence, checks.activation_id, checks.release_id) != (
             sequence, record.activation_id, record.active.release_id):
         raise PointerInvalid(
@@ -189,7 +191,7 @@ def write_checks(src: ChannelAccess, record: ActivationRecord, checks: CheckReco
     """Immutable: the first outcome written for a sequence stands; returns the one that stands
     (a record there that is not this activation's is `pointer_invalid`)."""
     signed = sign_record(src.keys, checks)
-    existing = _write_once(
+    existing = write_once(
         src.store, layout.checks(checks.channel_id, checks.sequence),
         canonical_bytes(signed.model_dump(mode="json")),
         lambda: read_checks(src, record),
@@ -203,10 +205,10 @@ def read_quarantine(src: ChannelAccess, channel_id: str,
     """The quarantine of `release_id` here, bound to the activation that put it live: the
     history record (or the pointer, before its history is repaired) of its sequence."""
     what = f"quarantine record of release {release_id}"
-    got = _get(src.store, layout.quarantine(channel_id, release_id), what)
+    got = get_record(src.store, layout.quarantine(channel_id, release_id), what)
     if got is None:
         return None
-    quarantine, _raw = _parse_signed(src.keys, got[0], QuarantineRecord, channel_id, what=what)
+    quarantine, _raw = parse_signed(src.keys, got[0], QuarantineRecord, channel_id, what=what)
     bound = read_history(src, channel_id, quarantine.sequence)
     if bound is None:
         live = read_pointer(src, channel_id).record
@@ -222,7 +224,7 @@ def read_quarantine(src: ChannelAccess, channel_id: str,
 
 def write_quarantine(src: ChannelAccess, quarantine: QuarantineRecord) -> None:
     signed = sign_record(src.keys, quarantine)
-    _write_once(
+    write_once(
         src.store, layout.quarantine(quarantine.channel_id, quarantine.release_id),
         canonical_bytes(signed.model_dump(mode="json")),
         lambda: read_quarantine(src, quarantine.channel_id, quarantine.release_id),

@@ -200,3 +200,12 @@ def dev_down(home: Path) -> bool:
     shutil.rmtree(stack.dev_dir / "seaweedfs", ignore_errors=True)
     _state_path(home).unlink(missing_ok=True)
     return True
+
+
+def without_bakes(trust_file: Path) -> Path:
+    """Make the `*` entry of a development trust file say "no bake" (tests and benchmarks opt
+    into bakes where they measure them; the default policy would bake non-`dev` channels)."""
+    doc = json.loads(trust_file.read_text())
+    doc["channels"]["*"]["bake"] = {"duration": "0s"}
+    trust_file.write_text(json.dumps(doc, indent=2))
+    return trust_file

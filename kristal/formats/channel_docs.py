@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from kristal.formats.bake_docs import BakePlan
 from kristal.formats.models import NonEmpty, Sha256Id, Strict
 
 
@@ -130,6 +131,8 @@ class ActivationRecord(Strict):
     created_at: datetime
     evidence: dict[str, Any]
     prev_record_sha256: Sha256Id | None
+    # The bake this activation promised (None: none; a rollback never bakes).
+    bake: BakePlan | None = None
     # Set by signing (DESIGN §6): the record's own ID and its activator signatures.
     record_id: Sha256Id | None = None
     signatures: list[dict[str, Any]] = Field(default_factory=list)

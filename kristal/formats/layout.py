@@ -57,6 +57,20 @@ def checks(channel_id: str, sequence: int) -> str:
     return f"channels/{validate_channel_id(channel_id)}/checks/{_seq(sequence)}.json"
 
 
+def bake_prefix(channel_id: str, sequence: int) -> str:
+    return f"channels/{validate_channel_id(channel_id)}/bakes/{_seq(sequence)}/"
+
+
+def bake_measurement(channel_id: str, sequence: int, n: int) -> str:
+    if not isinstance(n, int) or not 1 <= n < 10**6:
+        raise ValueError(f"measurement {n!r} out of range")
+    return f"{bake_prefix(channel_id, sequence)}{n:06d}.json"
+
+
+def bake_verdict(channel_id: str, sequence: int) -> str:
+    return f"{bake_prefix(channel_id, sequence)}verdict.json"
+
+
 def quarantine(channel_id: str, release_id: int) -> str:
     if not isinstance(release_id, int) or release_id < 1:
         raise ValueError(f"release_id {release_id!r} must be a positive integer")

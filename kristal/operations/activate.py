@@ -32,10 +32,13 @@ def activate(
     pack_ids: list[str] | None = None,
     force: bool = False,
     dry_run: bool = False,
+    bake: str | None = None,
+    bake_interval: str | None = None,
 ) -> Outcome:
     with run.lock([channel_id], wait_s=CHANNEL_LOCK_WAIT_S):
         plan = run(plan_activation, ctx, channel_id, release_id=release_id,
-                   exchange_id=exchange_id, pack_ids=pack_ids, force=force)  # A, B
+                   exchange_id=exchange_id, pack_ids=pack_ids, force=force,
+                   bake=bake, bake_interval=bake_interval)  # A, B
         crash_point("after_verify")
         target = plan.release.entry.release_id
         run.log(f"verified release {target} against index v{plan.release.index.index_version}"

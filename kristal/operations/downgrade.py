@@ -15,6 +15,7 @@ from kristal.errors import (
     RollbackNotAuthorized,
     RollbackTargetMissing,
 )
+from kristal.formats.bake_docs import resolve_bake
 from kristal.formats.channel_docs import ChannelIndex, RollbackAuthorization
 from kristal.formats.identity import DocKind, check_id, verify_identity
 from kristal.formats.models import parse_model
@@ -95,7 +96,8 @@ def plan_downgrade(
     if records.read_quarantine(ctx, channel_id, release_id) is not None:
         raise ReleaseQuarantined(f"release {release_id} is quarantined in {channel_id}")
     plan = ActivationPlan(
-        channel_id, state, release, "downgrade", forced=False, repaired_history=repaired
+        channel_id, state, release, "downgrade", forced=False, repaired_history=repaired,
+        bake=resolve_bake(ctx.trust(channel_id).bake, channel_id),
     )
     plan.notes.append(
         f"downgrade from release {live.active.release_id} (generation "

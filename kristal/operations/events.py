@@ -7,3 +7,4 @@ ROLLBACK_RECORDED = "kristal.rollback.recorded"  # every rollback's follow-up
 ROLLBACK_FAILED = "kristal.rollback.failed"  # an automatic rollback found no safe target
 REVERIFY_FAILED = "kristal.reverify.failed"  # an alert, not a rollback trigger
 FLEET_HALTED = "kristal.fleet.halted"  # about a fleet (resource `kristal.fleet.<key>`)
+BAKE_FAILED = "kristal.bake.failed"  # a bake failed: payload activation_id, reason, rollback

@@ -257,6 +257,9 @@ def fleet_activate(
                          markdown=waves_markdown(result)))
     run.publish(Artifact("fleet-skew", suffix, "which channel runs which release",
                          table=[{k: str(v) for k, v in row.items()} for row in result.skew]))
+    if not dry_run:  # the skew rows are the board's rows of these channels
+        run.publish(Artifact("board", "channels", "board rows of the fleet",
+                             table=list(result.skew)))
     if halted_at is not None:
         run.emit(events.FLEET_HALTED, fleet=suffix, payload={
             "release_id": release_id, "halted_at_wave": halted_at, "vetoed": gone})

@@ -63,6 +63,7 @@ class ChannelOutcome(BaseModel):
     error_code: str | None = None
     message: str = ""
     downloaded: int = 0
+    baking: bool = False  # live, its bake to run (one bake run for the fleet's channels)
 
 
 class FleetOutcome(BaseModel):
@@ -77,6 +78,7 @@ class FleetOutcome(BaseModel):
     staging_note: str = ""
     skew: list[dict[str, Any]] = []
     artifact_keys: list[str] = []
+    bake_note: str = ""
 
     @property
     def exit_status(self) -> int:
@@ -192,6 +194,7 @@ def activate_channel(inline: Runner, ctx: Context, fleet: FleetRun, channel_id: 
         channel_id=channel_id, wave=wave, result="resumed" if plan.resume else "activated",
         sequence=outcome.sequence, activation_id=outcome.activation_id,
         release_id=outcome.release_id, message=outcome.message, downloaded=downloaded,
+        baking=outcome.bake is not None and outcome.bake.state == "baking",
     )
 
 

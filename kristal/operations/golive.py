@@ -14,12 +14,13 @@ channel and a forced resume all end here (DESIGN §5, §6, §7).
 
 from __future__ import annotations
 
+from kristal.channel.bakes import BakeStatus
 from kristal.context import Context
 from kristal.errors import CheckFailed, KristalError, LiveUnchecked, Refused
 from kristal.formats.channel_docs import ActivationRecord, CheckRecord
 from kristal.operations.outcome import Outcome, OutcomeKind, Who
 from kristal.operations.plan import ActivationPlan
-from kristal.operations.reports import open_follow_up, report_run
+from kristal.operations.reports import open_follow_up, publish_board, report_run
 from kristal.operations.rollback import switch_back
 from kristal.operations.runner import Runner
 from kristal.operations.steps import (
@@ -62,8 +63,16 @@ def go_live(run: Runner, ctx: Context, plan: ActivationPlan, who: Who, *,
     done: OutcomeKind = "downgraded" if plan.kind == "downgrade" else "activated"
     if report:
         report_run(run, plan, record, checks, f"{done} and checked")
+        publish_board(run, ctx, [plan.channel_id])
     if plan.kind == "downgrade":
         open_follow_up(run, record, checks, who.reason)
+    live = f"release {record.active.release_id} is live (sequence {record.sequence})"
+    baking = None
+    if record.bake is not None:
+        baking = BakeStatus(state="baking", total=record.bake.total,
+                            interval_s=record.bake.interval_s)
+        live += (f", baking: {record.bake.total} measurement(s) every "
+                 f"{record.bake.interval_s:g}s before it counts as known-good")
     return Outcome(
         channel_id=plan.channel_id,
         outcome="resumed" if plan.resume else done,
@@ -71,8 +80,9 @@ def go_live(run: Runner, ctx: Context, plan: ActivationPlan, who: Who, *,
         activation_id=record.activation_id,
         release_id=record.active.release_id,
         check_result=checks.result,
-        message=f"release {record.active.release_id} is live (sequence {record.sequence})",
+        message=live,
         orchestrator=run.orchestrator,
+        bake=baking,
     )
 
 
@@ -88,6 +98,7 @@ def roll_back_failed(run: Runner, ctx: Context, plan: ActivationPlan, record: Ac
     except KristalError as exc:  # e.g. a first activation has nothing to go back to
         back = f"no automatic rollback: {exc.line()}"
     report_run(run, plan, record, checks, f"checks failed; {back}")
+    publish_board(run, ctx, [plan.channel_id])
     return CheckFailed(
         f"release {record.active.release_id} failed its checks ({checks.reason}); {back}"
     )

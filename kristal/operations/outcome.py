@@ -9,6 +9,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from kristal.channel.bakes import BakeStatus
+
 OutcomeKind = Literal[
     "activated",
     "downgraded",
@@ -17,6 +19,7 @@ OutcomeKind = Literal[
     "planned",
     "rolled_back",
     "nothing_to_do",
+    "baked",
 ]
 
 
@@ -51,3 +54,4 @@ class Outcome(BaseModel):
     message: str = ""
     plan: dict[str, Any] | None = None
     orchestrator: str = "prefect"
+    bake: BakeStatus | None = None  # a release that bakes: where its bake stands

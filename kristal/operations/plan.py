@@ -19,6 +19,7 @@ from kristal.errors import (
     ReleaseIdSubstitutionBlocked,
     ReleaseQuarantined,
 )
+from kristal.formats.bake_docs import BakePlan, resolve_bake
 from kristal.formats.channel_docs import (
     ActivationKind,
     CheckRecord,
@@ -40,6 +41,7 @@ class ActivationPlan:
     failed_checks: CheckRecord | None = None  # live, checks failed, rollback never happened
     noop: bool = False  # already live and checked
     repaired_history: bool = False
+    bake: BakePlan | None = None  # what the new record promises (activate, downgrade)
     notes: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
@@ -68,11 +70,16 @@ def plan_activation(
     force: bool = False,
     memo: DocumentMemo | None = None,
     state: records.PointerState | None = None,
+    bake: str | None = None,
+    bake_interval: str | None = None,
 ) -> ActivationPlan:
     """Steps A and B: read the pointer once, verify the release, apply the activation policy.
 
     `memo`: content-addressed documents shared with other channels (`verify_release`);
-    `state`: the caller's own read of this channel's pointer, moments ago (else read here)."""
+    `state`: the caller's own read of this channel's pointer, moments ago (else read here);
+    `bake`, `bake_interval`: the request's own bake, within the channel policy's bounds."""
+    baking = resolve_bake(ctx.trust(channel_id).bake, channel_id, duration=bake,
+                          interval=bake_interval)
     if state is None:
         state = records.read_pointer(ctx, channel_id)
     repaired = records.repair_history(ctx, state)
@@ -86,7 +93,8 @@ def plan_activation(
         min_index_version=live.index_version if live else 0,
         memo=memo,
     )
-    plan = ActivationPlan(channel_id, state, release, "activate", force, repaired_history=repaired)
+    plan = ActivationPlan(channel_id, state, release, "activate", force, repaired_history=repaired,
+                          bake=baking)
     target = release.entry
     if target.release_id < release.index.minimum_allowed_release_id:
         raise ReleaseIdDowngradeBlocked(

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from kristal.channel.directory import channel_rows
+from kristal.context import Context
 from kristal.formats.channel_docs import ActivationRecord, CheckRecord
 from kristal.operations import events
 from kristal.operations.plan import ActivationPlan
@@ -141,3 +143,11 @@ def open_follow_up(run: Runner, record: ActivationRecord, checks: CheckRecord | 
         },
     )
     return markdown
+
+
+def publish_board(run: Runner, ctx: Context, channel_ids: list[str]) -> None:
+    """The board's rows of these channels as they are now (the runner merges them into the
+    board: one row per channel)."""
+    rows = channel_rows(ctx, channel_ids)
+    run.publish(Artifact("board", "channels", f"board rows of {len(rows)} channel(s)",
+                         table=rows))

@@ -16,10 +16,14 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
+from kristal.channel import records
 from kristal.context import Context
 from kristal.errors import KristalError
 from kristal.operations import events
+from kristal.operations.bake import fail_stopped
 from kristal.operations.outcome import Who
+from kristal.operations.reports import publish_board
+from kristal.operations.reverify_bake import BAKE, check_bake, stopped
 from kristal.operations.reverify_checks import (
     CHECKS_RECORD,
     LIVE_RELEASE,
@@ -74,6 +78,7 @@ def reverify_channel(run: Runner, ctx: Context, channel_id: str, *,
         rows += _group(run, LOCAL_INDEX, check_local_index, ctx, live)
         rows += _group(run, CHECKS_RECORD, check_checks_record, ctx, live,
                        checks_timeout_s=checks_timeout_s)
+        rows += _group(run, BAKE, check_bake, ctx, live)
     return build_report(channel_id, live, rows)
 
 
@@ -99,6 +104,15 @@ def _roll_back(run: Runner, ctx: Context, report: ChannelReport,
     except KristalError as exc:
         return False, f"no rollback: {exc.line()}"
     return outcome.outcome == "rolled_back", outcome.message
+
+
+def _fail_stopped_bake(run: Runner, ctx: Context, report: ChannelReport, why: str,
+                      operator: str) -> str:
+    live = records.read_pointer(ctx, report.channel_id).record
+    if live is None or live.activation_id != report.activation_id:
+        return "the channel moved on meanwhile: nothing to fail"
+    who = Who.of(operator, f"reverify: {why}", None, run.run_id)
+    return fail_stopped(run, ctx, live, why, who).message
 
 
 def _table(report: ChannelReport) -> Artifact:
@@ -164,7 +178,14 @@ def reverify(
         run.emit(events.REVERIFY_FAILED, channel_id=channel_id, payload={
             "channel_id": channel_id, "activation_id": report.activation_id,
             "reasons": report.reasons()})
-        if channel_id in (rollback_on_failure or []) or rollback_policy(ctx, channel_id):
+        if (why := stopped(report.rows)) is not None:
+            # A stopped bake fails as a failed measurement does, whatever the reverify policy.
+            rollbacks[channel_id] = _fail_stopped_bake(run, ctx, report, why, operator)
+            now = records.read_pointer(ctx, channel_id).record
+            if now is not None and now.activation_id != report.activation_id:
+                rolled_back.add(channel_id)
+            run.log(f"{channel_id}: {rollbacks[channel_id]}")
+        elif channel_id in (rollback_on_failure or []) or rollback_policy(ctx, channel_id):
             done, rollbacks[channel_id] = _roll_back(run, ctx, report, operator)
             if done:
                 rolled_back.add(channel_id)
@@ -182,6 +203,7 @@ def reverify(
     )
     run.publish(Artifact("reverify", "summary", result.message,
                          markdown=summary_markdown(result)))
+    publish_board(run, ctx, [r.channel_id for r in reports])
     if failed:
         raise _error(failed, rollbacks, rolled_back)
     return result

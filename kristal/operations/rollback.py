@@ -23,7 +23,7 @@ from kristal.formats.channel_docs import ActivationKind, ActivationRecord, Check
 from kristal.operations import events
 from kristal.operations.outcome import Outcome, Who
 from kristal.operations.plan import ActivationPlan
-from kristal.operations.reports import open_follow_up, report_run
+from kristal.operations.reports import open_follow_up, publish_board, report_run
 from kristal.operations.rollback_target import RollbackTo, plan_rollback
 from kristal.operations.runner import Runner, step
 from kristal.operations.steps import (
@@ -108,6 +108,7 @@ def switch_back(
         live_again += f"; its checks failed: {checks.reason}"
     report_run(run, plan, record, checks, f"rolled back to release {record.active.release_id}")
     open_follow_up(run, record, checks, cause)
+    publish_board(run, ctx, [channel_id])
     return Outcome(
         channel_id=channel_id,
         outcome="rolled_back",

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from kristal.channel import bakes, records
 from kristal.channel import pointer as ptr
-from kristal.channel import records
 from kristal.channel.history import last_known_good_for
 from kristal.channel.pointer import new_record
 from kristal.context import Context
 from kristal.crashpoints import crash_point
-from kristal.errors import PointerConflict, PointerInvalid
+from kristal.errors import PointerConflict, PointerInvalid, StorageUnavailable
 from kristal.formats import layout
 from kristal.formats.channel_docs import (
     ActivationKind,
@@ -87,6 +87,7 @@ def switch_pointer(ctx: Context, plan: ActivationPlan, who: Who,
         now=ctx.now(),
         evidence={**plan.release.evidence, "report_ids": plan.release.report_ids,
                   **({"orchestrator": who.orchestrator} if who.orchestrator != "prefect" else {})},
+        bake=plan.bake,
     )
     _require_free_slots(ctx, record, plan.state)
     crash_point("before_switch")
@@ -94,7 +95,24 @@ def switch_pointer(ctx: Context, plan: ActivationPlan, who: Who,
     crash_point("after_switch")
     records.write_history(ctx, record)
     crash_point("after_history")
+    if plan.state.record is not None and plan.state.record.bake is not None:
+        end_superseded_bake(ctx, plan.state.record, record)
     return record
+
+
+def end_superseded_bake(ctx: Context, before: ActivationRecord, after: ActivationRecord) -> None:
+    """The switch away from a release that was baking ends its bake: `superseded` (unless a
+    verdict stands already). Best effort: the pointer has moved either way, and the bake's
+    state reads as superseded without the record."""
+    try:
+        if ctx.store.head(layout.bake_verdict(before.channel_id, before.sequence)) is None:
+            done = sum(1 for _ in ctx.store.list_keys(
+                layout.bake_prefix(before.channel_id, before.sequence)))
+            bakes.write_verdict(ctx, before, "superseded", done=done, now=ctx.now(),
+                                reason=f"{after.kind} to sequence {after.sequence} during the bake",
+                                superseded_by=after.sequence)
+    except StorageUnavailable:
+        pass
 
 
 def _require_free_slots(ctx: Context, record: ActivationRecord,

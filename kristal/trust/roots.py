@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from kristal.errors import ManifestSchemaInvalid, TrustRootMissing
+from kristal.formats.bake_docs import BakePolicy
 from kristal.formats.canonical import parse_json
 from kristal.formats.models import CHANNEL_PART_PATTERN, parse_model, validate_channel_id
 from kristal.formats.time import Rfc3339
@@ -127,6 +128,9 @@ class ChannelTrust(BaseModel):
     )
     # Channel policy: does a failed nightly re-verification roll the channel back, or only alert?
     reverify_rollback: bool = False
+    # How long a release must hold up live before it counts as known-good (None: the default
+    # for the channel's environment, `bake_docs.default_policy`).
+    bake: BakePolicy | None = None
 
     @field_validator("thresholds")
     @classmethod
