@@ -8,7 +8,11 @@ Each run of ours gets an empty KRISTAL_CACHE_DIR (cold); the two alternate. The 
 through the plain runner (the operations' own steps): the Prefect CLI adds its fixed start-up
 and flow-run cost on top (issue 15 item 4, measured in bench_orchestration.py).
 
-Usage: python bench/bench_dry_run.py [--rows N] [--ids ascending|hashed] [--runs N] [--json]
+`--compare TREE` also runs the dry run from another source tree (e.g. `git worktree add
+/tmp/base <commit>`), interleaved, against the same bucket and floor.
+
+Usage: python bench/bench_dry_run.py [--rows N] [--ids ascending|hashed] [--runs N]
+                                     [--compare TREE] [--json]
 Target (issue 15): ours <= 1.2 x the floor.
 """
 
@@ -102,6 +106,7 @@ def main() -> int:
                         help="hashed (default): ids that do not ascend, as real content ids")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--workdir", help="keep everything here instead of a temp dir")
+    parser.add_argument("--compare", type=Path, help="another source tree to run ours from")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -133,6 +138,7 @@ def main() -> int:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(
             [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
 
+        other: list[tuple[float, dict[str, Any]]] = []
         ours: list[tuple[float, dict[str, Any]]] = []
         floor: list[tuple[float, dict[str, Any]]] = []
         for run in range(args.runs):
@@ -151,6 +157,13 @@ def main() -> int:
                                  {**env, "KRISTAL_CACHE_DIR": str(cache)}))
             kept = sorted(p.name for p in (cache / "blobs" / "sha256").iterdir())
             shutil.rmtree(cache, ignore_errors=True)
+            if args.compare:
+                os.sync()
+                other.append(run_json(
+                    [sys.executable, "-c", _OURS, world.channel, "1"],
+                    {**env, "KRISTAL_CACHE_DIR": str(cache),
+                     "PYTHONPATH": str(args.compare.resolve())}))
+                shutil.rmtree(cache, ignore_errors=True)
 
     res = {
         "benchmark": "dry_run", "machine": benchlib.machine(), "rows": args.rows,
@@ -158,6 +171,8 @@ def main() -> int:
         "blobs_kept_by_ours": len(kept),
         "ours_wall_s": [w for w, _ in ours], "ours_phases": [p for _, p in ours],
         "floor_wall_s": [w for w, _ in floor], "floor_phases": [p for _, p in floor],
+        "compare_tree": str(args.compare) if args.compare else None,
+        "compare_wall_s": [w for w, _ in other], "compare_phases": [p for _, p in other],
         "loadavg": Path("/proc/loadavg").read_text().split()[:3],
     }
     res["ratio"] = median(res["ours_wall_s"]) / median(res["floor_wall_s"])
@@ -172,7 +187,11 @@ def main() -> int:
     print(f"cold dry run, {args.rows:,} rows ({args.ids} ids), median of {args.runs} "
           f"(publish took {publish_s:.1f} s); objects: "
           + ", ".join(f"{p} {s / 1e6:.1f} MB" for p, s in every))
-    print(table(("fresh process", "wall s", "phases (median s)"), [
+    rows = [] if not other else [(
+        f"ours from {args.compare}", median(res["compare_wall_s"]),
+        f"imports {phase(res['compare_phases'], 'imports_s'):.2f}, activate "
+        f"{phase(res['compare_phases'], 'activate_s'):.2f}")]
+    print(table(("fresh process", "wall s", "phases (median s)"), [*rows,
         ("ours: dry-run activation (plain runner)", median(res["ours_wall_s"]),
          f"imports {phase(res['ours_phases'], 'imports_s'):.2f}, activate "
          f"{phase(res['ours_phases'], 'activate_s'):.2f}"),
@@ -181,6 +200,9 @@ def main() -> int:
          f"{phase(res['floor_phases'], 'download_s'):.2f}, load "
          f"{phase(res['floor_phases'], 'load_s'):.2f}"),
     ]))
+    if other:
+        print(f"{args.compare}/floor = "
+              f"{median(res['compare_wall_s']) / median(res['floor_wall_s']):.3f}")
     print(f"ours/floor = {res['ratio']:.3f} (target <= {RATIO_TARGET}: "
           f"{verdict(res['target_met'])}); blobs kept in our cache: {res['blobs_kept_by_ours']} "
           f"of {len(every)} objects; loadavg at the end {' '.join(res['loadavg'])}")
