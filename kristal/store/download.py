@@ -36,7 +36,8 @@ if TYPE_CHECKING:  # the store calls in here; this module never builds one
 T = TypeVar("T")
 
 CHUNK = 1024 * 1024  # read/hash buffer: the only per-stream memory a download holds
-IN_FLIGHT_PART = 4 * 1024 * 1024  # a range hashed from memory (`verify_in_flight`)
+# A range hashed from memory (`verify_in_flight`): store.workers of them per object at most.
+IN_FLIGHT_PART = 2 * 1024 * 1024
 STREAM_RESUMES = 3  # a body cut mid-transfer is resumed with a Range GET this many times
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 # What a body read raises when the connection dies mid-transfer (botocore wraps most of them).
@@ -245,7 +246,7 @@ def verify_in_flight(
     any mismatch -> FileHashMismatch, exactly as `download_to`.
 
     Large objects come as parallel ranges of IN_FLIGHT_PART bytes held in memory and hashed in
-    order: at most `store.workers` parts are held at once (16 MiB with the defaults).
+    order: at most `store.workers` parts are held at once (8 MiB with the defaults).
     """
     expected = _expectation(expected_sha256, expected_size)
     hasher = hashlib.sha256()
@@ -253,20 +254,24 @@ def verify_in_flight(
     if expected_size >= store.parallel_threshold:
         info = _head_with_size(store, key, expected_size)
 
-        def fetch(start: int, end: int, cancel: threading.Event) -> bytearray:
-            buffer = bytearray()
+        def fetch(start: int, end: int, cancel: threading.Event) -> memoryview:
+            # Allocated once at its final size: no growth, no copies, memory returned whole.
+            buffer = memoryview(bytearray(end - start))
+            pos = 0
 
             def sink(chunk: bytes) -> None:
+                nonlocal pos
                 if cancel.is_set():
                     raise StorageUnavailable("download cancelled")
-                buffer.extend(chunk)
+                buffer[pos:pos + len(chunk)] = chunk
+                pos += len(chunk)
 
-            _range(store, key, sink, start, end, info.etag, deadline)
-            return buffer
+            _range(store, key, sink, start, end, info.etag, deadline)  # never past `end`
+            return buffer[:pos]
 
-        def consume(start: int, end: int, buffer: bytearray) -> int:
-            hasher.update(buffer)
-            return len(buffer)
+        def consume(start: int, end: int, part: memoryview) -> int:
+            hasher.update(part)
+            return len(part)
 
         size = _in_order(store, key, expected_size, IN_FLIGHT_PART, fetch, consume)
     else:
