@@ -1,7 +1,8 @@
 """Staging a pack of N GiB: our one-pass download + sha256 (`ObjectStore.download_to`) beside
-`aws s3 cp` and `aws s3 cp` + `sha256sum` of the same object, all in this run, on a private
-SeaweedFS; peak-RSS growth while staging; re-verification of the staged pack
-(`hash_files_parallel`) beside `sha256sum` of the same files.
+`aws s3 cp`, `aws s3 cp` + `sha256sum` and `curl -o FILE` (a presigned GET) of the same object,
+all in this run, on a private SeaweedFS; our hash-in-flight of it (`verify_in_flight`, what
+staging does with an Exchange blob: nothing written); peak-RSS growth while staging;
+re-verification of the staged pack (`hash_files_parallel`) beside `sha256sum` of the same files.
 
 Usage: python bench/bench_staging.py [--size GIB] [--runs N] [--workdir DIR] [--no-aws] [--json]
 Targets (DESIGN §7): ours <= 1.05 x `aws s3 cp`; RSS growth while staging < 64 MB.
@@ -51,8 +52,13 @@ store.head(sys.argv[2])
 reset = reset_peak_rss()
 before = status("VmRSS")
 t0 = time.perf_counter()
-store.download_to(sys.argv[2], Path(sys.argv[3]), expected_sha256=sys.argv[4],
-                  expected_size=int(sys.argv[5]))
+if sys.argv[6] == "in-flight":
+    from kristal.store.download import verify_in_flight
+    verify_in_flight(store, sys.argv[2], expected_sha256=sys.argv[4],
+                     expected_size=int(sys.argv[5]))
+else:
+    store.download_to(sys.argv[2], Path(sys.argv[3]), expected_sha256=sys.argv[4],
+                      expected_size=int(sys.argv[5]))
 seconds = time.perf_counter() - t0
 print(json.dumps({"seconds": seconds, "rss_before_kb": before, "hwm_after_kb": status("VmHWM"),
                   "reset_worked": reset,
@@ -128,11 +134,12 @@ def fresh(path: Path) -> None:
     os.sync()
 
 
-def run_ours(config: StoreConfig, dest: Path, sha: str, size: int) -> dict[str, Any]:
+def run_ours(config: StoreConfig, dest: Path, sha: str, size: int,
+             mode: str = "download") -> dict[str, Any]:
     t0 = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-c", _PROBE, json.dumps(config.__dict__), KEY, str(dest), sha,
-         str(size)],
+         str(size), mode],
         capture_output=True, text=True, check=False,
     )
     wall = time.perf_counter() - t0
@@ -201,11 +208,22 @@ def main() -> int:
             aws_cp_fsync: list[float] = []
             aws_cp_sum: list[float] = []
             aws_noop: list[float] = []
+            curl_s: list[float] = []
+            in_flight: list[dict[str, Any]] = []
             url = f"s3://{config.bucket}/{KEY}"
+            presigned = store._client.generate_presigned_url(
+                "get_object", Params={"Bucket": config.bucket, "Key": store.full_key(KEY)},
+                ExpiresIn=3600)
             for run in range(args.runs):
                 note(f"download run {run + 1}/{args.runs} ...", quiet=quiet)
                 fresh(dest)
                 ours.append(run_ours(config, dest, sha, size))
+                fresh(dest)
+                curl_s.append(timed(["curl", "-sS", "--fail", "-o", str(dest), presigned])[0])
+                if dest.stat().st_size != size:
+                    raise RuntimeError("curl: wrong size")
+                fresh(dest)
+                in_flight.append(run_ours(config, dest, sha, size, "in-flight"))
                 if aws and env:
                     cp = [aws, "s3", "cp", url, str(dest), "--endpoint-url",
                           server.endpoint_url, "--only-show-errors", "--no-progress"]
@@ -265,6 +283,15 @@ def main() -> int:
 
     figures = summarise(args, size, upload_s, ours, aws_cp, aws_cp_fsync, aws_cp_sum, aws_noop,
                         fetch_s, reverify)
+    figures["curl_o_file"] = {"median_s": median(curl_s), "samples_s": curl_s,
+                              "mb_per_s": size / MiB / median(curl_s)}
+    in_flight_s = [o["seconds"] for o in in_flight]
+    figures["ours_verify_in_flight"] = {
+        "median_s": median(in_flight_s), "samples_s": in_flight_s,
+        "mb_per_s": size / MiB / median(in_flight_s),
+        "rss_growth_mb": [o["growth_mb"] for o in in_flight]}
+    figures["ratios"]["ours_vs_curl"] = median([o["seconds"] for o in ours]) / median(curl_s)
+    figures["ratios"]["in_flight_vs_curl"] = median(in_flight_s) / median(curl_s)
     if args.json:
         print(json.dumps(figures, indent=2))
     else:
@@ -348,6 +375,12 @@ def report(f: dict[str, Any]) -> None:
             rows.append((label, fig["median_s"], rate))
     print(table(("download", "median s", "MB/s"), rows))
     r = f["ratios"]
+    c, h = f["curl_o_file"], f["ours_verify_in_flight"]
+    print(f"curl -o FILE (presigned GET) {c['median_s']:.3f} s ({c['mb_per_s']:.0f} MB/s); "
+          f"ours verify_in_flight (hash, nothing written) {h['median_s']:.3f} s "
+          f"({h['mb_per_s']:.0f} MB/s, RSS growth max {max(h['rss_growth_mb']):.1f} MB); "
+          f"download_to/curl = {r['ours_vs_curl']:.3f}, in-flight/curl = "
+          f"{r['in_flight_vs_curl']:.3f}")
     if "ours_vs_aws_cp" in r:
         print(f"ours/(b) = {r['ours_vs_aws_cp']:.3f} (target <= {RATIO_TARGET}: "
               f"{verdict(f['targets']['ours_vs_aws_cp_le_1.05'])}); "

@@ -8,6 +8,7 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -198,3 +199,66 @@ def test_concurrent_fetch_from_four_processes_downloads_once(tmp_path: Path) -> 
     assert Path(paths[0]).read_bytes() == PAYLOAD
     assert len(list(marks.iterdir())) == 1
     assert list((tmp_path / "cache" / "tmp").iterdir()) == []
+
+
+# --- objects the query layer never reads: hashed as they stream, not kept ----------------------
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.parametrize("path", ["single stream", "parallel ranges"])
+def test_verify_in_flight_checks_digest_and_size_and_writes_nothing(
+        store_config: Any, tmp_path: Path, path: str) -> None:
+    from kristal.errors import ObjectNotFound
+    from kristal.store import download
+    from kristal.store.s3 import ObjectStore
+
+    store = ObjectStore(store_config, parallel_threshold=1 << 20 if path == "parallel ranges"
+                        else 1 << 30)
+    data = os.urandom(3 * download.IN_FLIGHT_PART + 12345)
+    store.put_bytes("blobs/in-flight", data, "application/octet-stream")
+    before = set(tmp_path.rglob("*"))
+    download.verify_in_flight(store, "blobs/in-flight", expected_sha256=_sha(data),
+                              expected_size=len(data))
+    assert set(tmp_path.rglob("*")) == before
+    bad_digest = _sha(data[:-1] + bytes([data[-1] ^ 1]))
+    for sha, size in ((bad_digest, len(data)), (_sha(data), len(data) - 1),
+                      (_sha(data), len(data) + 1)):
+        with pytest.raises(FileHashMismatch):
+            download.verify_in_flight(store, "blobs/in-flight", expected_sha256=sha,
+                                      expected_size=size)
+    with pytest.raises(ObjectNotFound):
+        download.verify_in_flight(store, "blobs/none", expected_sha256=_sha(b""),
+                                  expected_size=len(data))
+
+
+def test_staging_keeps_the_pack_and_only_hashes_the_exchange_blob(
+        store_config: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from world import make_world
+
+    from kristal.formats import layout
+    from kristal.runtime.staging import stage_release
+    from kristal.verify.fetch import verify_release
+
+    world = make_world(tmp_path, store_config, monkeypatch)
+    world.publish(1)
+    release = verify_release(world.ctx, world.channel, release_id=1)
+    (blob,) = release.exchange.blobs()
+    blob_key = layout.exchange_blob(release.entry.exchange_id, blob.path)
+    staged = stage_release(world.ctx, release)
+    assert staged.hashed_in_flight == [blob_key] and blob_key not in staged.files
+    assert staged.downloaded == 2 and len(staged.files) == 1
+    assert world.ctx.cache.verified_path(blob.sha256, blob.size_bytes) is None
+    # Staged again: the kept pack file is re-hashed from the cache, the blob streamed again.
+    assert stage_release(world.ctx, release).downloaded == 1
+    # Still verified: a tampered Exchange blob fails staging though nothing keeps it.
+    original, _ = world.store.get_bytes(blob_key, max_bytes=blob.size_bytes)
+    world.store.put_bytes(blob_key, b"x" * blob.size_bytes, "application/x-ndjson")
+    with pytest.raises(FileHashMismatch):
+        stage_release(world.ctx, release)
+    # keep_unread keeps it in the cache, which then serves it (re-hashed) like any blob.
+    world.store.put_bytes(blob_key, original, "application/x-ndjson")
+    staged = stage_release(world.ctx, release, keep_unread=True)
+    assert staged.hashed_in_flight == [] and blob_key in staged.files
+    assert world.ctx.cache.verified_path(blob.sha256, blob.size_bytes) is not None
+    assert stage_release(world.ctx, release).downloaded == 0

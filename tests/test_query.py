@@ -267,3 +267,60 @@ def test_result_digest_is_sha256_of_jcs_array() -> None:
     rows = ROWS[:3]
     assert result_digest(rows) == sha256_hex(canonical_bytes(rows))
     assert result_digest([]) == sha256_hex(b"[]")
+
+
+# --- statement_id uniqueness, folded into the load (a filter, then only its candidates) -------
+def _unsorted_ids(n: int, duplicates: dict[int, int] | None = None) -> list[dict[str, str]]:
+    """`n` rows in canonical order whose ids do not ascend; `duplicates` {line: line it copies}."""
+    rows = [row(f"id-{(i * 7919) % 10007:05d}", f"s{i:05d}", "p", "o") for i in range(n)]
+    for line, copied in (duplicates or {}).items():
+        rows[line - 1]["statement_id"] = rows[copied - 1]["statement_id"]
+    return rows
+
+
+@pytest.fixture(params=["default filter", "tiny filter", "no room for candidates"])
+def seen_ids(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The filter as shipped; one of 8 slots (every id a candidate); a candidate cap of 0
+    (the full sort of every id, as before the filter)."""
+    from kristal.runtime.sqlite_index import _SeenIds
+
+    if request.param == "tiny filter":
+        monkeypatch.setattr(_SeenIds, "FILTER_BYTES", 1)
+        monkeypatch.setattr(_SeenIds, "MASK", 7)
+    elif request.param == "no room for candidates":
+        monkeypatch.setattr(_SeenIds, "CANDIDATE_CAP", 0)
+    return str(request.param)
+
+
+def test_unique_ids_out_of_order_build_whatever_the_filter_says(
+        tmp_path: Path, seen_ids: str) -> None:
+    src = tmp_path / "u.jsonl"
+    digest = write_rows(src, _unsorted_ids(3000))
+    assert build_index(src, tmp_path / "u.db", source_sha256=digest) == 3000
+
+
+@pytest.mark.parametrize(("duplicates", "reported"), [
+    ({2999: 3}, "line 2999: duplicate statement_id 'id-{}' (also on line 3)"),
+    ({40: 1, 41: 2, 3000: 1}, "line 41: duplicate statement_id 'id-{}' (also on line 2)"),
+    ({2: 1}, "line 2: duplicate statement_id 'id-{}' (also on line 1)"),
+    ({3000: 2999}, "line 3000: duplicate statement_id 'id-{}' (also on line 2999)"),
+])
+def test_duplicate_id_is_reported_exactly_as_by_the_full_check(
+        tmp_path: Path, seen_ids: str, duplicates: dict[int, int], reported: str) -> None:
+    rows = _unsorted_ids(3000, duplicates)
+    line = int(reported.split()[1].rstrip(":"))
+    first = int(reported.rsplit(" ", 1)[1].rstrip(")"))
+    expected = reported.format(rows[first - 1]["statement_id"][3:])
+    error = _refused(tmp_path, _lines(rows))
+    assert error.code == "manifest_schema_invalid"
+    assert error.message == f"triples {expected}"
+    assert rows[line - 1]["statement_id"] == rows[first - 1]["statement_id"]
+
+
+def test_ids_ascending_then_not_still_find_a_duplicate_of_the_ascending_part(
+        tmp_path: Path, seen_ids: str) -> None:
+    # Lines 1-3 ascend (no filter yet); line 4 breaks the order; line 5 repeats line 2's id.
+    rows = [row("a", "s1", "p", "o"), row("b", "s2", "p", "o"), row("c", "s3", "p", "o"),
+            row("0", "s4", "p", "o"), row("b", "s5", "p", "o")]
+    error = _refused(tmp_path, _lines(rows))
+    assert error.message == "triples line 5: duplicate statement_id 'b' (also on line 2)"

@@ -2,7 +2,10 @@
 local query index of each pack, without touching what is live.
 
 Downloads stream and hash in one pass (`ObjectStore.download_to`), run in parallel, and land in
-the cache by atomic rename; a cached blob is re-hashed before it is used for a switch. A cached
+the cache by atomic rename; a cached blob is re-hashed before it is used for a switch. Every
+declared object is verified (sha256 and size), but an Exchange's blobs (`data/assertions.jsonl`),
+which the query layer never reads, are hashed as they stream and not kept (`keep_unread=True`
+keeps them): staging them again streams them again. A cached
 query index counts only as a regular file built from this pack's triples (`usable_index`);
 anything else there is removed and rebuilt, and no link under the cache is followed.
 """
@@ -31,6 +34,7 @@ from kristal.formats.layout import TRIPLES_PATH
 from kristal.formats.models import M
 from kristal.runtime.sqlite_index import PinnedReader, build_index
 from kristal.store.blobcache import BlobCache, real_dir
+from kristal.store.download import verify_in_flight
 from kristal.verify.fetch import read_by_id
 from kristal.verify.verifier import VerifiedRelease
 
@@ -44,14 +48,15 @@ Inventory = frozenset[tuple[str, str, int]]  # (object key, sha256, size) of eve
 class StagedRelease:
     release_id: int
     pack_dbs: dict[str, Path]
-    files: dict[str, Path] = field(default_factory=dict)
+    files: dict[str, Path] = field(default_factory=dict)  # what is kept in the cache
     bytes_total: int = 0
-    downloaded: int = 0
+    downloaded: int = 0  # objects fetched from the store (kept or hashed in flight)
     inventory: Inventory = frozenset()
+    hashed_in_flight: list[str] = field(default_factory=list)  # verified, not kept
 
 
 def _inventory(release: VerifiedRelease) -> list[tuple[str, FileEntry]]:
-    """(object key, entry) for every payload file of the release."""
+    """(object key, entry) for every payload file of the release (Exchange blobs first)."""
     items: list[tuple[str, FileEntry]] = []
     for blob in release.exchange.blobs():
         items.append((layout.exchange_blob(release.entry.exchange_id, blob.path), blob))
@@ -86,11 +91,16 @@ def staged_by(staged: StagedRelease, release: VerifiedRelease, ctx: Context) -> 
 
 
 def _fetch_one(
-    store_ctx: Context, cache: BlobCache, key: str, entry: FileEntry
-) -> tuple[Path, bool]:
+    store_ctx: Context, cache: BlobCache, key: str, entry: FileEntry, *, keep: bool
+) -> tuple[Path | None, bool]:
+    """(cached path or None when not kept, whether it came from the store)."""
     cached = cache.verified_path(entry.sha256, entry.size_bytes)
     if cached is not None:
         return cached, False
+    if not keep:
+        verify_in_flight(store_ctx.store, key, expected_sha256=entry.sha256,
+                         expected_size=entry.size_bytes)
+        return None, True
 
     def download(tmp: Path) -> None:
         store_ctx.store.download_to(
@@ -98,6 +108,12 @@ def _fetch_one(
         )
 
     return cache.fetch(entry.sha256, entry.size_bytes, download), True
+
+
+def _read_by_queries(release: VerifiedRelease) -> frozenset[str]:
+    """Object keys the query layer reads: every file of every pack (not the Exchanges')."""
+    return frozenset(layout.pack_file(pack.pack_id, entry.path)
+                     for pack in release.packs for entry in pack.manifest.files)
 
 
 def index_path(ctx: Context, pack_id: str) -> Path:
@@ -129,17 +145,26 @@ def usable_index(db: Path, source_sha256: str) -> bool:
     return False
 
 
-def stage_release(ctx: Context, release: VerifiedRelease) -> StagedRelease:
+def stage_release(ctx: Context, release: VerifiedRelease, *,
+                  keep_unread: bool = False) -> StagedRelease:
+    """Verify every payload of `release` and stage what the query layer reads, then build each
+    pack's query index; `keep_unread` keeps the Exchange blobs in the cache too."""
     items = _inventory(release)
+    read = _read_by_queries(release)
     staged = StagedRelease(release_id=release.entry.release_id, pack_dbs={},
                            inventory=_as_inventory(items))
     with ThreadPoolExecutor(max_workers=DOWNLOAD_WORKERS) as pool:
-        futures = {key: pool.submit(_fetch_one, ctx, ctx.cache, key, entry) for key, entry in items}
+        futures = {key: pool.submit(_fetch_one, ctx, ctx.cache, key, entry,
+                                    keep=keep_unread or key in read)
+                   for key, entry in items}
         fresh: list[Path] = []
         for key, future in futures.items():
             path, downloaded = future.result()
-            staged.files[key] = path
             staged.downloaded += int(downloaded)
+            if path is None:
+                staged.hashed_in_flight.append(key)
+                continue
+            staged.files[key] = path
             if downloaded:
                 fresh.append(path)
     # Durable before anything can switch to it (the downloads themselves do not fsync).

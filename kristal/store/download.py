@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import botocore.exceptions
 import urllib3.exceptions
@@ -31,9 +31,13 @@ from kristal.errors import (
 )
 
 if TYPE_CHECKING:  # the store calls in here; this module never builds one
-    from kristal.store.s3 import ObjectStore
+    from kristal.store.s3 import ObjectInfo, ObjectStore
+
+T = TypeVar("T")
 
 CHUNK = 1024 * 1024  # read/hash buffer: the only per-stream memory a download holds
+# A range hashed from memory (`verify_in_flight`): store.workers of them per object at most.
+IN_FLIGHT_PART = 2 * 1024 * 1024
 STREAM_RESUMES = 3  # a body cut mid-transfer is resumed with a Range GET this many times
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 # What a body read raises when the connection dies mid-transfer (botocore wraps most of them).
@@ -164,6 +168,41 @@ def stream_sha256(store: ObjectStore, key: str, *,
         )
     return hasher.hexdigest(), size
 
+def _expectation(expected_sha256: str, expected_size: int) -> str:
+    """The declared digest (lowercase hex), refusing a malformed declaration up front."""
+    expected = expected_sha256.lower()
+    if not _HEX64.match(expected):
+        raise ManifestSchemaInvalid(
+            f"expected sha256 is not 64 hex digits: {expected_sha256!r}"
+        )
+    if expected_size < 0:
+        raise ManifestSchemaInvalid(f"expected size is negative: {expected_size}")
+    return expected
+
+
+def _stream_whole(store: ObjectStore, key: str, sink: Callable[[bytes], None], *,
+                  expected_size: int, deadline: Deadline) -> int:
+    try:
+        size, _ = stream(store, key, sink, limit=expected_size, deadline=deadline)
+    except _TooLong:
+        raise FileHashMismatch(
+            f"{store.full_key(key)} is longer than the declared {expected_size} bytes"
+        ) from None
+    return size
+
+
+def _compare(store: ObjectStore, key: str, size: int, digest: str, *, expected: str,
+             expected_size: int) -> None:
+    if size != expected_size:
+        raise FileHashMismatch(
+            f"{store.full_key(key)} is {size} bytes, declared {expected_size}"
+        )
+    if digest != expected:
+        raise FileHashMismatch(
+            f"{store.full_key(key)} has sha256 {digest}, declared {expected}"
+        )
+
+
 def download_to(
     store: ObjectStore, key: str, dest: Path, *, expected_sha256: str, expected_size: int
 ) -> None:
@@ -172,13 +211,7 @@ def download_to(
     `dest` is created or truncated; on any failure it is removed, so a caller renaming it
     into a content-addressed cache never sees a partial or wrong file.
     """
-    expected = expected_sha256.lower()
-    if not _HEX64.match(expected):
-        raise ManifestSchemaInvalid(
-            f"expected sha256 is not 64 hex digits: {expected_sha256!r}"
-        )
-    if expected_size < 0:
-        raise ManifestSchemaInvalid(f"expected size is negative: {expected_size}")
+    expected = _expectation(expected_sha256, expected_size)
     hasher = hashlib.sha256()
     deadline = Deadline(store, key, expected_size)
     # O_RDWR: the parallel path reads finished parts back to hash them in order.
@@ -192,21 +225,10 @@ def download_to(
                 hasher.update(chunk)
                 os.write(fd, chunk)
 
-            try:
-                size, _ = stream(store, key, sink, limit=expected_size, deadline=deadline)
-            except _TooLong:
-                raise FileHashMismatch(
-                    f"{store.full_key(key)} is longer than the declared {expected_size} bytes"
-                ) from None
-        if size != expected_size:
-            raise FileHashMismatch(
-                f"{store.full_key(key)} is {size} bytes, declared {expected_size}"
-            )
-        digest = hasher.hexdigest()
-        if digest != expected:
-            raise FileHashMismatch(
-                f"{store.full_key(key)} has sha256 {digest}, declared {expected}"
-            )
+            size = _stream_whole(store, key, sink, expected_size=expected_size,
+                                 deadline=deadline)
+        _compare(store, key, size, hasher.hexdigest(), expected=expected,
+                 expected_size=expected_size)
         # No fsync here: durability is the stager's call (runtime.staging flushes what it
         # staged before anything can switch to it), so this is download + verify only.
         ok = True
@@ -215,6 +237,108 @@ def download_to(
         if not ok:
             with contextlib.suppress(OSError):
                 os.unlink(dest)
+
+
+def verify_in_flight(
+    store: ObjectStore, key: str, *, expected_sha256: str, expected_size: int
+) -> None:
+    """Hash `key` as it arrives and keep nothing (an object the query layer never reads);
+    any mismatch -> FileHashMismatch, exactly as `download_to`.
+
+    Large objects come as parallel ranges of IN_FLIGHT_PART bytes held in memory and hashed in
+    order: at most `store.workers` parts are held at once (8 MiB with the defaults).
+    """
+    expected = _expectation(expected_sha256, expected_size)
+    hasher = hashlib.sha256()
+    deadline = Deadline(store, key, expected_size)
+    if expected_size >= store.parallel_threshold:
+        info = _head_with_size(store, key, expected_size)
+
+        def fetch(start: int, end: int, cancel: threading.Event) -> memoryview:
+            # Allocated once at its final size: no growth, no copies, memory returned whole.
+            buffer = memoryview(bytearray(end - start))
+            pos = 0
+
+            def sink(chunk: bytes) -> None:
+                nonlocal pos
+                if cancel.is_set():
+                    raise StorageUnavailable("download cancelled")
+                buffer[pos:pos + len(chunk)] = chunk
+                pos += len(chunk)
+
+            _range(store, key, sink, start, end, info.etag, deadline)  # never past `end`
+            return buffer[:pos]
+
+        def consume(start: int, end: int, part: memoryview) -> int:
+            hasher.update(part)
+            return len(part)
+
+        size = _in_order(store, key, expected_size, IN_FLIGHT_PART, fetch, consume)
+    else:
+        size = _stream_whole(store, key, hasher.update, expected_size=expected_size,
+                             deadline=deadline)
+    _compare(store, key, size, hasher.hexdigest(), expected=expected,
+             expected_size=expected_size)
+
+
+def _head_with_size(store: ObjectStore, key: str, expected_size: int) -> ObjectInfo:
+    """The object's HEAD, refusing a size other than declared before any byte moves."""
+    info = store.head(key)
+    if info is None:
+        raise ObjectNotFound(f"s3://{store.config.bucket}/{store.full_key(key)} does not exist")
+    if info.size != expected_size:
+        raise FileHashMismatch(
+            f"{store.full_key(key)} is {info.size} bytes, declared {expected_size}"
+        )
+    return info
+
+
+def _range(store: ObjectStore, key: str, sink: Callable[[bytes], None], start: int, end: int,
+           etag: str, deadline: Deadline) -> int:
+    """Bytes [start, end) of the version `etag` into `sink`; returns how many came."""
+    try:
+        count, _ = stream(store, key, sink, limit=end - start, deadline=deadline,
+                          start=start, end=end, etag=etag)
+    except _TooLong:
+        raise FileHashMismatch(
+            f"{store.full_key(key)}: range {start}-{end} returned too many bytes"
+        ) from None
+    return count
+
+
+def _in_order(
+    store: ObjectStore, key: str, size: int, part_size: int,
+    fetch: Callable[[int, int, threading.Event], T],
+    consume: Callable[[int, int, T], int],
+) -> int:
+    """Fetch the parts of [0, size) on `store.workers` threads, at most that many ahead of the
+    consumer, and `consume` them in order (each must account for exactly its range)."""
+    ranges = [(start, min(start + part_size, size)) for start in range(0, size, part_size)]
+    cancel = threading.Event()
+    total = 0
+    pending: deque[tuple[int, int, Future[T]]] = deque()
+    with ThreadPoolExecutor(max_workers=store.workers, thread_name_prefix="s3get") as pool:
+        try:
+            next_part = 0
+            while pending or next_part < len(ranges):
+                while next_part < len(ranges) and len(pending) < store.workers:
+                    start, end = ranges[next_part]
+                    pending.append((start, end, pool.submit(fetch, start, end, cancel)))
+                    next_part += 1
+                start, end, future = pending.popleft()
+                got = consume(start, end, future.result())
+                if got != end - start:
+                    raise FileHashMismatch(
+                        f"{store.full_key(key)}: range {start}-{end} returned {got} bytes"
+                    )
+                total += got
+        except BaseException:
+            cancel.set()
+            for _, _, future in pending:
+                future.cancel()
+            raise
+    return total
+
 
 def _download_parallel(
     store: ObjectStore, key: str, fd: int, hasher: Any, expected_size: int, deadline: Deadline
@@ -225,22 +349,10 @@ def _download_parallel(
     finished part from the (page-cached) file. Workers run at most `workers` parts ahead of
     the hasher, so disk use beyond the hashed prefix is bounded too.
     """
-    info = store.head(key)
-    if info is None:
-        raise ObjectNotFound(f"s3://{store.config.bucket}/{store.full_key(key)} does not exist")
-    if info.size != expected_size:
-        # Known before any byte is transferred: no point downloading.
-        raise FileHashMismatch(
-            f"{store.full_key(key)} is {info.size} bytes, declared {expected_size}"
-        )
+    info = _head_with_size(store, key, expected_size)
     os.ftruncate(fd, expected_size)
-    ranges = [
-        (start, min(start + store.part_size, expected_size))
-        for start in range(0, expected_size, store.part_size)
-    ]
-    cancel = threading.Event()
 
-    def fetch(start: int, end: int) -> int:
+    def fetch(start: int, end: int, cancel: threading.Event) -> int:
         pos = start
 
         def sink(chunk: bytes) -> None:
@@ -250,43 +362,18 @@ def _download_parallel(
             os.pwrite(fd, chunk, pos)
             pos += len(chunk)
 
-        try:
-            count, _ = stream(store, key, sink, limit=end - start, deadline=deadline,
-                              start=start, end=end, etag=info.etag)
-        except _TooLong:
-            raise FileHashMismatch(
-                f"{store.full_key(key)}: range {start}-{end} returned too many bytes"
-            ) from None
-        return count
+        return _range(store, key, sink, start, end, info.etag, deadline)
 
-    total = 0
-    pending: deque[tuple[int, int, Future[int]]] = deque()
-    with ThreadPoolExecutor(max_workers=store.workers, thread_name_prefix="s3get") as pool:
-        try:
-            next_part = 0
-            while pending or next_part < len(ranges):
-                while next_part < len(ranges) and len(pending) < store.workers:
-                    start, end = ranges[next_part]
-                    pending.append((start, end, pool.submit(fetch, start, end)))
-                    next_part += 1
-                start, end, future = pending.popleft()
-                got = future.result()
-                if got != end - start:
-                    raise FileHashMismatch(
-                        f"{store.full_key(key)}: range {start}-{end} returned {got} bytes"
-                    )
-                pos = start
-                while pos < end:
-                    chunk = os.pread(fd, min(CHUNK, end - pos), pos)
-                    if not chunk:
-                        raise StorageUnavailable(f"short read back of {_fd_name(fd)}")
-                    hasher.update(chunk)
-                    pos += len(chunk)
-                total += end - start
-        except BaseException:
-            cancel.set()
-            for _, _, future in pending:
-                future.cancel()
-            raise
-    return total
+    def consume(start: int, end: int, got: int) -> int:
+        if got != end - start:
+            return got
+        pos = start
+        while pos < end:
+            chunk = os.pread(fd, min(CHUNK, end - pos), pos)
+            if not chunk:
+                raise StorageUnavailable(f"short read back of {_fd_name(fd)}")
+            hasher.update(chunk)
+            pos += len(chunk)
+        return got
 
+    return _in_order(store, key, expected_size, store.part_size, fetch, consume)
