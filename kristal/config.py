@@ -195,3 +195,10 @@ def bake_launch() -> str:
         raise UsageInvalid(f"KRISTAL_BAKE_LAUNCH={value!r} must be auto or none",
                            field="KRISTAL_BAKE_LAUNCH")
     return value
+
+
+def cache_exchange_blobs() -> bool:
+    """`KRISTAL_CACHE_EXCHANGE_BLOBS` (default on): keep an Exchange's blobs in the cache once
+    verified. Off, they are hashed in flight and not kept (the query layer never reads them):
+    less disk, but every staging (a rollback's too) downloads them again."""
+    return _env("KRISTAL_CACHE_EXCHANGE_BLOBS", "1").lower() not in ("0", "false", "no", "off")

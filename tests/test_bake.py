@@ -111,7 +111,10 @@ def _gone(pid: int) -> bool:
 
 
 @pytest.fixture
-def bake_world(world: World) -> Iterator[World]:
+def bake_world(world: World, prefect_api: str) -> Iterator[World]:
+    # Every kristalctl this test starts, and the bake runs they start, report to the session's
+    # server (a process without PREFECT_API_URL would start a temporary one of its own).
+    world.patch.setenv("PREFECT_API_URL", prefect_api)
     try:
         yield world
     finally:
@@ -127,7 +130,7 @@ def test_healthy_bake_makes_the_release_known_good_and_a_later_switch_supersedes
     exporter.set(METRIC, {"channel": channel}, 0.001)
     _bake_policy(world, metrics=[ERROR_RATE], max_duration="1h")
     env = {"KRISTAL_PROMETHEUS_URL": prom.url}
-    for release in (1, 2, 3):
+    for release in (1, 2, 3, 4):
         world.publish(release)
 
     refused = _activate(channel, 1, "--bake", "2h", env=env)  # outside the policy's bounds
@@ -152,17 +155,17 @@ def test_healthy_bake_makes_the_release_known_good_and_a_later_switch_supersedes
     verdict = _verdict(world, channel, 2)
     assert verdict is not None and verdict["result"] == "passed" and verdict["signatures"]
 
-    # Release 3 bakes long; a rollback during its bake supersedes it, and goes to release 2,
-    # known-good now that its bake passed.
+    # Release 3 bakes long; activating release 4 during its bake supersedes it. A superseded
+    # bake is not known-good: last-known-good from release 4 is release 2, whose bake passed.
     baking = _json(_activate(channel, 3, "--bake", "60s", "--bake-interval", "1s", env=env))
     _wait("a first measurement of release 3", lambda: _status(channel)["bake"]["done"] >= 1)
-    back = kristalctl("rollback", channel, "--operator", "pytest", "--reason", "supersede",
-                      "--json")
-    assert back.returncode == 0, back.stderr
-    assert _json(back)["release_id"] == 2
+    assert _activate(channel, 4, "--bake", "0", env=env).returncode == 0
     ended = _verdict(world, channel, baking["sequence"])
     assert ended is not None and ended["result"] == "superseded", ended
     assert ended["superseded_by"] == baking["sequence"] + 1
+    back = kristalctl("rollback", channel, "--operator", "pytest", "--reason", "lkg", "--json")
+    assert back.returncode == 0, back.stderr
+    assert _json(back)["release_id"] == 2
     for pid in _bake_processes_of(world):  # every bake run ended by itself
         _wait(f"bake process {pid} to end", lambda pid=pid: _gone(pid), timeout=30)
 

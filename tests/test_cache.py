@@ -245,6 +245,7 @@ def test_staging_keeps_the_pack_and_only_hashes_the_exchange_blob(
     release = verify_release(world.ctx, world.channel, release_id=1)
     (blob,) = release.exchange.blobs()
     blob_key = layout.exchange_blob(release.entry.exchange_id, blob.path)
+    world.patch.setenv("KRISTAL_CACHE_EXCHANGE_BLOBS", "0")
     staged = stage_release(world.ctx, release)
     assert staged.hashed_in_flight == [blob_key] and blob_key not in staged.files
     assert staged.downloaded == 2 and len(staged.files) == 1
@@ -256,9 +257,10 @@ def test_staging_keeps_the_pack_and_only_hashes_the_exchange_blob(
     world.store.put_bytes(blob_key, b"x" * blob.size_bytes, "application/x-ndjson")
     with pytest.raises(FileHashMismatch):
         stage_release(world.ctx, release)
-    # keep_unread keeps it in the cache, which then serves it (re-hashed) like any blob.
+    # Kept by default: the cache then serves it (re-hashed) like any blob.
     world.store.put_bytes(blob_key, original, "application/x-ndjson")
-    staged = stage_release(world.ctx, release, keep_unread=True)
+    world.patch.delenv("KRISTAL_CACHE_EXCHANGE_BLOBS")
+    staged = stage_release(world.ctx, release)
     assert staged.hashed_in_flight == [] and blob_key in staged.files
     assert world.ctx.cache.verified_path(blob.sha256, blob.size_bytes) is not None
     assert stage_release(world.ctx, release).downloaded == 0

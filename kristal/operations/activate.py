@@ -51,7 +51,8 @@ def activate(
         if plan.failed_checks is None:
             staged = run(stage_release, ctx, plan.release)  # C
             crash_point("after_stage")
-            run.log(f"staged release {target}: {len(staged.files)} files, "
+            run.log(f"staged release {target}: {len(staged.files)} files kept, "
+                    f"{len(staged.hashed_in_flight)} verified in flight, "
                     f"{staged.downloaded} downloaded")
         if dry_run:
             report_run(run, plan, None, None, "dry run: verified and staged, nothing switched")

@@ -4,8 +4,9 @@ local query index of each pack, without touching what is live.
 Downloads stream and hash in one pass (`ObjectStore.download_to`), run in parallel, and land in
 the cache by atomic rename; a cached blob is re-hashed before it is used for a switch. Every
 declared object is verified (sha256 and size), but an Exchange's blobs (`data/assertions.jsonl`),
-which the query layer never reads, are hashed as they stream and not kept (`keep_unread=True`
-keeps them): staging them again streams them again. A cached
+which the query layer never reads, may be hashed as they stream and not kept
+(`KRISTAL_CACHE_EXCHANGE_BLOBS=0`: saves their disk space and the write, and a later staging,
+a rollback's included, streams them again). A cached
 query index counts only as a regular file built from this pack's triples (`usable_index`);
 anything else there is removed and rebuilt, and no link under the cache is followed.
 """
@@ -19,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kristal.config import cache_exchange_blobs
 from kristal.context import Context
 from kristal.errors import FileInventoryMissing, KristalError
 from kristal.formats import layout
@@ -146,9 +148,13 @@ def usable_index(db: Path, source_sha256: str) -> bool:
 
 
 def stage_release(ctx: Context, release: VerifiedRelease, *,
-                  keep_unread: bool = False) -> StagedRelease:
+                  keep_unread: bool | None = None) -> StagedRelease:
     """Verify every payload of `release` and stage what the query layer reads, then build each
-    pack's query index; `keep_unread` keeps the Exchange blobs in the cache too."""
+    pack's query index; `keep_unread` keeps the Exchange blobs in the cache too (default:
+    `KRISTAL_CACHE_EXCHANGE_BLOBS`, on: a rollback then re-hashes them locally instead of
+    downloading them again)."""
+    if keep_unread is None:
+        keep_unread = cache_exchange_blobs()
     items = _inventory(release)
     read = _read_by_queries(release)
     staged = StagedRelease(release_id=release.entry.release_id, pack_dbs={},
