@@ -12,7 +12,7 @@ from kristal.operations import activate as operation
 from kristal.operations.outcome import Who
 from tasks.bake_launch import follow_with_bake
 from tasks.runner import PrefectRunner
-from tasks.runtime import domain_context
+from tasks.runtime import domain_context, log_outcome
 
 no_heartbeat_join()  # before any run of this module's flows: see flows.prefect_fixes
 
@@ -33,4 +33,4 @@ def activate(request: ActivateRequest) -> RunOutcome:
         bake_interval=request.bake_interval,
         who=Who.of(request.operator, request.reason, request.correlation_id, run.run_id),
     )
-    return follow_with_bake(outcome, request.operator)
+    return log_outcome(follow_with_bake(outcome, request.operator))

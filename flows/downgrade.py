@@ -14,7 +14,7 @@ from kristal.operations import downgrade as operation
 from kristal.operations.outcome import Who
 from tasks.bake_launch import follow_with_bake
 from tasks.runner import PrefectRunner
-from tasks.runtime import domain_context
+from tasks.runtime import domain_context, log_outcome
 
 no_heartbeat_join()  # before any run of this module's flows: see flows.prefect_fixes
 
@@ -31,4 +31,4 @@ def downgrade(request: DowngradeRequest) -> RunOutcome:
         require_approval=request.require_approval,
         who=Who.of(request.operator, request.reason, request.correlation_id, run.run_id),
     )
-    return follow_with_bake(outcome, request.operator)
+    return log_outcome(follow_with_bake(outcome, request.operator))

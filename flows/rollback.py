@@ -11,7 +11,7 @@ from flows.prefect_fixes import no_heartbeat_join
 from kristal.operations import rollback as operation
 from kristal.operations.outcome import Who
 from tasks.runner import PrefectRunner
-from tasks.runtime import domain_context
+from tasks.runtime import domain_context, log_outcome
 
 no_heartbeat_join()  # before any run of this module's flows: see flows.prefect_fixes
 
@@ -20,7 +20,7 @@ no_heartbeat_join()  # before any run of this module's flows: see flows.prefect_
 def rollback(request: RollbackRequest) -> RunOutcome:
     """Go back to a release this channel had live (guarded by the activation it is about)."""
     run = PrefectRunner()
-    return operation.rollback(
+    return log_outcome(operation.rollback(
         run, domain_context(),
         channel_id=request.channel_id,
         to=request.to,
@@ -28,4 +28,4 @@ def rollback(request: RollbackRequest) -> RunOutcome:
         failed_flow_run_id=request.failed_flow_run_id,
         automatic=request.automatic,
         who=Who.of(request.operator, request.reason, request.correlation_id, run.run_id),
-    )
+    ))

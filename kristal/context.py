@@ -7,9 +7,11 @@ the bucket it protects. The activator key is loaded on first use (read-only comm
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 
 from kristal.channel.record_keys import RecordKeys
 from kristal.config import Settings
@@ -30,6 +32,7 @@ class Context:
     settings: Settings
     now: Callable[[], datetime] = field(default=utc_now)
     trusted: TrustedVersions | None = None
+    trust_sha256: str | None = None  # of the trust file as read: recorded in every new record
     _keys: RecordKeys | None = field(default=None, init=False, repr=False)
     _activator: SigningKey | None = field(default=None, init=False, repr=False)
 
@@ -40,11 +43,13 @@ class Context:
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> Context:
         settings = settings or Settings.from_env()
+        trust_file = load_trust_file(settings.trust_file)
         return cls(
             store=ObjectStore(settings.store),
-            trust_file=load_trust_file(settings.trust_file),
+            trust_file=trust_file,
             cache=BlobCache(settings.cache_dir),
             settings=settings,
+            trust_sha256=trust_file_sha256(settings.trust_file),
         )
 
     @property
@@ -62,3 +67,11 @@ class Context:
 
     def trust(self, channel_id: str) -> ChannelTrust:
         return self.trust_file.for_channel(channel_id)
+
+
+def trust_file_sha256(path: Path) -> str | None:
+    """`sha256:<hex>` of the trust file's bytes (every worker should show the same)."""
+    try:
+        return "sha256:" + hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return None

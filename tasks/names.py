@@ -14,6 +14,9 @@ BAKE_DEPLOYMENT = "bake/bake"
 AUTO_ROLLBACK_ON_FAILED_RUN = "kristal: roll back a failed activate or downgrade run"
 AUTO_ROLLBACK_ON_CHECK_FAILED = "kristal: roll back on kristal.check.failed"
 FOLLOWUP_NOTIFICATION = "kristal: carry rollback follow-ups to the tracker"
+CRASH_ZOMBIE_RUNS = "kristal: mark runs whose heartbeats stopped Crashed"
+OUTCOME_LOG_PREFIX = "kristal-outcome "  # a run's outcome, one JSON log line (--via-deployment)
+TRUST_DIGEST_VARIABLE = "kristal_trust_sha256"  # the trust file every worker must hold
 FOLLOWUP_BLOCK = "kristal-followup"
 
 CHANNEL_RESOURCE_PREFIX = "kristal.channel."

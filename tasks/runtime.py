@@ -5,7 +5,9 @@ task retries (storage hiccups only; a verification failure never gets better by 
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
 
 from kristal.config import Settings
 from kristal.context import Context
@@ -35,3 +37,16 @@ def retry_on_transient(task: Any, task_run: Any, state: Any) -> bool:
     except Exception:
         return False
     return isinstance(exc, StorageUnavailable)
+
+
+T = TypeVar("T", bound=BaseModel)
+
+
+def log_outcome(outcome: T) -> T:
+    """The run's outcome as one log line (`kristal-outcome {json}`): how a CLI that submitted
+    the run to a deployment (`--via-deployment`) reads what it did."""
+    from tasks.locks import run_logger
+    from tasks.names import OUTCOME_LOG_PREFIX
+
+    run_logger().info(OUTCOME_LOG_PREFIX + outcome.model_dump_json())
+    return outcome

@@ -7,7 +7,9 @@ same `weed mini` the quick start uses, started by kristal.localstack.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
+import urllib.parse
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,8 +24,12 @@ from kristal.dev.processes import SeaweedProcess, start_seaweed, stop_seaweed
 from kristal.store import s3 as objectstore
 from kristal.store.s3 import ObjectStore, StoreConfig
 
-TEST_ACCESS_KEY = "kristal-test"
-TEST_SECRET_KEY = "kristal-test-secret"
+# KRISTAL_TEST_S3_ENDPOINT: run the suite against an existing S3 endpoint (LocalStack, MinIO,
+# another SeaweedFS) with its credentials, instead of starting SeaweedFS. Every test still makes
+# and drops its own bucket there.
+EXTERNAL_S3 = os.environ.get("KRISTAL_TEST_S3_ENDPOINT", "").strip()
+TEST_ACCESS_KEY = os.environ.get("KRISTAL_TEST_S3_ACCESS_KEY", "kristal-test")
+TEST_SECRET_KEY = os.environ.get("KRISTAL_TEST_S3_SECRET_KEY", "kristal-test-secret")
 TEST_REGION = "us-east-1"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,7 +62,13 @@ def vectors_dir() -> Path:
 # --- object store --------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedProcess]:
-    """One `weed mini` for the whole session, in a fresh directory deleted afterwards."""
+    """One `weed mini` for the whole session, in a fresh directory deleted afterwards (or the
+    endpoint named by KRISTAL_TEST_S3_ENDPOINT, started and stopped by someone else)."""
+    if EXTERNAL_S3:
+        port = urllib.parse.urlparse(EXTERNAL_S3).port or 443
+        yield SeaweedProcess(pid=0, s3_port=port, endpoint_url=EXTERNAL_S3.rstrip("/"),
+                             data_dir=Path(os.devnull))
+        return
     base = tmp_path_factory.mktemp("seaweed")
     process = start_seaweed(
         base / "data",

@@ -169,10 +169,20 @@ def test_healthy_bake_makes_the_release_known_good_and_a_later_switch_supersedes
     for pid in _bake_processes_of(world):  # every bake run ended by itself
         _wait(f"bake process {pid} to end", lambda pid=pid: _gone(pid), timeout=30)
 
+    # History like `helm history`: a status per record, each bake's outcome, the last N.
+    rows = _json(kristalctl("history", channel, "--json"))
+    assert [(r["sequence"], r["status"], r["bake"]) for r in rows] == [
+        (1, "superseded", "none"), (2, "superseded", "passed"), (3, "superseded", "superseded"),
+        (4, "rolled back", "none"), (5, "live", "none")], rows
+    assert [r["sequence"] for r in _json(kristalctl("history", channel, "--max", "2",
+                                                    "--json"))] == [4, 5]
+
     # The UI board (one keyed table artifact) showed the bake as it went, then its outcome.
-    shown = [(r["release_id"], r["bake"]) for r in _board_versions() for r in r
-             if r["channel"] == channel]
+    board = [r for version in _board_versions() for r in version if r["channel"] == channel]
+    shown = [(r["release_id"], r["bake"]) for r in board]
     assert any(rid == 2 and str(bake).startswith("baking ") for rid, bake in shown), shown
+    assert any(r["release_id"] == 2 and "error-rate 0.001" in (r["bake_figures"] or "")
+               for r in board), board
     assert (2, "passed") in shown, shown
     assert any(rid == 3 and str(bake).startswith("baking ") for rid, bake in shown), shown
 

@@ -282,13 +282,13 @@ def _unsorted_ids(n: int, duplicates: dict[int, int] | None = None) -> list[dict
 def seen_ids(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """The filter as shipped; one of 8 slots (every id a candidate); a candidate cap of 0
     (the full sort of every id, as before the filter)."""
-    from kristal.runtime.sqlite_index import _SeenIds
+    from kristal.runtime.unique_ids import SeenIds
 
     if request.param == "tiny filter":
-        monkeypatch.setattr(_SeenIds, "FILTER_BYTES", 1)
-        monkeypatch.setattr(_SeenIds, "MASK", 7)
+        monkeypatch.setattr(SeenIds, "FILTER_BYTES", 1)
+        monkeypatch.setattr(SeenIds, "MASK", 7)
     elif request.param == "no room for candidates":
-        monkeypatch.setattr(_SeenIds, "CANDIDATE_CAP", 0)
+        monkeypatch.setattr(SeenIds, "CANDIDATE_CAP", 0)
     return str(request.param)
 
 

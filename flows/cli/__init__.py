@@ -14,7 +14,14 @@ import uuid
 
 import typer
 
-from flows.cli import documents, local, operations, publishing, reading  # noqa: F401 (commands)
+from flows.cli import (  # noqa: F401 (commands)
+    documents,
+    local,
+    operations,
+    production,
+    publishing,
+    reading,
+)
 from flows.cli.app import app
 from kristal.errors import EXIT_USAGE, KristalError
 

@@ -18,6 +18,25 @@ app = typer.Typer(
 dev_app = typer.Typer(add_completion=False, no_args_is_help=True, help="The local stack.")
 keys_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Signing keys.")
 app.add_typer(dev_app, name="dev")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            shown = version("kristal-activate")
+        except PackageNotFoundError:
+            shown = "unknown (not installed)"
+        typer.echo(f"kristalctl {shown}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True, help="Print the version and exit.")]
+        = False) -> None:
+    """Release activation for Kristal data releases."""
 app.add_typer(keys_app, name="keys")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]

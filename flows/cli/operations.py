@@ -39,6 +39,17 @@ def _orchestrator_unreachable() -> str | None:
         return url
 
 
+ViaDeploymentOpt = Annotated[bool, typer.Option(
+    "--via-deployment", help="Submit the run to its deployment (a worker of the pool runs "
+    "it), follow it, and print its outcome and exit status as here.")]
+
+
+def _via(deployment: str, request: Any) -> Any:
+    from flows.cli.via_deployment import run_via_deployment
+
+    return run_via_deployment(deployment, request)
+
+
 def _run_flow(as_json: bool, call: Callable[[], Any]) -> None:
     quiet_prefect()
     outcome = call()
@@ -62,6 +73,7 @@ def activate_command(
         "(30s, 10m; 0: none). Default: the channel's bake policy.")] = None,
     bake_interval: Annotated[str | None, typer.Option(
         "--bake-interval", help="How often it is measured while baking.")] = None,
+    via_deployment: ViaDeploymentOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Verify, stage, switch and check a release, then bake it (in its own run)."""
@@ -85,6 +97,8 @@ def activate_command(
     )
 
     def run() -> Any:
+        if via_deployment:
+            return _via("activate/activate", request)
         from flows.activate import activate
 
         return activate(request)
@@ -102,6 +116,7 @@ def rollback_command(
     ),
     expected_activation_id: Annotated[str | None, typer.Option("--expected-activation-id")] = None,
     correlation_id: CorrelationOpt = None,
+    via_deployment: ViaDeploymentOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Go back to a release this channel had live."""
@@ -125,6 +140,8 @@ def rollback_command(
         return
 
     def run() -> Any:
+        if via_deployment:
+            return _via("rollback/rollback", request)
         from flows.rollback import rollback
 
         return rollback(request)
@@ -163,6 +180,7 @@ def downgrade_command(
     reason: ReasonOpt,
     require_approval: Annotated[bool, typer.Option("--require-approval")] = False,
     correlation_id: CorrelationOpt = None,
+    via_deployment: ViaDeploymentOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Move to an older generation, only to a release a rollback authorization blesses."""
@@ -173,6 +191,8 @@ def downgrade_command(
                      operator=operator, reason=reason, correlation_id=correlation_id)
 
     def run() -> Any:
+        if via_deployment:
+            return _via("downgrade/downgrade", request)
         from flows.downgrade import downgrade
 
         return downgrade(request)

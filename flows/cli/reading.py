@@ -59,47 +59,68 @@ def status_command(channel: Channel, as_json: JsonOpt = False) -> None:
 
 
 @app.command("history")
-def history_command(channel: Channel, as_json: JsonOpt = False) -> None:
-    """Every record, oldest first, with its check outcome."""
+def history_command(
+    channel: Channel,
+    max_rows: Annotated[int | None, typer.Option(
+        "--max", min=1, help="Only the last N records.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Every record, oldest first, like `helm history`: time, kind, release, its checks and
+    bake, and a status (live, superseded, rolled back, failed).
+
+    Example: kristalctl history acme/prod/eu-west-1 --max 10
+    """
+    from kristal.channel import records
+    from kristal.channel.bakes import bake_state
     from kristal.channel.history import history
 
     ctx = domain_context()
-    from kristal.channel import records
-
-    rows = []
     listed = history(ctx, channel)
     if not listed:
         _require_published(ctx, channel)
-    for record in listed:
+    rows = []
+    for i, record in enumerate(listed):
         checks = records.read_checks(ctx, record)
-        rows.append(
-            {
-                "sequence": record.sequence,
-                "kind": record.kind,
-                "release_id": record.active.release_id,
-                "generation": record.active.generation,
-                "operator": record.operator,
-                "reason": record.reason,
-                "created_at": record.created_at.isoformat(),
-                "forced": record.forced,
-                "activation_id": record.activation_id,
-                "checks": checks.result if checks else "pending",
-            }
-        )
+        later = listed[i + 1] if i + 1 < len(listed) else None
+        bake = bake_state(ctx, record, live=later is None)
+        status = (
+            "failed" if (checks is not None and checks.result == "failed") or bake == "failed"
+            else "live" if later is None
+            else "rolled back" if later.kind in ("rollback", "auto_rollback")
+            else "superseded")
+        rows.append({
+            "sequence": record.sequence, "status": status, "kind": record.kind,
+            "release_id": record.active.release_id, "generation": record.active.generation,
+            "operator": record.operator, "reason": record.reason,
+            "created_at": record.created_at.isoformat(), "forced": record.forced,
+            "activation_id": record.activation_id,
+            "checks": checks.result if checks else "pending", "bake": bake,
+        })
+    if max_rows is not None:
+        rows = rows[-max_rows:]
 
     def human() -> None:
+        import sys
+
         from rich.console import Console
         from rich.table import Table
         from rich.text import Text
 
         # Recorded strings are shown verbatim: Text is never parsed as Rich markup.
         table = Table(title=Text(f"history of {channel}"))
-        for column in ("seq", "kind", "release", "gen", "checks", "operator", "reason"):
+        columns = ("created_at", "sequence", "status", "kind", "release_id", "generation",
+                   "checks", "bake", "operator", "reason")
+        for column in ("time", "seq", "status", "kind", "release", "gen", "checks", "bake",
+                       "operator", "reason"):
             table.add_column(column)
         for r in rows:
-            table.add_row(*(Text(str(r[k])) for k in (
-                "sequence", "kind", "release_id", "generation", "checks", "operator", "reason")))
-        Console(width=120).print(table)
+            style = ("red" if r["status"] == "failed" else "bold green" if r["status"] == "live"
+                     else "")
+            cells = [Text(str(r[k])[:19].replace("T", " ") if k == "created_at" else
+                          ("* live" if k == "status" and r[k] == "live" else str(r[k])))
+                     for k in columns]
+            table.add_row(*cells, style=style)
+        Console(width=160, no_color=not sys.stdout.isatty()).print(table)
 
     emit(as_json, rows, human)
 

@@ -135,3 +135,13 @@ def bake_status(src: ChannelAccess, record: ActivationRecord, *, live: bool) -> 
         reason = "" if live else "the pointer moved on before the bake ended"
     return BakeStatus(state=state, done=len(done), total=plan.total,
                       interval_s=plan.interval_s, reason=reason, last=figures)
+
+
+def bake_state(src: ChannelAccess, record: ActivationRecord, *, live: bool) -> BakeState:
+    """`bake_status`'s state alone, from the verdict (one read; for listings)."""
+    if record.bake is None:
+        return "none"
+    verdict = read_verdict(src, record)
+    if verdict is not None:
+        return verdict.result
+    return "baking" if live else "superseded"

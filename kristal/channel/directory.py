@@ -45,7 +45,8 @@ def channel_row(src: records.ChannelAccess, channel_id: str,
     checks, rollback mode. An unreadable record is shown by its code, never skipped."""
     row: dict[str, Any] = {"channel": channel_id, "release_id": None, "generation": None,
                            "sequence": None, "kind": None, "since": None, "operator": None,
-                           "checks": None, "rollback_mode": None, "bake": None}
+                           "checks": None, "rollback_mode": None, "bake": None,
+                           "bake_figures": None}
     try:
         record = records.read_pointer(src, channel_id).record
     except KristalError as exc:
@@ -66,21 +67,29 @@ def channel_row(src: records.ChannelAccess, channel_id: str,
         row["checks"] = f"unreadable: {exc.code}"
         return row
     row["checks"] = checks.result if checks is not None else "pending"
-    row["bake"] = bake_label(src, record)
+    row["bake"], row["bake_figures"] = bake_label(src, record)
     return row
 
 
-def bake_label(src: records.ChannelAccess, record: ActivationRecord) -> str:
-    """`none`, `baking 4/10`, `passed`, `failed`, `superseded` (or why it is unreadable)."""
+def bake_label(src: records.ChannelAccess, record: ActivationRecord) -> tuple[str, str]:
+    """(`none`, `baking 4/10`, `passed`, `failed`, `superseded` or why it is unreadable; the
+    latest measurement's figures, e.g. `error-rate 0.001, p95 0.41 ms, 60 rows`)."""
     if record.bake is None:
-        return "none"
+        return "none", ""
     try:
         status = bake_status(src, record, live=True)
     except KristalError as exc:
-        return f"unreadable: {exc.code}"
-    if status.state == "baking":
-        return f"baking {status.done}/{status.total}"
-    return status.state
+        return f"unreadable: {exc.code}", ""
+    label = f"baking {status.done}/{status.total}" if status.state == "baking" else status.state
+    last = status.last or {}
+    metrics = last.get("metrics") or {}
+    parts = [f"{name} {', '.join(f'{v:.4g}' for v in values) or '-'}"
+             for name, values in (metrics.items() if isinstance(metrics, dict) else [])]
+    if "latency_p95_ms" in last:
+        parts.append(f"p95 {last['latency_p95_ms']} ms")
+    if "row_count" in last:
+        parts.append(f"{last['row_count']} rows")
+    return label, ", ".join(parts)
 
 
 def channel_rows(src: records.ChannelAccess, channel_ids: list[str],

@@ -86,6 +86,7 @@ def switch_pointer(ctx: Context, plan: ActivationPlan, who: Who,
         flow_run_id=who.flow_run_id,
         now=ctx.now(),
         evidence={**plan.release.evidence, "report_ids": plan.release.report_ids,
+                  **({"trust_file_sha256": ctx.trust_sha256} if ctx.trust_sha256 else {}),
                   **({"orchestrator": who.orchestrator} if who.orchestrator != "prefect" else {})},
         bake=plan.bake,
     )

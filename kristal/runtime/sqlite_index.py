@@ -13,7 +13,6 @@ import sqlite3
 import stat
 import threading
 import uuid
-from array import array
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
@@ -27,6 +26,7 @@ from kristal.errors import (
     ProfileUnsupported,
 )
 from kristal.formats.canonical import canonical_bytes, sha256_hex
+from kristal.runtime.unique_ids import SeenIds
 
 PROFILE: Final = "kristal.runtime/sqlite/1"
 INDEX_FORMAT: Final = "1"
@@ -136,58 +136,6 @@ def _lines(path: Path) -> Iterator[tuple[int, list[str]]]:
         raise ManifestSchemaInvalid(f"{_where(lineno)}: the last line does not end with LF")
 
 
-class _SeenIds:
-    """Statement-id uniqueness folded into the load, in fixed memory.
-
-    A one-bit-per-slot filter of the ids seen so far (keyed by Python's string hash): an id
-    whose slot is free is certainly new; one whose slot is taken is a *candidate* duplicate and
-    its line is noted. Every second occurrence of an id is therefore a candidate, so checking
-    only the candidates' ids against the whole table (`find_duplicate`) is exact and gives the
-    same answer as checking every id. The filter holds FILTER_BYTES; past CANDIDATE_CAP
-    candidates it gives up and the full check (one sort of every id) runs instead.
-    """
-
-    FILTER_BYTES: Final = 1 << 24  # 2**27 slots: ~0.4 % candidates at 1M rows, ~4 % at 10M
-    MASK: Final = FILTER_BYTES * 8 - 1
-    CANDIDATE_CAP: Final = 1 << 20  # line numbers (8 bytes each) kept for the final check
-
-    def __init__(self) -> None:
-        self.bits = bytearray(self.FILTER_BYTES)
-        self.candidates = array("q")
-        self.overflowed = False
-
-    def add(self, sid: str, lineno: int) -> None:
-        """Note `sid` (line `lineno`); the row loop inlines the same steps."""
-        slot = hash(sid) & self.MASK
-        seen = self.bits[slot >> 3]
-        if seen & (1 << (slot & 7)):
-            self.candidate(lineno)
-        else:
-            self.bits[slot >> 3] = seen | (1 << (slot & 7))
-
-    def candidate(self, lineno: int) -> None:
-        if len(self.candidates) < self.CANDIDATE_CAP:
-            self.candidates.append(lineno)
-        else:
-            self.overflowed = True
-
-    def find_duplicate(self, db: sqlite3.Connection) -> None:
-        """Raise for the duplicate whose later line comes first (as the full check does)."""
-        if self.overflowed:
-            _check_unique_ids(db)
-            return
-        if not self.candidates:
-            return
-        db.execute("CREATE TEMP TABLE candidate_lines (line INTEGER PRIMARY KEY)")
-        db.executemany("INSERT OR IGNORE INTO temp.candidate_lines VALUES (?)",
-                       ((line,) for line in self.candidates))
-        # The candidates' ids by rowid, then one scan of the table for every line with one of
-        # them (SQLite would otherwise plan the join the other way round: two scans).
-        _check_unique_ids(db, "WHERE statement_id IN (SELECT statement_id FROM triples "
-                              "WHERE rowid IN temp.candidate_lines)")
-        db.execute("DROP TABLE temp.candidate_lines")
-
-
 def _no_candidate(lineno: int) -> None:
     """Before any id is out of order there is no filter, hence no candidate."""
 
@@ -201,7 +149,7 @@ class _RowStream:
         # None while statement ids ascend over the whole file: then they are unique, with
         # nothing to check (true of generated data and of many real id schemes). At the first
         # id that does not ascend, the ids so far go into a filter, and every later one too.
-        self.seen: _SeenIds | None = None
+        self.seen: SeenIds | None = None
 
     def __iter__(self) -> Iterator[tuple[str, str, str, str]]:
         fast = _FAST_LINE.fullmatch
@@ -222,7 +170,7 @@ class _RowStream:
                 if key <= prev_key:
                     self._order_error(key, prev_key, lineno)
                 prev_key = key
-                if bits is not None:  # _SeenIds.add, inlined: this runs for every row
+                if bits is not None:  # SeenIds.add, inlined: this runs for every row
                     slot = hash(sid) & mask
                     byte = bits[slot >> 3]
                     if byte & (1 << (slot & 7)):
@@ -237,9 +185,9 @@ class _RowStream:
                 yield sid, s, p, o
             self.count = lineno
 
-    def _seen_before(self, stop: int) -> _SeenIds:
+    def _seen_before(self, stop: int) -> SeenIds:
         """A filter holding the ids of lines 1 .. stop-1 (already validated: read again)."""
-        seen = _SeenIds()
+        seen = SeenIds()
         for first, lines in _lines(self.path):
             for lineno, line in enumerate(lines, first):
                 if lineno >= stop:
@@ -257,19 +205,6 @@ class _RowStream:
         raise ManifestSchemaInvalid(
             f"{_where(lineno)}: out of order: rows must be sorted by the UTF-8 bytes of subject, "
             "predicate, object, statement_id"
-        )
-
-
-def _check_unique_ids(db: sqlite3.Connection, where: str = "") -> None:
-    """Global statement_id uniqueness over the rows `where` selects: one sort inside SQLite."""
-    dup = db.execute(
-        f"SELECT statement_id, min(rowid), max(rowid) FROM triples {where} "
-        "GROUP BY statement_id HAVING count(*) > 1 ORDER BY 3 LIMIT 1"
-    ).fetchone()
-    if dup is not None:
-        sid, first, second = dup
-        raise ManifestSchemaInvalid(
-            f"{_where(second)}: duplicate statement_id {sid!r} (also on line {first})"
         )
 
 

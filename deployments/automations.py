@@ -1,0 +1,183 @@
+"""The automations kristal-activate relies on, applied idempotently (by name): roll back a failed
+or crashed activate/downgrade run, roll back on `kristal.check.failed`, carry follow-ups to the
+tracker, and mark a run whose heartbeats stopped (its worker died with it) Crashed, which the
+first automation then rolls back.
+
+`kristalctl serve` applies them for the deployments it serves; `kristalctl automations apply`
+applies them for deployments already on the server (`kristalctl deploy`, `prefect deploy`).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any, cast
+from uuid import UUID
+
+from prefect.automations import (
+    Automation,
+    CallWebhook,
+    EventTrigger,
+    Posture,
+    RunDeployment,
+)
+from prefect.client.schemas.objects import StateType
+from prefect.events.actions import ChangeFlowRunState
+
+from deployments.serve import Registered
+from kristal.config import ServeSettings
+from kristal.operations import events
+from tasks.names import (
+    AUTO_ROLLBACK_ON_CHECK_FAILED,
+    AUTO_ROLLBACK_ON_FAILED_RUN,
+    CHANNEL_RESOURCE_PREFIX,
+    CRASH_ZOMBIE_RUNS,
+    FOLLOWUP_BLOCK,
+    FOLLOWUP_NOTIFICATION,
+)
+
+# Runs of our deployments beat every HEARTBEAT_S (PREFECT_FLOWS_HEARTBEAT_FREQUENCY, which
+# Prefect needs at 30 s or more); one silent for ZOMBIE_AFTER is marked Crashed.
+HEARTBEAT_S = 30
+ZOMBIE_AFTER = timedelta(seconds=90)
+
+
+def _upsert(automation: Automation) -> Automation:
+    try:
+        existing = Automation.read(name=automation.name)
+    except ValueError:
+        existing = None
+    if existing is None:
+        return cast(Automation, automation.create())
+    automation.id = cast(Automation, existing).id
+    automation.update()
+    return automation
+
+
+def _rollback_parameters(**request: Any) -> dict[str, Any]:
+    return {"request": {"operator": "automation", **request}}
+
+
+def automations(registered: Registered, followup_block_id: UUID | None) -> list[Automation]:
+    rollback_id = registered.ids["rollback"]
+    watched = [registered.ids[name] for name in ("activate", "downgrade") if name in registered.ids]
+    result = [
+        Automation(
+            name=AUTO_ROLLBACK_ON_FAILED_RUN,
+            description="A failed or crashed activate/downgrade run rolls back whatever it "
+            "switched (nothing if it failed before its switch or already rolled back).",
+            trigger=EventTrigger(
+                expect={"prefect.flow-run.Failed", "prefect.flow-run.Crashed"},
+                match_related={"prefect.resource.id": [f"prefect.deployment.{d}" for d in watched]},
+                posture=Posture.Reactive, threshold=1, within=0,
+            ),
+            actions=[RunDeployment(
+                source="selected", deployment_id=rollback_id,
+                parameters=_rollback_parameters(
+                    channel_id="{{ flow_run.parameters.request.channel_id }}",
+                    reason="automation: run {{ flow_run.name }} ended {{ flow_run.state.name }}",
+                    correlation_id="{{ flow_run.id | string }}",
+                    failed_flow_run_id="{{ flow_run.id | string }}",
+                ),
+            )],
+        ),
+        Automation(
+            name=AUTO_ROLLBACK_ON_CHECK_FAILED,
+            description="A monitor reported a failed check for a live activation.",
+            trigger=EventTrigger(
+                expect={events.CHECK_FAILED},
+                match={"prefect.resource.id": f"{CHANNEL_RESOURCE_PREFIX}*"},
+                for_each={"prefect.resource.id"},
+                posture=Posture.Reactive, threshold=1, within=0,
+            ),
+            actions=[RunDeployment(
+                source="selected", deployment_id=rollback_id,
+                parameters=_rollback_parameters(
+                    channel_id=f"{{{{ event.resource.id | replace('{CHANNEL_RESOURCE_PREFIX}', '') "
+                    "| replace('.', '/') }}",
+                    reason="monitor: {{ event.payload.reason }}",
+                    correlation_id="{{ event.id | string }}",
+                    expected_activation_id="{{ event.payload.activation_id }}",
+                    automatic=True,
+                ),
+            )],
+        ),
+        Automation(
+            name=CRASH_ZOMBIE_RUNS,
+            description="A run of ours whose heartbeats stopped (its worker died with it) is "
+            "marked Crashed; a crashed activate/downgrade is then rolled back.",
+            trigger=EventTrigger(
+                after={"prefect.flow-run.heartbeat"},
+                expect={"prefect.flow-run.heartbeat", "prefect.flow-run.Completed",
+                        "prefect.flow-run.Failed", "prefect.flow-run.Cancelled",
+                        "prefect.flow-run.Crashed"},
+                match={"prefect.resource.id": ["prefect.flow-run.*"]},
+                match_related={"prefect.resource.id": [
+                    f"prefect.deployment.{d}" for d in registered.ids.values()]},
+                for_each={"prefect.resource.id"},
+                posture=Posture.Proactive, threshold=1, within=ZOMBIE_AFTER,
+            ),
+            actions=[ChangeFlowRunState(
+                state=StateType.CRASHED,
+                message=f"no heartbeat for {ZOMBIE_AFTER.total_seconds():.0f}s: the run's "
+                "worker or host is gone (kristal zombie detection)",
+            )],
+        ),
+    ]
+    if followup_block_id is not None:
+        result.append(Automation(
+            name=FOLLOWUP_NOTIFICATION,
+            description="Every rollback opens a follow-up in the team's tracker.",
+            trigger=EventTrigger(expect={events.ROLLBACK_RECORDED},
+                                 match={"prefect.resource.id": f"{CHANNEL_RESOURCE_PREFIX}*"},
+                                 posture=Posture.Reactive, threshold=1, within=0),
+            actions=[CallWebhook(block_document_id=followup_block_id, payload=(
+                '{"title": "kristal rollback in {{ event.payload.channel_id }}", '
+                '"channel_id": "{{ event.payload.channel_id }}", '
+                '"release_id": {{ event.payload.release_id }}, '
+                '"failed_release_id": "{{ event.payload.failed_release_id }}", '
+                '"correlation_id": "{{ event.payload.correlation_id }}", '
+                '"cause": {{ event.payload.cause | tojson }}}'
+            ))],
+        ))
+    return result
+
+
+def followup_webhook(url: str | None) -> UUID | None:
+    """The webhook block that carries follow-ups (KRISTAL_FOLLOWUP_WEBHOOK_URL), saved by name."""
+    if not url:
+        return None
+    from prefect.blocks.webhook import Webhook
+
+    block = Webhook.model_validate({"method": "POST", "url": url, "allow_private_urls": True,
+                                    "headers": {"Content-Type": "application/json"}})
+    return cast(UUID, block.save(FOLLOWUP_BLOCK, overwrite=True))
+
+
+def apply_automations(registered: Registered, webhook_url: str | None = None) -> list[Automation]:
+    block_id = followup_webhook(webhook_url or ServeSettings.from_env().followup_webhook_url)
+    return [_upsert(a) for a in automations(registered, block_id)]
+
+
+
+
+def registered_on_server(client: Any) -> Registered:
+    """The ids of our deployments already on the server (`kristalctl deploy`, `prefect deploy`,
+    or `serve`), by flow name; `rollback` must be among them."""
+    from prefect.exceptions import ObjectNotFound
+
+    from kristal.errors import UsageInvalid
+
+    ids: dict[str, UUID] = {}
+    for flow_name, name in DEPLOYMENT_NAMES.items():
+        try:
+            ids[flow_name] = client.read_deployment_by_name(f"{flow_name}/{name}").id
+        except ObjectNotFound:
+            continue
+    if "rollback" not in ids:
+        raise UsageInvalid("no rollback/rollback deployment on this server: deploy first "
+                           "(kristalctl deploy --pool NAME, or kristalctl serve)")
+    return Registered(ids)
+
+
+DEPLOYMENT_NAMES = {"activate": "activate", "rollback": "rollback", "downgrade": "downgrade",
+                    "bake": "bake", "reverify": "nightly", "fleet-activate": "fleet-activate"}

@@ -1,0 +1,75 @@
+"""Deploying every flow to a Prefect work pool (`kristalctl deploy --pool NAME`): the same
+deployments `serve` registers (names, typed parameters, the nightly schedule), run by
+`prefect worker start --pool NAME` processes instead of one `serve` process, with the code
+taken from this checkout (a `set_working_directory` pull step) and heartbeats on, so a run
+whose worker dies is found by the zombie automation. The automations are applied after.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, cast
+from uuid import UUID
+
+from deployments.automations import HEARTBEAT_S, apply_automations
+from deployments.serve import Registered
+from kristal.config import ServeSettings
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# flow name -> (entrypoint, deployment name)
+ENTRYPOINTS = {
+    "activate": ("flows/activate.py:activate", "activate"),
+    "rollback": ("flows/rollback.py:rollback", "rollback"),
+    "downgrade": ("flows/downgrade.py:downgrade", "downgrade"),
+    "bake": ("flows/bake.py:bake", "bake"),
+    "reverify": ("flows/reverify.py:reverify", "nightly"),
+    "fleet-activate": ("flows/fleet.py:fleet_activate", "fleet-activate"),
+}
+
+
+def ensure_process_pool(client: Any, pool: str) -> bool:
+    """Create a `process` work pool named `pool` if there is none; True if created."""
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        client.read_work_pool(pool)
+        return False
+    except ObjectNotFound:
+        client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+        return True
+
+
+def deploy_to_pool(pool: str, *, source: Path = REPO_ROOT) -> tuple[Registered, bool]:
+    """Every flow deployed to `pool` (created if missing); returns the ids and whether the
+    pool was created. Idempotent: a second call updates the same deployments."""
+    from prefect import Flow
+    from prefect.client.orchestration import get_client
+    from prefect.schedules import Cron
+
+    with get_client(sync_client=True) as client:
+        created = ensure_process_pool(client, pool)
+    settings = ServeSettings.from_env()
+    ids: dict[str, UUID] = {}
+    for flow_name, (entrypoint, name) in ENTRYPOINTS.items():
+        flow = cast(Flow[Any, Any], Flow.from_source(source=str(source), entrypoint=entrypoint))
+        extra: dict[str, Any] = {}
+        if flow_name == "reverify":
+            extra = {"schedules": [Cron(settings.reverify_cron,
+                                        timezone=settings.reverify_timezone)],
+                     "parameters": {"request": {}}}
+        ids[flow_name] = cast(UUID, flow.deploy(
+            name=name, work_pool_name=pool, build=False, push=False, print_next_steps=False,
+            description=flow.description,
+            job_variables={"env": {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_S)}},
+            **extra,
+        ))
+    return Registered(ids), created
+
+
+def deploy_and_automate(pool: str) -> dict[str, Any]:
+    registered, created = deploy_to_pool(pool)
+    applied = apply_automations(registered)
+    return {"work_pool": pool, "pool_created": created,
+            "deployments": {k: str(v) for k, v in registered.ids.items()},
+            "automations": [a.name for a in applied]}

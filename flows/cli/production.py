@@ -1,0 +1,101 @@
+"""`kristalctl deploy`, `automations apply` and `doctor`: running on Prefect's engine the way a
+platform team does (a work pool and `prefect worker start` processes), and checking a worker's
+set-up end to end."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from flows.cli.app import JsonOpt, app
+from flows.console import emit, quiet_prefect
+from kristal.errors import UsageInvalid, error_class
+
+automations_app = typer.Typer(add_completion=False, no_args_is_help=True,
+                              help="The automations kristal-activate relies on.")
+app.add_typer(automations_app, name="automations")
+
+PoolOpt = Annotated[str, typer.Option("--pool", help="The Prefect work pool (process type; "
+                                                     "created if missing).")]
+
+
+def _require_api() -> None:
+    import os
+
+    if not os.environ.get("PREFECT_API_URL"):
+        raise UsageInvalid('needs PREFECT_API_URL: the server to deploy to (eval "$(kristalctl '
+                           'dev up)", or point it at the server)')
+
+
+@app.command("deploy")
+def deploy_command(pool: PoolOpt, as_json: JsonOpt = False) -> None:
+    """Deploy every flow to a work pool (run them with `prefect worker start --pool NAME`),
+    record the trust file's digest for `doctor`, and apply the automations.
+
+    Example: kristalctl deploy --pool kristal && prefect worker start --pool kristal
+    """
+    _require_api()
+    quiet_prefect()
+    import contextlib
+    import sys
+
+    from prefect.variables import Variable
+
+    from deployments.pool import deploy_and_automate
+    from kristal.config import Settings
+    from kristal.context import trust_file_sha256
+    from tasks.names import TRUST_DIGEST_VARIABLE
+
+    with contextlib.redirect_stdout(sys.stderr):  # Prefect's own messages: stdout is ours
+        doc = deploy_and_automate(pool)
+    digest = trust_file_sha256(Settings.from_env().trust_file)
+    if digest:
+        Variable.set(TRUST_DIGEST_VARIABLE, digest, overwrite=True)
+    doc["trust_file_sha256"] = digest
+    emit(as_json, doc, f"deployed {len(doc['deployments'])} flows to work pool {pool}"
+         f"{' (created)' if doc['pool_created'] else ''}; automations: "
+         f"{', '.join(doc['automations'])}; trust file {digest}\n"
+         f"start workers with: prefect worker start --pool {pool}")
+
+
+@automations_app.command("apply")
+def automations_apply_command(as_json: JsonOpt = False) -> None:
+    """Apply the automations for the deployments already on the server (no serving)."""
+    _require_api()
+    quiet_prefect()
+    from prefect.client.orchestration import get_client
+
+    from deployments.automations import apply_automations, registered_on_server
+
+    with get_client(sync_client=True) as client:
+        registered = registered_on_server(client)
+    applied = apply_automations(registered)
+    names = [a.name for a in applied]
+    emit(as_json, {"automations": names, "deployments": sorted(registered.ids)},
+         "applied: " + "; ".join(names))
+
+
+@app.command("doctor")
+def doctor_command(
+    pool: Annotated[str | None, typer.Option("--pool", help="Also check this work pool.")]
+    = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Check this host's set-up end to end: settings, S3 endpoint, trust file (and its digest
+    against the deployment's), activator key, Prefect API, lease storage, automations, pool."""
+    quiet_prefect()
+    from kristal.doctor import local_rows
+    from tasks.doctor import expected_trust_sha256, prefect_rows
+
+    api = prefect_rows(pool)
+    rows = local_rows(expected_trust_sha256() if api and api[0].ok else None) + api
+    docs: list[dict[str, Any]] = [r.__dict__ for r in rows]
+    failed = [r for r in rows if not r.ok]
+    emit(as_json, {"ok": not failed, "checks": docs},
+         "\n".join(f"{'ok ' if r.ok else 'BAD'} {r.name}: {r.detail}" for r in rows))
+    if failed:
+        first = failed[0]
+        cls = error_class(first.code or "") or UsageInvalid
+        raise cls(f"doctor: {len(failed)} of {len(rows)} checks failed: "
+                  + "; ".join(f"{r.name}: {r.detail}" for r in failed))
