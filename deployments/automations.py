@@ -9,6 +9,7 @@ applies them for deployments already on the server (`kristalctl deploy`, `prefec
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, cast
 from uuid import UUID
@@ -23,7 +24,6 @@ from prefect.automations import (
 from prefect.client.schemas.objects import StateType
 from prefect.events.actions import ChangeFlowRunState
 
-from deployments.serve import Registered
 from kristal.config import ServeSettings
 from kristal.operations import events
 from tasks.names import (
@@ -34,6 +34,12 @@ from tasks.names import (
     FOLLOWUP_BLOCK,
     FOLLOWUP_NOTIFICATION,
 )
+
+
+@dataclass(frozen=True)
+class Registered:
+    ids: dict[str, UUID]  # flow name -> deployment id
+
 
 # Runs of our deployments beat every HEARTBEAT_S (PREFECT_FLOWS_HEARTBEAT_FREQUENCY, which
 # Prefect needs at 30 s or more); one silent for ZOMBIE_AFTER is marked Crashed.

@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import Any, cast
 from uuid import UUID
 
-from deployments.automations import HEARTBEAT_S, apply_automations
-from deployments.serve import Registered
+from deployments.automations import HEARTBEAT_S, Registered, apply_automations
 from kristal.config import ServeSettings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -8,13 +8,13 @@ separate so tests can register without blocking.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import cast
 from uuid import UUID
 
 from prefect.deployments.runner import RunnerDeployment
 from prefect.schedules import Cron
 
+from deployments.automations import Registered
 from kristal.config import ServeSettings
 
 
@@ -40,11 +40,6 @@ def build_deployments() -> list[RunnerDeployment]:
         ),
         fleet_activate.to_deployment(name="fleet-activate", description=fleet_activate.__doc__),
     )]
-
-
-@dataclass(frozen=True)
-class Registered:
-    ids: dict[str, UUID]  # flow name -> deployment id
 
 
 def register(deployments: list[RunnerDeployment]) -> Registered:
