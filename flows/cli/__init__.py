@@ -14,7 +14,7 @@ import uuid
 
 import typer
 
-from flows.cli import documents, local, operations, publishing, reading  # noqa: F401 (commands)
+from flows.cli import documents, local, operations, publishing, reading, respond  # noqa: F401
 from flows.cli.app import app
 from kristal.errors import EXIT_USAGE, KristalError
 
