@@ -38,6 +38,24 @@ def _spawn(env: dict[str, str], log: Path, *args: str) -> subprocess.Popen[bytes
                             start_new_session=True)
 
 
+def _spawn_respond(env: dict[str, str], work: Path, channel: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "flows.cli", "respond", "--channel", channel,
+                             "--json"], env=env, stdout=(work / "respond.out").open("wb"),
+                            stderr=(work / "respond.err").open("wb"), start_new_session=True)
+
+
+def _responder_split(work: Path) -> dict[str, float]:
+    """Medians from the responder's own lines: report -> arrival, report -> outcome."""
+    docs = [json.loads(line) for line in (work / "respond.out").read_text().splitlines()]
+    acted = [d for d in docs if d["result"] == "rolled_back"]
+    if not acted:
+        return {}
+    return {"responder_delivery_median_s": round(benchlib.median(
+                [d["delivery_s"] for d in acted]), 3),
+            "responder_report_to_outcome_median_s": round(benchlib.median(
+                [d["seconds"] for d in acted]), 3)}
+
+
 def _stop(proc: subprocess.Popen[bytes] | None) -> None:
     if proc is None or proc.poll() is not None:
         return
@@ -84,7 +102,6 @@ class Channel:
                 raise SystemExit(f"report-failure failed: {done.stderr.strip()}")
         else:
             from prefect.events import emit_event
-            from prefect.events.worker import EventsWorker
 
             from tasks.names import channel_resource_id
 
@@ -92,7 +109,8 @@ class Channel:
                        resource={"prefect.resource.id": channel_resource_id(world.channel)},
                        payload={"channel_id": world.channel, "reason": "bench",
                                 "activation_id": live.activation_id})
-            EventsWorker.drain_all()
+            # No drain: a long-running monitor keeps its events connection open (the
+            # first emit opened it), and the worker sends at once.
 
         def back() -> Any:
             record = records.read_pointer(world.ctx, world.channel).record
@@ -123,6 +141,7 @@ def main() -> None:
         prefect = start_prefect_server(work / "prefect", log_path=work / "prefect.log")
         os.environ["PREFECT_API_URL"] = prefect.api_url
         serve = responder = None
+        split: dict[str, float] = {}
         try:
             world = benchlib.make_world(work / "home", benchlib.store_config(server))
             env = {**os.environ, **world.env, "PREFECT_API_URL": prefect.api_url,
@@ -136,10 +155,9 @@ def main() -> None:
             channel = Channel(world, env)
             for path in ("automation", "responder"):
                 if path == "responder":
-                    responder = _spawn(env, work / "respond.log", "respond", "--channel",
-                                       world.channel)
+                    responder = _spawn_respond(env, work, world.channel)
                     _until("the responder to listen",
-                           lambda: "listening" in (work / "respond.log").read_text())
+                           lambda: "listening" in (work / "respond.err").read_text())
                 for how in ("cli", "emit"):
                     key = f"{path}/{how}"
                     for _ in range(args.runs):
@@ -150,7 +168,11 @@ def main() -> None:
                         # The automation's run for a report the responder answered is still
                         # to come: let it find nothing to do before the next sample.
                         _settle(6 if path == "responder" else 1)
+            split = _responder_split(work)
         finally:
+            from prefect.events.worker import EventsWorker
+
+            EventsWorker.drain_all()
             _stop(responder)
             _stop(serve)
             stop_process(prefect.pid)
@@ -160,6 +182,7 @@ def main() -> None:
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         **{f"{key}_median_s": round(benchlib.median(v), 3) for key, v in samples.items()},
         **{f"{key}_max_s": round(max(v), 3) for key, v in samples.items()},
+        **split,
         "writers": {key: {w: ws.count(w) for w in set(ws)} for key, ws in writers.items()},
     }
     if args.json:
@@ -172,6 +195,9 @@ def main() -> None:
     print(f"target < 1.5 s median (responder): "
           f"{benchlib.verdict(result['responder/emit_median_s'] < 1.5)} (emit), "
           f"{benchlib.verdict(result['responder/cli_median_s'] < 1.5)} (cli)")
+    print(f"responder, from its own lines: report -> arrival "
+          f"{result.get('responder_delivery_median_s')} s, report -> rollback outcome (after "
+          f"the rollback's checks) {result.get('responder_report_to_outcome_median_s')} s")
     print(f"loadavg before {result['loadavg_before']}, after {result['loadavg_after']}")
 
 

@@ -36,7 +36,7 @@ def roll_back(report: Report) -> Handled:
                        release_id=outcome.release_id if outcome else None,
                        sequence=outcome.sequence if outcome else None,
                        flow_run_id=run_id, error_code=error_code,
-                       seconds=report.seconds_since())
+                       seconds=report.seconds_since(), delivery_s=report.delivery_s)
 
     try:
         state = rollback(request, return_state=True)

@@ -55,6 +55,7 @@ class Report:
     activation_id: str
     reason: str
     occurred: datetime
+    delivery_s: float | None = None  # from its occurrence to its arrival here
 
     def seconds_since(self) -> float:
         """How long ago it was reported."""
@@ -75,6 +76,7 @@ class Handled:
     flow_run_id: str | None = None
     error_code: str | None = None
     seconds: float | None = None  # from the event's occurrence to the rollback's outcome
+    delivery_s: float | None = None  # of which: from its occurrence to its arrival here
 
     def line(self) -> str:
         where = self.channel_id or "?"
@@ -112,7 +114,8 @@ def parse_report(event: Event) -> Report:
     reason = payload.get("reason")
     reason = reason[:500] if isinstance(reason, str) and reason.strip() else "no reason given"
     return Report(event_id=str(event.id), channel_id=channel_id, activation_id=activation_id,
-                  reason=reason, occurred=event.occurred)
+                  reason=reason, occurred=event.occurred,
+                  delivery_s=round((datetime.now(UTC) - event.occurred).total_seconds(), 3))
 
 
 class Responder:

@@ -151,28 +151,32 @@ def test_responder_rolls_back_once_ignores_late_reports_and_never_doubles_the_au
         assert handled["sequence"] == 3 and handled["flow_run_id"]
         assert records.read_quarantine(world.ctx, world.channel, 2) is not None
 
-        # 2. A late report for the superseded activation, and one that names no activation,
-        #    change nothing.
-        world.activate(3, via="plain")
-        before = world.snapshot()
-        late = _emit(world, {"activation_id": reported.activation_id, "reason": "late"})
-        malformed = _emit(world, {"reason": "which one?"})
-        late_handled = _until("the late report", lambda: _handled(responder, late), responder)
-        ignored = _until("the bad report", lambda: _handled(responder, malformed), responder)
-        assert late_handled["result"] == "nothing_to_do", late_handled
-        assert ignored["result"] == "ignored" and "activation_id" in ignored["message"]
-        assert world.snapshot() == before, "a late report changed the channel"
-
-        # 3. The automation too: `kristalctl serve` applies it and runs its rollback runs.
-        #    One report, two guarded rollbacks: exactly one new record, whoever came first.
-        world.activate(4, via="plain")
-        sequence = world.pointer().record.sequence
+        # 2. `kristalctl serve` starts (it applies the automation and runs its rollback runs)
+        #    while a late report for the superseded activation, and one that names no
+        #    activation, change nothing.
         started = time.time()
         with kristalctl(["serve"], env, tmp_path / "serve") as serve:
+            world.activate(3, via="plain")
+            before = world.snapshot()
+            late = _emit(world, {"activation_id": reported.activation_id, "reason": "late"})
+            malformed = _emit(world, {"reason": "which one?"})
+            late_handled = _until("the late report", lambda: _handled(responder, late),
+                                  responder)
+            ignored = _until("the bad report", lambda: _handled(responder, malformed),
+                             responder)
+            assert late_handled["result"] == "nothing_to_do", late_handled
+            assert ignored["result"] == "ignored" and "activation_id" in ignored["message"]
+            assert world.snapshot() == before, "a late report changed the channel"
+
+            # 3. One report, two guarded rollbacks (the responder's and the automation's):
+            #    exactly one new record, whoever came first.
+            world.activate(4, via="plain")
+            live = world.pointer().record
             _until("serve to apply the automations", lambda: _served_since(started - 1), serve)
-            event_id = _report_failure(world, env)
+            event_id = _emit(world, {"activation_id": live.activation_id, "reason": "both"})
             answered = _until("the responder", lambda: _handled(responder, event_id), responder)
             fallback = _until("the automation's run", lambda: _automation_run(event_id), serve)
+        sequence = live.sequence
         live = world.pointer().record
         assert (live.kind, live.active.release_id, live.sequence) == ("auto_rollback", 3,
                                                                        sequence + 1)
