@@ -5,19 +5,24 @@ run, operator `responder`, correlation id the report's event id, as the automati
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from flows.params import RollbackRequest, RunOutcome
 from flows.rollback import rollback
 from kristal.errors import KristalError
+from tasks.locks import ensure_channel_limits
 from tasks.responder import Handled, Report, Result
 from tasks.runtime import domain_context
 
 OPERATOR = "responder"
 
 
-def warm_up() -> None:
-    """Build the domain context now (this module's imports already loaded the rollback flow,
-    its runner and tasks), so the first report pays none of it."""
+def warm_up(channel_ids: Sequence[str] = ()) -> None:
+    """Build the domain context and the named channels' locks now (this module's imports
+    already loaded the rollback flow, its runner and tasks), so the first report pays none of
+    it. The first flow run of the process still pays Prefect's own first-run set-up."""
     domain_context()
+    ensure_channel_limits(channel_ids)
 
 
 def roll_back(report: Report) -> Handled:

@@ -53,7 +53,7 @@ def respond_command(
     def status(message: str) -> None:
         print(f"respond: {message}", file=sys.stderr, flush=True)
 
-    warm_up()
+    warm_up(channels)
     responder = Responder(handle=roll_back, on_handled=handled, on_status=status,
                           channel_ids=channels)
     asyncio.run(_until_signalled(responder))
