@@ -5,6 +5,7 @@ run, operator `responder`, correlation id the report's event id, as the automati
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 from flows.params import RollbackRequest, RunOutcome
@@ -20,9 +21,11 @@ OPERATOR = "responder"
 def warm_up(channel_ids: Sequence[str] = ()) -> None:
     """Build the domain context and the named channels' locks now (this module's imports
     already loaded the rollback flow, its runner and tasks), so the first report pays none of
-    it. The first flow run of the process still pays Prefect's own first-run set-up."""
+    it. The first flow run of the process still pays Prefect's own first-run set-up. An
+    unreachable Prefect API is not an error here: the responder waits for it like the stream."""
     domain_context()
-    ensure_channel_limits(channel_ids)
+    with contextlib.suppress(Exception):
+        ensure_channel_limits(channel_ids)
 
 
 def roll_back(report: Report) -> Handled:
