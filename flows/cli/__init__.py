@@ -21,6 +21,7 @@ from flows.cli import (  # noqa: F401 (commands)
     production,
     publishing,
     reading,
+    respond,
 )
 from flows.cli.app import app
 from kristal.errors import EXIT_USAGE, KristalError
