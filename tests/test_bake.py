@@ -74,6 +74,21 @@ def _status(channel: str, env: dict[str, str] | None = None) -> dict[str, Any]:
     return doc
 
 
+def _done(world: World, channel: str) -> int:
+    """Measurements written so far for the live record (read directly: polling through a
+    `kristalctl status` process would cost a Python start per poll)."""
+    from kristal.channel import bakes, records
+
+    live = records.read_pointer(world.ctx, channel).record
+    return len(bakes.measurements(world.ctx, live)) if live is not None else 0
+
+
+def _live(world: World, channel: str) -> Any:
+    from kristal.channel import records
+
+    return records.read_pointer(world.ctx, channel).record
+
+
 def _wait(what: str, probe: Callable[[], Any], timeout: float = 90) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -137,7 +152,7 @@ def test_healthy_bake_makes_the_release_known_good_and_a_later_switch_supersedes
     assert refused.returncode == 2 and "error: usage_invalid: " in refused.stderr
     assert world.store.head(layout.pointer(channel)) is None  # nothing was switched
 
-    assert _activate(channel, 1, "--bake", "0", env=env).returncode == 0
+    world.activate(1)  # no bake: the policy's duration is 0s
     started = _json(_activate(channel, 2, "--bake", "3s", "--bake-interval", "1s", env=env))
     assert started["outcome"] == "activated" and started["bake"]["state"] == "baking"
     assert started["bake"]["total"] == 3 and "bake process" in started["message"]
@@ -148,8 +163,8 @@ def test_healthy_bake_makes_the_release_known_good_and_a_later_switch_supersedes
         rows = _json(kristalctl("channels", "--tenant", "acme", "--json"))
         row = next(r for r in rows if r["channel"] == channel)
         assert row["bake"].startswith(("baking", "passed")), row
-    passed = _wait("the bake to pass", lambda: (s := _status(channel)["bake"])["state"]
-                   != "baking" and s)
+    _wait("the bake's verdict", lambda: _verdict(world, channel, 2) is not None)
+    passed = _status(channel)["bake"]
     assert passed["state"] == "passed" and passed["done"] == 3, passed
     assert passed["last"]["metrics"]["error-rate"] == [0.001]
     verdict = _verdict(world, channel, 2)
@@ -158,8 +173,8 @@ def test_healthy_bake_makes_the_release_known_good_and_a_later_switch_supersedes
     # Release 3 bakes long; activating release 4 during its bake supersedes it. A superseded
     # bake is not known-good: last-known-good from release 4 is release 2, whose bake passed.
     baking = _json(_activate(channel, 3, "--bake", "60s", "--bake-interval", "1s", env=env))
-    _wait("a first measurement of release 3", lambda: _status(channel)["bake"]["done"] >= 1)
-    assert _activate(channel, 4, "--bake", "0", env=env).returncode == 0
+    _wait("a first measurement of release 3", lambda: _done(world, channel) >= 1)
+    world.activate(4)  # no bake: the policy's duration is 0s
     ended = _verdict(world, channel, baking["sequence"])
     assert ended is not None and ended["result"] == "superseded", ended
     assert ended["superseded_by"] == baking["sequence"] + 1
@@ -208,7 +223,7 @@ def test_error_rate_crossing_mid_bake_and_prometheus_down_both_roll_back(
         exporter.set(METRIC, {"channel": channel}, 0.001)
         for release in (1, 2):
             world.publish(release, channel=channel)
-        assert _activate(channel, 1, "--bake", "0").returncode == 0
+        world.activate(1, channel=channel)  # no bake: the policy's duration is 0s
     down = {"KRISTAL_PROMETHEUS_URL": f"http://127.0.0.1:{free_port()}"}  # nothing listens
     assert _activate(blind, 2, "--bake", "20s", "--bake-interval", "1s", env=down
                      ).returncode == 0
@@ -216,13 +231,13 @@ def test_error_rate_crossing_mid_bake_and_prometheus_down_both_roll_back(
                      env={"KRISTAL_PROMETHEUS_URL": prom.url}).returncode == 0
 
     at_flip = _wait("two passed measurements",
-                    lambda: (d := _status(crossing)["bake"]["done"]) >= 2 and d)
+                    lambda: (d := _done(world, crossing)) >= 2 and d)
     flipped = time.monotonic()
     exporter.set(METRIC, {"channel": crossing}, 0.5)
     live = _wait("the rollback to release 1",
-                 lambda: (s := _status(crossing))["active"]["release_id"] == 1 and s)
+                 lambda: (r := _live(world, crossing)).active.release_id == 1 and r)
     took = time.monotonic() - flipped
-    assert live["kind"] == "auto_rollback"
+    assert live.kind == "auto_rollback"
     verdict = _verdict(world, crossing, 2)
     assert verdict is not None and verdict["result"] == "failed", verdict
     failing = world.read_json(layout.bake_measurement(crossing, 2, verdict["done"]))
@@ -234,8 +249,8 @@ def test_error_rate_crossing_mid_bake_and_prometheus_down_both_roll_back(
     print(f"error-rate crossing to previous release live: {took:.2f}s")
 
     gone = _wait("the blind bake to fail",
-                 lambda: (s := _status(blind))["active"]["release_id"] == 1 and s)
-    assert gone["kind"] == "auto_rollback"
+                 lambda: (r := _live(world, blind)).active.release_id == 1 and r)
+    assert gone.kind == "auto_rollback"
     verdict = _verdict(world, blind, 2)
     assert verdict is not None and verdict["result"] == "failed"
     assert "2 inconclusive measurements" in verdict["reason"], verdict
@@ -251,7 +266,7 @@ def test_a_killed_bake_run_is_found_by_reverify_and_failed(bake_world: World) ->
     _bake_policy(world, stale_after=f"{stale:.0f}s")
     for release in (1, 2):
         world.publish(release)
-    assert _activate(channel, 1, "--bake", "0").returncode == 0
+    world.activate(1)  # no bake: the policy's duration is 0s
     quiet = {"KRISTAL_BAKE_LAUNCH": "none"}
     started = _json(_activate(channel, 2, "--bake", "60s", "--bake-interval", "1s", env=quiet))
     assert "KRISTAL_BAKE_LAUNCH=none" in started["message"]
@@ -259,7 +274,7 @@ def test_a_killed_bake_run_is_found_by_reverify_and_failed(bake_world: World) ->
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              start_new_session=True)
     try:
-        _wait("a first measurement", lambda: _status(channel)["bake"]["done"] >= 1)
+        _wait("a first measurement", lambda: _done(world, channel) >= 1)
     finally:
         os.killpg(baker.pid, signal.SIGKILL)
         baker.wait()

@@ -1,4 +1,4 @@
-"""The soak at CI size: 40 mixed operations (activate, rollback, downgrade, reverify) over 4
+"""The soak at CI size: 30 mixed operations (activate, rollback, downgrade, reverify) over 4
 channels with random faults and kill -9 crashes, then the invariant checker over every channel
 (bench/soak.py; the long run is `python bench/soak.py --ops 1000 --channels 10`).
 
@@ -26,14 +26,14 @@ def _load_soak():  # type: ignore[no-untyped-def]
     return module
 
 
-def test_soak_40_operations_keeps_every_invariant(
+def test_soak_30_operations_keeps_every_invariant(
     seaweed: SeaweedProcess, tmp_path: Path
 ) -> None:
     soak = _load_soak()
-    result = soak.run_soak(40, 4, seed=7, endpoint=seaweed.endpoint_url,
+    result = soak.run_soak(30, 4, seed=7, endpoint=seaweed.endpoint_url,
                            workdir=tmp_path / "soak", fault_rate=0.3, crash_rate=0.1)
     print("\n" + result.report())
-    assert result.ops == 40 and sum(result.outcomes.values()) == 40
+    assert result.ops == 30 and sum(result.outcomes.values()) == 30
     assert sum(result.faults.values()) > 0, "no fault fired: the soak tested nothing"
     assert sum(result.crashes.values()) > 0, "no crash happened: the soak tested nothing"
     assert not result.violations, "\n".join(result.violations)
