@@ -25,9 +25,25 @@ from tasks.names import AUTO_ROLLBACK_ON_FAILED_RUN, CRASH_ZOMBIE_RUNS
 
 
 @pytest.fixture
-def pool(world: World, prefect_api: str, tmp_path: Path) -> Iterator[str]:
+def private_api(world: World, tmp_path: Path) -> Iterator[str]:
+    """A Prefect server of this test's own: pool deployments must not meet the session's
+    `serve` deployments of the same names (one server runs either `serve` or a pool)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from kristal.dev.processes import start_prefect_server, stop_process
+
+    server = start_prefect_server(tmp_path / "prefect", log_path=tmp_path / "prefect.log")
+    world.patch.setenv("PREFECT_API_URL", server.api_url)
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+            yield server.api_url
+    finally:
+        stop_process(server.pid)
+
+
+@pytest.fixture
+def pool(world: World, private_api: str, tmp_path: Path) -> Iterator[str]:
     """A fresh process work pool with one `prefect worker start` polling it."""
-    world.patch.setenv("PREFECT_API_URL", prefect_api)
     name = f"kristal-{uuid.uuid4().hex[:6]}"
     deployed = kristalctl("deploy", "--pool", name, "--json", timeout=180)
     assert deployed.returncode == 0, deployed.stderr
@@ -53,6 +69,7 @@ def pool(world: World, prefect_api: str, tmp_path: Path) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             os.killpg(worker.pid, signal.SIGKILL)
             worker.wait()
+
 
 
 def test_deploy_a_worker_runs_via_deployment_and_doctor_checks_the_set_up(

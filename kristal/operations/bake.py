@@ -126,10 +126,10 @@ def measure(ctx: Context, record: ActivationRecord, release: VerifiedRelease, n:
 
 @step("bake-verdict")
 def conclude(ctx: Context, record: ActivationRecord, result: str, done: int,
-             reason: str) -> BakeVerdict:
+             reason: str, superseded_by: int | None = None) -> BakeVerdict:
     """Step 3: the write-once verdict; the first written stands (returned)."""
     return bakes.write_verdict(ctx, record, result, done=done,  # type: ignore[arg-type]
-                               reason=reason, now=ctx.now())
+                               reason=reason, now=ctx.now(), superseded_by=superseded_by)
 
 
 def _tally(done: list[BakeMeasurement], record: ActivationRecord) -> str | None:
@@ -247,7 +247,7 @@ def _superseded(run: Runner, ctx: Context, record: ActivationRecord, done: int) 
     now = records.read_pointer(ctx, record.channel_id).record
     later = now.sequence if now is not None else None
     verdict = run(conclude, ctx, record, "superseded", done,
-                  f"the channel moved on to sequence {later} during the bake")
+                  f"the channel moved on to sequence {later} during the bake", later)
     message = (f"bake of release {record.active.release_id} in {record.channel_id} ended: "
                f"{verdict.result} ({verdict.reason})")
     run.log(message)
