@@ -22,12 +22,7 @@ import benchlib
 from kristal.channel import records
 from kristal.publish.datagen import generate_triples
 
-
-def _cli(env: dict[str, str], *args: str) -> None:
-    done = subprocess.run([sys.executable, "-m", "flows.cli", *args], env=env,
-                          capture_output=True, text=True, timeout=300)
-    if done.returncode != 0:
-        raise SystemExit(f"kristalctl {' '.join(args)} failed: {done.stderr.strip()}")
+_cli = benchlib.kristalctl  # the real CLI in a subprocess
 
 
 def _wait_for(world: benchlib.BenchWorld, release_id: int, timeout: float = 300) -> None:

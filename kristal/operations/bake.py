@@ -300,7 +300,7 @@ def _report(run: Runner, record: ActivationRecord, done: list[BakeMeasurement],
             verdict: BakeVerdict) -> None:
     rows = [{"n": m.n, "result": "✓" if m.result == "passed" else m.result,
              "at": m.created_at.strftime("%H:%M:%S"), "reason": m.reason[:200],
-             **{k: v for k, v in m.figures.items()},
+             **m.figures,
              **{mr.name: ", ".join(f"{v:.4g}" for v in mr.values) or "-" for mr in m.metrics}}
             for m in done]
     run.publish(Artifact(
