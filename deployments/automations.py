@@ -24,7 +24,7 @@ from prefect.automations import (
 from prefect.client.schemas.objects import StateType
 from prefect.events.actions import ChangeFlowRunState
 
-from kristal.config import ServeSettings
+from kristal.config import ServeSettings, zombie_after_s
 from kristal.operations import events
 from tasks.names import (
     AUTO_ROLLBACK_ON_CHECK_FAILED,
@@ -42,9 +42,9 @@ class Registered:
 
 
 # Runs of our deployments beat every HEARTBEAT_S (PREFECT_FLOWS_HEARTBEAT_FREQUENCY, which
-# Prefect needs at 30 s or more); one silent for ZOMBIE_AFTER is marked Crashed.
+# Prefect needs at 30 s or more); one silent for `KRISTAL_ZOMBIE_AFTER_S` (default 90) is
+# marked Crashed.
 HEARTBEAT_S = 30
-ZOMBIE_AFTER = timedelta(seconds=90)
 
 
 def _upsert(automation: Automation) -> Automation:
@@ -64,6 +64,7 @@ def _rollback_parameters(**request: Any) -> dict[str, Any]:
 
 
 def automations(registered: Registered, followup_block_id: UUID | None) -> list[Automation]:
+    zombie_after = timedelta(seconds=zombie_after_s())
     rollback_id = registered.ids["rollback"]
     watched = [registered.ids[name] for name in ("activate", "downgrade") if name in registered.ids]
     result = [
@@ -120,11 +121,11 @@ def automations(registered: Registered, followup_block_id: UUID | None) -> list[
                 match_related={"prefect.resource.id": [
                     f"prefect.deployment.{d}" for d in registered.ids.values()]},
                 for_each={"prefect.resource.id"},
-                posture=Posture.Proactive, threshold=1, within=ZOMBIE_AFTER,
+                posture=Posture.Proactive, threshold=1, within=zombie_after,
             ),
             actions=[ChangeFlowRunState(
                 state=StateType.CRASHED,
-                message=f"no heartbeat for {ZOMBIE_AFTER.total_seconds():.0f}s: the run's "
+                message=f"no heartbeat for {zombie_after.total_seconds():.0f}s: the run's "
                 "worker or host is gone (kristal zombie detection)",
             )],
         ),

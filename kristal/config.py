@@ -147,6 +147,21 @@ def crash_request() -> tuple[str | None, str | None]:
     return os.environ.get("KRISTAL_CRASH_AT"), os.environ.get("KRISTAL_CRASH_ARMED_FILE")
 
 
+def hold_dir() -> str | None:
+    """`KRISTAL_HOLD_DIR`: where tests arm hold points (`crashpoints`)."""
+    return _env("KRISTAL_HOLD_DIR") or None
+
+
+def zombie_after_s() -> float:
+    """`KRISTAL_ZOMBIE_AFTER_S` (default 90): a run of ours with no heartbeat for this long is
+    marked Crashed. Heartbeats come every 30 s (Prefect's minimum), so at least 35."""
+    value = _positive("KRISTAL_ZOMBIE_AFTER_S", 90.0)
+    if value < 35:
+        raise UsageInvalid(f"KRISTAL_ZOMBIE_AFTER_S={value:g} must be at least 35 (heartbeats "
+                           "come every 30 s)", field="KRISTAL_ZOMBIE_AFTER_S")
+    return value
+
+
 def retry_delays_s() -> tuple[float, ...]:
     """`KRISTAL_RETRY_DELAYS_S` (seconds before each retry of a storage hiccup), without
     needing the rest of the settings."""

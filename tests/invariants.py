@@ -182,14 +182,17 @@ def read_channel(
                 f"{checks.release_id}, the record {record.activation_id} / "
                 f"{record.active.release_id}")
 
-    # Quarantines name a record of that release whose checks failed.
+    # Quarantines name a record of that release whose checks failed, or one an automatic
+    # rollback took the channel away from (a crashed run, a monitor's report: DESIGN §6).
     for rid, quarantine in sorted(facts.quarantined.items()):
         record = by_seq.get(quarantine.sequence)
         failed = facts.checks.get(quarantine.sequence)
         if record is None or record.active.release_id != rid:
             bad(f"quarantine of release {rid} names sequence {quarantine.sequence}, which did "
                 "not make it live")
-        elif failed is None or failed.result != "failed":
+        elif (failed is None or failed.result != "failed") and not any(
+                later.kind == "auto_rollback" for later in walked
+                if later.sequence > quarantine.sequence):
             bad(f"release {rid} is quarantined but the checks of sequence "
                 f"{quarantine.sequence} did not fail")
 

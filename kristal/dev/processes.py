@@ -212,9 +212,11 @@ FILESYSTEM_LEASES = "prefect.server.concurrency.lease_storage.filesystem"
 def start_prefect_server(
     prefect_home: Path, *, log_path: Path | None = None, ready_timeout: float = 90,
     port: int | None = None, lease_storage: str | None = None,
+    database_url: str | None = None,
 ) -> PrefectServerProcess:
     """Start `prefect server start` on 127.0.0.1:<port> (a free one unless given; the same
-    home and port restart a server); wait until /api/health answers."""
+    home and port restart a server); wait until /api/health answers. `database_url` (e.g.
+    `postgresql+asyncpg://...`) replaces the SQLite file under the home."""
     prefect_home.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     env = {
@@ -228,6 +230,8 @@ def start_prefect_server(
     }
     # A client-side API URL inherited from the caller's shell means nothing to the server.
     env.pop("PREFECT_API_URL", None)
+    if database_url is not None:
+        env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = database_url
     if lease_storage is not None:
         env["PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE"] = lease_storage
     else:
@@ -276,7 +280,8 @@ def _wait_ready(proc: subprocess.Popen[bytes], what: str, where: str,
 
 
 def _spawn(
-    argv: list[str], *, env: dict[str, str], log_path: Path | None, cwd: Path
+    argv: list[str], *, env: dict[str, str], log_path: Path | None, cwd: Path,
+    user: str | None = None,
 ) -> subprocess.Popen[bytes]:
     # Output goes to a file (or nowhere), never a pipe: nobody reads a pipe after `dev up`
     # returns, and a full pipe would block the server.
@@ -294,6 +299,7 @@ def _spawn(
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # own process group: stop it whole, survive the CLI
+            user=user, group=user,
         )
     finally:
         out.close()
