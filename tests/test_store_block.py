@@ -13,9 +13,12 @@ import subprocess
 import sys
 import uuid
 
+import pytest
 from conftest import TEST_SECRET_KEY
 from test_cli import REPO_ROOT
 from world import World
+
+from kristal.errors import UsageInvalid
 
 STORE_ENV = ("KRISTAL_S3_ENDPOINT", "KRISTAL_S3_BUCKET", "KRISTAL_S3_PREFIX",
              "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_REGION")
@@ -55,11 +58,14 @@ def test_a_host_with_only_the_store_block_activates_and_the_block_wins_over_its_
     assert doc["bucket"] == world.store.config.bucket
     assert doc["endpoint_url"] == world.store.config.endpoint_url
     assert doc["secret_access_key"] == "********"
-    again = _cli("config", "save-block", name)  # never replaced by accident
-    assert again.returncode == 2 and again.stderr.startswith("error: usage_invalid: "), again
+    from prefect.client.orchestration import get_client
+
+    from tasks.store_block import save_store_block
+
+    with pytest.raises(UsageInvalid, match="--overwrite replaces it"):  # never by accident
+        save_store_block(name, world.store.config, overwrite=False)
 
     # What the API shows of the block (the UI, `prefect block inspect`) hides the secret.
-    from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as client:
         shown = client.read_block_document_by_name(name, "kristal-store", include_secrets=False)
@@ -107,18 +113,20 @@ def test_a_missing_store_block_is_a_usage_error_before_anything_changes(
     assert len(refused.stderr.splitlines()) == 1 and "Traceback" not in refused.stderr
     assert world.snapshot() == before and world.pointer().record is None
 
-    pool = f"pool-{uuid.uuid4().hex[:6]}"
-    deploy = _cli("deploy", "--pool", pool, "--store-block", missing)
-    assert deploy.returncode == 2 and f"kristal-store/{missing}" in deploy.stderr, deploy
+    # `deploy --store-block` checks the block before it deploys anything (in this process:
+    # the same command, without a second CLI start-up).
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
+    from typer.testing import CliRunner
 
-    with get_client(sync_client=True) as client:
-        try:
-            client.read_work_pool(pool)
-            raise AssertionError(f"work pool {pool} was created")
-        except ObjectNotFound:
-            pass
+    from flows.cli import app
+
+    pool = f"pool-{uuid.uuid4().hex[:6]}"
+    deploy = CliRunner().invoke(app, ["deploy", "--pool", pool, "--store-block", missing])
+    assert isinstance(deploy.exception, UsageInvalid), deploy.output
+    assert f"kristal-store/{missing}" in deploy.exception.message
+    with get_client(sync_client=True) as client, pytest.raises(ObjectNotFound):
+        client.read_work_pool(pool)
 
 
 def test_deployments_carry_the_store_block_and_the_env_only_path_loads_no_prefect(

@@ -43,6 +43,11 @@ def deploy_command(
     --pool kristal
     """
     _require_api()
+    if store_block is not None:
+        from tasks.store_block import checked_name, load_store_block
+
+        store_block = checked_name(store_block)
+        load_store_block(store_block)  # a missing block: usage_invalid, nothing deployed
     quiet_prefect()
     import contextlib
     import sys
@@ -54,11 +59,6 @@ def deploy_command(
     from kristal.context import trust_file_sha256
     from tasks.names import TRUST_DIGEST_VARIABLE
 
-    if store_block is not None:
-        from tasks.store_block import checked_name, load_store_block
-
-        store_block = checked_name(store_block)
-        load_store_block(store_block)  # a missing block: usage_invalid, nothing deployed
     with contextlib.redirect_stdout(sys.stderr):  # Prefect's own messages: stdout is ours
         doc = deploy_and_automate(pool, store_block)
     digest = trust_file_sha256(trust_file_path())
