@@ -45,6 +45,10 @@ def _only_the_block(name: str) -> dict[str, str | None]:
 
 def test_a_host_with_only_the_store_block_activates_and_the_block_wins_over_its_env(
         world: World, prefect_api: str) -> None:
+    from prefect.client.orchestration import get_client
+
+    from tasks.store_block import save_store_block
+
     world.patch.setenv("PREFECT_API_URL", prefect_api)
     world.publish(1)
     name = f"store-{uuid.uuid4().hex[:8]}"
@@ -58,15 +62,10 @@ def test_a_host_with_only_the_store_block_activates_and_the_block_wins_over_its_
     assert doc["bucket"] == world.store.config.bucket
     assert doc["endpoint_url"] == world.store.config.endpoint_url
     assert doc["secret_access_key"] == "********"
-    from prefect.client.orchestration import get_client
-
-    from tasks.store_block import save_store_block
-
     with pytest.raises(UsageInvalid, match="--overwrite replaces it"):  # never by accident
         save_store_block(name, world.store.config, overwrite=False)
 
     # What the API shows of the block (the UI, `prefect block inspect`) hides the secret.
-
     with get_client(sync_client=True) as client:
         shown = client.read_block_document_by_name(name, "kristal-store", include_secrets=False)
     assert shown.data["bucket"] == world.store.config.bucket
@@ -79,13 +78,15 @@ def test_a_host_with_only_the_store_block_activates_and_the_block_wins_over_its_
     outcome = json.loads(live.stdout)
     record = world.pointer().record  # read directly from the bucket
     assert record is not None and record.activation_id == outcome["activation_id"]
-    status = _cli("status", world.channel, "--json", env=_only_the_block(name))
-    assert status.returncode == 0, status.stderr
-    assert json.loads(status.stdout)["activation_id"] == outcome["activation_id"]
+    assert record.evidence["trust_file_sha256"].startswith("sha256:")
 
     # The block wins: this host's endpoint, bucket and secret are all wrong, and ignored.
     wrong = {"KRISTAL_STORE_BLOCK": name, "KRISTAL_S3_ENDPOINT": "http://127.0.0.1:9",
              "KRISTAL_S3_BUCKET": "elsewhere", "AWS_SECRET_ACCESS_KEY": "wrong-secret"}
+    status = _cli("status", world.channel, "--json", env=wrong)
+    outputs += [status.stdout, status.stderr]
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["activation_id"] == outcome["activation_id"]
     doctor = _cli("doctor", "--json", env=wrong)
     outputs += [doctor.stdout, doctor.stderr]
     rows = {r["name"]: r for r in json.loads(doctor.stdout)["checks"]}
