@@ -2,7 +2,9 @@
 deployments `serve` registers (names, typed parameters, the nightly schedule), run by
 `prefect worker start --pool NAME` processes instead of one `serve` process, with the code
 taken from this checkout (a `set_working_directory` pull step) and heartbeats on, so a run
-whose worker dies is found by the zombie automation. The automations are applied after.
+whose worker dies is found by the zombie automation; with `--store-block NAME` every run gets
+`KRISTAL_STORE_BLOCK=NAME` (its store from that block, whatever the worker's KRISTAL_S3_*).
+The automations are applied after.
 """
 
 from __future__ import annotations
@@ -39,9 +41,20 @@ def ensure_process_pool(client: Any, pool: str) -> bool:
         return True
 
 
-def deploy_to_pool(pool: str, *, source: Path = REPO_ROOT) -> tuple[Registered, bool]:
+def job_env(store_block: str | None = None) -> dict[str, str]:
+    """The environment every deployment's runs get on top of the worker's: heartbeats, and
+    with `store_block`, `KRISTAL_STORE_BLOCK` (the runs take their store from that block)."""
+    env = {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_S)}
+    if store_block:
+        env["KRISTAL_STORE_BLOCK"] = store_block
+    return env
+
+
+def deploy_to_pool(pool: str, *, source: Path = REPO_ROOT,
+                   store_block: str | None = None) -> tuple[Registered, bool]:
     """Every flow deployed to `pool` (created if missing); returns the ids and whether the
-    pool was created. Idempotent: a second call updates the same deployments."""
+    pool was created. Idempotent: a second call updates the same deployments (and, without
+    `store_block`, drops a store block an earlier deploy set)."""
     from prefect import Flow
     from prefect.client.orchestration import get_client
     from prefect.schedules import Cron
@@ -60,15 +73,15 @@ def deploy_to_pool(pool: str, *, source: Path = REPO_ROOT) -> tuple[Registered, 
         ids[flow_name] = cast(UUID, flow.deploy(
             name=name, work_pool_name=pool, build=False, push=False, print_next_steps=False,
             description=flow.description,
-            job_variables={"env": {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_S)}},
+            job_variables={"env": job_env(store_block)},
             **extra,
         ))
     return Registered(ids), created
 
 
-def deploy_and_automate(pool: str) -> dict[str, Any]:
-    registered, created = deploy_to_pool(pool)
+def deploy_and_automate(pool: str, store_block: str | None = None) -> dict[str, Any]:
+    registered, created = deploy_to_pool(pool, store_block=store_block)
     applied = apply_automations(registered)
-    return {"work_pool": pool, "pool_created": created,
+    return {"work_pool": pool, "pool_created": created, "store_block": store_block,
             "deployments": {k: str(v) for k, v in registered.ids.items()},
             "automations": [a.name for a in applied]}

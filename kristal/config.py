@@ -3,6 +3,12 @@ the one place for every default. Nothing here talks to the network.
 
 `KRISTAL_HOME` holds local state (dev stack, keys, trust file, cache) unless a variable points
 elsewhere.
+
+The store (endpoint, bucket, prefix, region, credentials) comes from `KRISTAL_S3_*` / `AWS_*`,
+or, with `KRISTAL_STORE_BLOCK` set, from that Prefect block (loaded in `tasks.store_block`,
+since this package never imports Prefect): then the block wins for every field it holds and
+those variables are ignored; the per-request timeouts and download deadlines stay this host's
+(`store_config_of`).
 """
 
 from __future__ import annotations
@@ -65,18 +71,37 @@ def home_dir() -> Path:
     return Path(os.environ.get("KRISTAL_HOME") or Path.home() / ".kristal").expanduser()
 
 
+# The variables a store block replaces (`store_env_ignored`): the block wins for these.
+STORE_LOCATION_ENV = ("KRISTAL_S3_ENDPOINT", "KRISTAL_S3_BUCKET", "KRISTAL_S3_PREFIX",
+                      "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION",
+                      "AWS_DEFAULT_REGION")
+
+
+def store_block_name() -> str | None:
+    """`KRISTAL_STORE_BLOCK`: the name of the `kristal-store` Prefect block this process takes
+    its store from (`kristal-store/NAME` is accepted too); None: the environment's."""
+    name = _env("KRISTAL_STORE_BLOCK").removeprefix("kristal-store/")
+    return name or None
+
+
+def store_env_ignored(block_has_credentials: bool) -> list[str]:
+    """The store variables set in this environment that a store block overrides (the AWS key
+    pair only if the block holds credentials: else boto3's chain may still read it)."""
+    keys = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+    return [name for name in STORE_LOCATION_ENV
+            if _env(name) and (block_has_credentials or name not in keys)]
+
+
 def store_config() -> StoreConfig:
     """KRISTAL_S3_* and AWS_* variables; no credentials -> boto3's default chain."""
     bucket = _env("KRISTAL_S3_BUCKET")
     if not bucket:
         raise UsageInvalid('KRISTAL_S3_BUCKET is not set (for the local stack: '
-                           'eval "$(kristalctl dev up)")', field="KRISTAL_S3_BUCKET")
+                           'eval "$(kristalctl dev up)"; or name a store block with '
+                           'KRISTAL_STORE_BLOCK)', field="KRISTAL_S3_BUCKET")
     access_key = os.environ.get("AWS_ACCESS_KEY_ID") or None
     secret_key = os.environ.get("AWS_SECRET_ACCESS_KEY") or None
-    if access_key is None or secret_key is None:
-        # Half a key pair is useless; let boto3 find a whole one (profile, IMDS, ...).
-        access_key = secret_key = None
-    return StoreConfig(
+    return store_config_of(
         endpoint_url=_env("KRISTAL_S3_ENDPOINT") or None,
         bucket=bucket,
         prefix=_env("KRISTAL_S3_PREFIX"),
@@ -84,11 +109,39 @@ def store_config() -> StoreConfig:
         or "us-east-1",
         access_key=access_key,
         secret_key=secret_key,
+    )
+
+
+def store_config_of(*, endpoint_url: str | None, bucket: str, prefix: str, region: str,
+                    access_key: str | None, secret_key: str | None) -> StoreConfig:
+    """A store at this location with these credentials (from the environment or a block),
+    with this host's timeouts and download deadlines (`KRISTAL_S3_*_TIMEOUT_S`,
+    `KRISTAL_DOWNLOAD_*`)."""
+    if access_key is None or secret_key is None:
+        # Half a key pair is useless; let boto3 find a whole one (profile, IMDS, ...).
+        access_key = secret_key = None
+    return StoreConfig(
+        endpoint_url=endpoint_url,
+        bucket=bucket,
+        prefix=prefix,
+        region=region or "us-east-1",
+        access_key=access_key,
+        secret_key=secret_key,
         connect_timeout=_float("KRISTAL_S3_CONNECT_TIMEOUT_S", 5.0),
         read_timeout=_float("KRISTAL_S3_READ_TIMEOUT_S", 30.0),
         deadline_base_s=_positive("KRISTAL_DOWNLOAD_DEADLINE_BASE_S", 30.0),
         min_bytes_per_s=_positive("KRISTAL_DOWNLOAD_MIN_BYTES_PER_S", 1_000_000.0),
     )
+
+
+def trust_file_path() -> Path:
+    """`KRISTAL_TRUST_FILE`, default `$KRISTAL_HOME/trust.json` (no store needed)."""
+    return Path(os.environ.get("KRISTAL_TRUST_FILE") or home_dir() / "trust.json")
+
+
+def key_dir() -> Path:
+    """`KRISTAL_KEY_DIR`, default `$KRISTAL_HOME/keys` (no store needed)."""
+    return Path(os.environ.get("KRISTAL_KEY_DIR") or home_dir() / "keys")
 
 
 @dataclass(frozen=True)
@@ -102,14 +155,16 @@ class Settings:
     retry_delays_s: tuple[float, ...] = DEFAULT_RETRY_DELAYS_S
 
     @classmethod
-    def from_env(cls) -> Settings:
+    def from_env(cls, store: StoreConfig | None = None) -> Settings:
+        """Everything from the environment; the store too unless given (a store block's,
+        `tasks.runtime.settings_from_env`)."""
         home = home_dir()
         return cls(
             home=home,
-            trust_file=Path(os.environ.get("KRISTAL_TRUST_FILE") or home / "trust.json"),
-            key_dir=Path(os.environ.get("KRISTAL_KEY_DIR") or home / "keys"),
+            trust_file=trust_file_path(),
+            key_dir=key_dir(),
             cache_dir=Path(os.environ.get("KRISTAL_CACHE_DIR") or home / "cache"),
-            store=store_config(),
+            store=store or store_config(),
             checks_timeout_s=_float("KRISTAL_CHECKS_TIMEOUT_S", DEFAULT_CHECKS_TIMEOUT_S),
             retry_delays_s=_floats("KRISTAL_RETRY_DELAYS_S", DEFAULT_RETRY_DELAYS_S),
         )

@@ -1,5 +1,6 @@
 """`kristalctl doctor`, the part without Prefect: does this host's set-up work end to end? The
-settings load, the endpoint answers and honours conditional writes, the trust file parses (its
+settings load (the store from the environment or a store block), the endpoint answers (the
+bucket is reachable) and honours conditional writes, the trust file parses (its
 digest is shown, to compare across workers), and the key directory holds an activator key the
 trust file trusts as one. Each check is a row (name, ok, detail, code); nothing live changes
 (the endpoint probe writes one object under `_probe/`, as every first write of a process does).
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 
 from kristal.config import Settings
 from kristal.errors import KristalError
+from kristal.store.s3 import StoreConfig
 
 
 @dataclass(frozen=True)
@@ -29,14 +31,17 @@ def _row(name: str, check: Callable[[], str]) -> Row:
         return Row(name, False, exc.message, exc.code)
 
 
-def local_rows(expected_trust_sha256: str | None = None) -> list[Row]:
+def local_rows(expected_trust_sha256: str | None = None,
+               store: StoreConfig | None = None) -> list[Row]:
+    """The rows; `store`: a store block's (`tasks.doctor.store_block_row`), else the
+    environment's."""
     from kristal.context import Context, trust_file_sha256
 
     rows: list[Row] = []
     holder: dict[str, Context] = {}
 
     def settings() -> str:
-        loaded = Settings.from_env()
+        loaded = Settings.from_env(store=store)
         if not loaded.store.bucket:
             from kristal.errors import UsageInvalid
 

@@ -1,4 +1,5 @@
-"""`kristalctl doctor`, the Prefect part: the API answers, the server keeps concurrency leases
+"""`kristalctl doctor`, the Prefect part: the store block loads (with `KRISTAL_STORE_BLOCK` set;
+the local rows then check its bucket), the API answers, the server keeps concurrency leases
 somewhere that survives a restart, the automations are applied, and (with `--pool`) the work
 pool exists with a worker seen lately. `expected_trust_sha256` is the trust-file digest the
 deployment recorded (`kristalctl deploy` saves it as the Prefect variable
@@ -10,7 +11,10 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from kristal.config import store_block_name, store_env_ignored
 from kristal.doctor import Row
+from kristal.errors import KristalError
+from kristal.store.s3 import StoreConfig
 from tasks.names import (
     AUTO_ROLLBACK_ON_CHECK_FAILED,
     AUTO_ROLLBACK_ON_FAILED_RUN,
@@ -30,6 +34,27 @@ def expected_trust_sha256() -> str | None:
     except Exception:
         return None
     return value if isinstance(value, str) else None
+
+
+def store_block_row() -> tuple[Row, StoreConfig | None] | None:
+    """The `store-block` row and the block's store (None if it did not load); None without
+    `KRISTAL_STORE_BLOCK`. Names the store variables of this host the block overrides."""
+    name = store_block_name()
+    if name is None:
+        return None
+    from tasks.store_block import BLOCK_TYPE_SLUG, block_store_config
+
+    try:
+        config = block_store_config(name)
+    except KristalError as exc:
+        return Row("store-block", False, exc.message, exc.code), None
+    ignored = store_env_ignored(config.access_key is not None)
+    credentials = "from the block" if config.access_key else "from boto3's default chain"
+    detail = (f"{BLOCK_TYPE_SLUG}/{name}: bucket {config.bucket} at "
+              f"{config.endpoint_url or 'AWS'}, credentials {credentials}")
+    if ignored:
+        detail += f"; the block wins over this host's {', '.join(ignored)}"
+    return Row("store-block", True, detail), config
 
 
 def prefect_rows(pool: str | None) -> list[Row]:

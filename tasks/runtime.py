@@ -1,5 +1,6 @@
-"""Shared plumbing for the Prefect side: the per-process domain context, and which failures a
-task retries (storage hiccups only; a verification failure never gets better by retrying).
+"""Shared plumbing for the Prefect side: the per-process domain context (its store from the
+environment, or from the `kristal-store` block `KRISTAL_STORE_BLOCK` names), and which failures
+a task retries (storage hiccups only; a verification failure never gets better by retrying).
 """
 
 from __future__ import annotations
@@ -9,16 +10,27 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-from kristal.config import Settings
+from kristal.config import Settings, store_block_name
 from kristal.context import Context
 from kristal.errors import StorageUnavailable
 
 _contexts: dict[tuple[Any, ...], Context] = {}
 
 
+def settings_from_env() -> Settings:
+    """The settings, the store a block's when `KRISTAL_STORE_BLOCK` names one (the block wins
+    over `KRISTAL_S3_*` / `AWS_*`: `tasks.store_block`). Without it, no Prefect call."""
+    name = store_block_name()
+    if name is None:
+        return Settings.from_env()
+    from tasks.store_block import block_store_config
+
+    return Settings.from_env(store=block_store_config(name))
+
+
 def domain_context() -> Context:
     """One Context per process and configuration (re-read when the trust file changes)."""
-    settings = Settings.from_env()
+    settings = settings_from_env()
     try:
         trust_mtime = os.stat(settings.trust_file).st_mtime_ns
     except OSError:

@@ -1,9 +1,9 @@
 """`kristalctl`: the stable command line (DESIGN §9). Scripts depend on its commands, exit codes
 and `error: <code>: <message>` lines; a refusal never prints a traceback.
 
-Commands live in one module per group (`documents`, `local`, `publishing`, `operations`,
-`reading`); commands that need no Prefect (id, canon, keys, publish, status, history, ...)
-import none.
+Commands live in one module per group (`config`, `documents`, `local`, `publishing`,
+`operations`, `reading`); commands that need no Prefect (id, canon, keys, publish, status,
+history, ...) import none, unless `KRISTAL_STORE_BLOCK` names a store block to load.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import uuid
 import typer
 
 from flows.cli import (  # noqa: F401 (commands)
+    config,
     documents,
     local,
     operations,

@@ -48,16 +48,31 @@ CorrelationOpt = Annotated[str | None, typer.Option(
 
 
 def domain_context() -> Any:
-    from kristal.context import Context
+    """The command's context: its store from the environment, or from the store block
+    `KRISTAL_STORE_BLOCK` names (a missing one is `usage_invalid` before anything is read)."""
+    from tasks.runtime import domain_context as shared
 
-    return Context.from_settings()
+    return shared()
+
+
+def store_preflight() -> None:
+    """Before a flow runs in this process: with `KRISTAL_STORE_BLOCK` set, load the block now,
+    so a missing one fails the command (exit 2) rather than a flow run (which the automations
+    would answer). Without it, nothing (no Prefect call)."""
+    from kristal.config import store_block_name
+
+    name = store_block_name()
+    if name is not None:
+        from tasks.store_block import block_store_config
+
+        block_store_config(name)
 
 
 def publisher_keys() -> Any:
-    from kristal.config import Settings
+    from kristal.config import key_dir
     from kristal.publish.publisher import load_publisher_keys
 
-    return load_publisher_keys(Settings.from_env().key_dir)
+    return load_publisher_keys(key_dir())
 
 
 def request_model(model: Any, **fields: Any) -> Any:

@@ -17,6 +17,7 @@ from flows.cli.app import (
     app,
     domain_context,
     request_model,
+    store_preflight,
 )
 from flows.console import emit, quiet_prefect
 from kristal.errors import UsageInvalid
@@ -99,6 +100,7 @@ def activate_command(
     def run() -> Any:
         if via_deployment:
             return _via("activate/activate", request)
+        store_preflight()
         from flows.activate import activate
 
         return activate(request)
@@ -142,6 +144,7 @@ def rollback_command(
     def run() -> Any:
         if via_deployment:
             return _via("rollback/rollback", request)
+        store_preflight()
         from flows.rollback import rollback
 
         return rollback(request)
@@ -193,6 +196,7 @@ def downgrade_command(
     def run() -> Any:
         if via_deployment:
             return _via("downgrade/downgrade", request)
+        store_preflight()
         from flows.downgrade import downgrade
 
         return downgrade(request)
@@ -225,6 +229,7 @@ def fleet_activate_command(
                      dry_run=dry_run, operator=operator, reason=reason,
                      correlation_id=correlation_id)
     quiet_prefect()
+    store_preflight()
     from flows.fleet import fleet_activate
 
     outcome = fleet_activate(request)
@@ -278,6 +283,7 @@ def bake_command(
     request = request_model(BakeRequest, **pairs[0], more=pairs[1:], operator=operator,
                             reason="bake")
     quiet_prefect()
+    store_preflight()
     from flows.bake import bake
 
     outcomes = bake(request)
@@ -296,6 +302,7 @@ def reverify_command(
 
     request = request_model(ReverifyRequest, channel_ids=list(channels) if channels else None)
     quiet_prefect()
+    store_preflight()
     from flows.reverify import reverify
 
     result = reverify(request)

@@ -29,13 +29,25 @@ def _require_api() -> None:
 
 
 @app.command("deploy")
-def deploy_command(pool: PoolOpt, as_json: JsonOpt = False) -> None:
+def deploy_command(
+    pool: PoolOpt,
+    store_block: Annotated[str | None, typer.Option(
+        "--store-block", help="Runs take their store from this kristal-store block "
+        "(KRISTAL_STORE_BLOCK in every deployment's job variables; it must exist).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
     """Deploy every flow to a work pool (run them with `prefect worker start --pool NAME`),
     record the trust file's digest for `doctor`, and apply the automations.
 
-    Example: kristalctl deploy --pool kristal && prefect worker start --pool kristal
+    Example: kristalctl deploy --pool kristal --store-block prod-eu && prefect worker start
+    --pool kristal
     """
     _require_api()
+    if store_block is not None:
+        from tasks.store_block import checked_name, load_store_block
+
+        store_block = checked_name(store_block)
+        load_store_block(store_block)  # a missing block: usage_invalid, nothing deployed
     quiet_prefect()
     import contextlib
     import sys
@@ -43,18 +55,19 @@ def deploy_command(pool: PoolOpt, as_json: JsonOpt = False) -> None:
     from prefect.variables import Variable
 
     from deployments.pool import deploy_and_automate
-    from kristal.config import Settings
+    from kristal.config import trust_file_path
     from kristal.context import trust_file_sha256
     from tasks.names import TRUST_DIGEST_VARIABLE
 
     with contextlib.redirect_stdout(sys.stderr):  # Prefect's own messages: stdout is ours
-        doc = deploy_and_automate(pool)
-    digest = trust_file_sha256(Settings.from_env().trust_file)
+        doc = deploy_and_automate(pool, store_block)
+    digest = trust_file_sha256(trust_file_path())
     if digest:
         Variable.set(TRUST_DIGEST_VARIABLE, digest, overwrite=True)
     doc["trust_file_sha256"] = digest
     emit(as_json, doc, f"deployed {len(doc['deployments'])} flows to work pool {pool}"
-         f"{' (created)' if doc['pool_created'] else ''}; automations: "
+         f"{' (created)' if doc['pool_created'] else ''}"
+         f"{f', store block {store_block}' if store_block else ''}; automations: "
          f"{', '.join(doc['automations'])}; trust file {digest}\n"
          f"start workers with: prefect worker start --pool {pool}")
 
@@ -82,14 +95,20 @@ def doctor_command(
     = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Check this host's set-up end to end: settings, S3 endpoint, trust file (and its digest
-    against the deployment's), activator key, Prefect API, lease storage, automations, pool."""
+    """Check this host's set-up end to end: the store block (with KRISTAL_STORE_BLOCK), settings,
+    S3 endpoint, trust file (and its digest against the deployment's), activator key, Prefect
+    API, lease storage, automations, pool."""
     quiet_prefect()
-    from kristal.doctor import local_rows
-    from tasks.doctor import expected_trust_sha256, prefect_rows
+    from kristal.doctor import Row, local_rows
+    from tasks.doctor import expected_trust_sha256, prefect_rows, store_block_row
 
     api = prefect_rows(pool)
-    rows = local_rows(expected_trust_sha256() if api and api[0].ok else None) + api
+    block = store_block_row()  # None without KRISTAL_STORE_BLOCK
+    rows: list[Row] = [block[0]] if block else []
+    if block is None or block[1] is not None:
+        rows += local_rows(expected_trust_sha256() if api and api[0].ok else None,
+                           store=block[1] if block else None)
+    rows += api
     docs: list[dict[str, Any]] = [r.__dict__ for r in rows]
     failed = [r for r in rows if not r.ok]
     emit(as_json, {"ok": not failed, "checks": docs},
