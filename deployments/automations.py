@@ -47,15 +47,24 @@ class Registered:
 HEARTBEAT_S = 30
 
 
+def _definition(automation: Automation) -> dict[str, Any]:
+    return automation.model_dump(mode="json", exclude={"id"})
+
+
 def _upsert(automation: Automation) -> Automation:
+    """Create, or update only if the definition changed: an update resets the server's state
+    of the automation's triggers, so a proactive one (the zombie-run detection) would forget
+    the runs it is waiting on and never fire for a host that died just before."""
     try:
         existing = Automation.read(name=automation.name)
     except ValueError:
         existing = None
     if existing is None:
         return cast(Automation, automation.create())
-    automation.id = cast(Automation, existing).id
-    automation.update()
+    current = cast(Automation, existing)
+    automation.id = current.id
+    if _definition(current) != _definition(automation):
+        automation.update()
     return automation
 
 

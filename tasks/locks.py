@@ -42,7 +42,12 @@ def ensure_channel_limits(channel_ids: Sequence[str]) -> list[str]:
     missing = [n for n in dict.fromkeys(names) if (api, n) not in _upserted]
     if len(missing) == 1:
         with get_client(sync_client=True) as client:
-            client.upsert_global_concurrency_limit_by_name(missing[0], 1)
+            try:
+                client.upsert_global_concurrency_limit_by_name(missing[0], 1)
+            except ObjectAlreadyExists:
+                # Another process created it between the upsert's read and its create (two
+                # workers activating one new channel: seen on PostgreSQL); now it reads back.
+                client.upsert_global_concurrency_limit_by_name(missing[0], 1)
     elif missing:
         run_coro_as_sync(_upsert_limits(missing))
     _upserted.update((api, n) for n in missing)

@@ -145,5 +145,22 @@ def proxy_store(fault_proxy: FaultProxy, store_config: StoreConfig) -> ObjectSto
     return ObjectStore(fault_proxy.config_for(store_config, connect_timeout=2, read_timeout=5))
 
 
+# --- scheduling ----------------------------------------------------------------------------------
+# The longest modules first (durations measured in CI), so no worker starts one of them near the
+# end while the other idles: with `--dist loadfile --no-loadscope-reorder` (pyproject) xdist
+# hands out files in this order. The rest keep their collection order.
+SLOWEST_FIRST = ("test_production", "test_automations", "test_bake", "test_responder",
+                 "test_static_checks", "test_fanout", "test_soak", "test_ui", "test_crash_rollback",
+                 "test_fleet")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.path.stem
+        return SLOWEST_FIRST.index(name) if name in SLOWEST_FIRST else len(SLOWEST_FIRST)
+
+    items.sort(key=rank)  # stable: a module's tests stay together and in their order
+
+
 # --- release-level fixtures (tests/world.py) -----------------------------------------------------
 from world import prefect_api, world  # noqa: E402, F401

@@ -31,6 +31,11 @@ from kristal.dev.processes import PrefectServerProcess, start_prefect_server, st
 def need_postgres() -> None:
     """Debian's `postgresql` (`.ci/run` installs it when missing); skip where it cannot be."""
     if find_pg_bin() is None and os.geteuid() == 0 and shutil.which("apt-get"):
+        # No system cluster: Debian would create and start one the tests never use.
+        conf = Path("/etc/postgresql-common/createcluster.conf")
+        if not conf.exists():
+            conf.parent.mkdir(parents=True, exist_ok=True)
+            conf.write_text("create_main_cluster = false\n")
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
         subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True, timeout=300)
         subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends",

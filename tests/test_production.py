@@ -215,21 +215,28 @@ def test_two_concurrent_activations_of_one_channel_on_two_workers_keep_one_histo
     world.publish(1)
     world.publish(2)
     first, second = activate(world, 1), activate(world, 2)
-    results = [finished(first), finished(second)]
-    for code, _, err in results:
-        assert code == 0, err
-    outcomes = [json.loads(out) for _, out, _ in results]
-    assert sorted(o["outcome"] for o in outcomes) == ["activated", "activated"]
-    # One history: both switches recorded, in the order of the channel lock, nothing lost.
+    (code1, out1, err1), (code2, out2, err2) = finished(first), finished(second)
+    assert code2 == 0, err2
+    # The channel lock orders them. Release 1 first: both go live, in that order. Release 2
+    # first: release 1 is then below the highest activated one and refused, with its code.
     facts = check_channel(world.ctx, world.channel, allow_pending_history=False,
                           require_checked=True)
-    assert sorted(r.activation_id for r in facts.records) == sorted(
-        o["activation_id"] for o in outcomes)
-    assert [r.sequence for r in facts.records] == [1, 2]
-    assert facts.live is not None and facts.live.activation_id == facts.records[-1].activation_id
-    # Each worker runs one run at a time (--limit 1), so the two ran on the two workers.
-    runs = {str(r.flow_run_id) for r in facts.records}
-    assert len({_worker_of(prod, run) for run in runs}) == 2
+    if code1 == 0:
+        assert [r.active.release_id for r in facts.records] == [1, 2]
+        assert [r.activation_id for r in facts.records] == [
+            json.loads(out1)["activation_id"], json.loads(out2)["activation_id"]]
+    else:
+        assert code1 == 1 and err1.startswith("error: release_id_downgrade_blocked: "), err1
+        assert [r.activation_id for r in facts.records] == [json.loads(out2)["activation_id"]]
+    assert facts.live is not None and facts.live.active.release_id == 2
+    # The two runs were running at the same time, one on each worker (each takes one at a time).
+    activate_id = prod.deployed["deployments"]["activate"]
+    runs = [r for r in prod.flow_runs() if str(r.deployment_id) == activate_id
+            and r.parameters.get("request", {}).get("channel_id") == world.channel]
+    assert len(runs) == 2
+    assert len({_worker_of(prod, str(r.id)) for r in runs}) == 2
+    a, b = runs
+    assert a.start_time < b.end_time and b.start_time < a.end_time, "the runs did not overlap"
 
 
 def test_the_dead_hosts_run_is_found_by_the_zombie_automation_and_rolled_back(
