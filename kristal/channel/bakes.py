@@ -55,20 +55,39 @@ def write_measurement(src: ChannelAccess, record: ActivationRecord,
     )
 
 
-def measurements(src: ChannelAccess, record: ActivationRecord) -> list[BakeMeasurement]:
-    """Every measurement written so far, in order, each verified; a gap is `pointer_invalid`
+def _numbers(src: ChannelAccess, record: ActivationRecord) -> list[int]:
+    """The measurement numbers written so far, from one listing; a gap is `pointer_invalid`
     (measurements are written one after the other)."""
     prefix = layout.bake_prefix(record.channel_id, record.sequence)
     numbers = sorted(int(key[len(prefix):-5]) for key in src.store.list_keys(prefix)
                      if key[len(prefix):-5].isdigit() and key.endswith(".json"))
-    found: list[BakeMeasurement] = []
     for expected, n in enumerate(numbers, start=1):
-        doc = read_measurement(src, record, n) if n == expected else None
-        if doc is None:
+        if n != expected:
             raise PointerInvalid(f"bake of sequence {record.sequence} of {record.channel_id} "
                                  f"has measurement {n} without measurement {expected}")
-        found.append(doc)
-    return found
+    return numbers
+
+
+def _read(src: ChannelAccess, record: ActivationRecord, n: int) -> BakeMeasurement:
+    doc = read_measurement(src, record, n)
+    if doc is None:  # listed a moment ago, and measurements are never deleted
+        raise PointerInvalid(f"bake measurement {n} of sequence {record.sequence} of "
+                             f"{record.channel_id} was listed but cannot be read")
+    return doc
+
+
+def measurements(src: ChannelAccess, record: ActivationRecord) -> list[BakeMeasurement]:
+    """Every measurement written so far, in order, each verified (the bake run and reverify
+    judge by all of them)."""
+    return [_read(src, record, n) for n in _numbers(src, record)]
+
+
+def latest_measurement(src: ChannelAccess,
+                       record: ActivationRecord) -> tuple[int, BakeMeasurement | None]:
+    """How many measurements are written, and the latest one, verified: what `status`, the
+    channel listing and the board show (one listing and one read, however long the bake)."""
+    numbers = _numbers(src, record)
+    return len(numbers), (_read(src, record, numbers[-1]) if numbers else None)
 
 
 def read_verdict(src: ChannelAccess, record: ActivationRecord) -> BakeVerdict | None:
@@ -119,8 +138,7 @@ def bake_status(src: ChannelAccess, record: ActivationRecord, *, live: bool) -> 
     if plan is None:
         return BakeStatus(state="none")
     verdict = read_verdict(src, record)
-    done = measurements(src, record)
-    last = done[-1] if done else None
+    done, last = latest_measurement(src, record)
     figures: dict[str, object] | None = None
     if last is not None:
         figures = {"n": last.n, "result": last.result, "reason": last.reason,
@@ -133,7 +151,7 @@ def bake_status(src: ChannelAccess, record: ActivationRecord, *, live: bool) -> 
     else:
         state = "baking" if live else "superseded"
         reason = "" if live else "the pointer moved on before the bake ended"
-    return BakeStatus(state=state, done=len(done), total=plan.total,
+    return BakeStatus(state=state, done=done, total=plan.total,
                       interval_s=plan.interval_s, reason=reason, last=figures)
 
 
