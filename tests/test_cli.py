@@ -386,3 +386,15 @@ def test_releases_shows_each_release_state_in_the_channel(world: World) -> None:
     states = {r["release_id"]: r["state"] for r in json.loads(proc.stdout)}
     assert states == {1: "needs an authorization", 2: "live", 3: "quarantined", 4: "revoked"}
     _refused(kristalctl("releases", world.channel + "x", env=world.env), "channel_unknown", 1)
+
+
+def test_report_failure_that_prefect_did_not_take_exits_4(world: World) -> None:
+    world.publish(1)
+    world.activate(1, via="plain")
+    from kristal.dev.processes import free_port
+
+    dead = f"http://127.0.0.1:{free_port()}/api"  # nothing listens there
+    lost = kristalctl("report-failure", world.channel, "--reason", "p95 over budget",
+                      env={"PREFECT_API_URL": dead})
+    line = _refused(lost, "storage_unavailable", 4)
+    assert "did not take event kristal.check.failed" in line and "nothing was reported" in line

@@ -331,21 +331,20 @@ def report_failure_command(channel: Channel, reason: ReasonOpt, as_json: JsonOpt
 
         raise RollbackTargetMissing(f"{channel} has no live activation to report on")
     quiet_prefect()
-    from prefect.events import emit_event
-    from prefect.events.worker import EventsWorker
-
     from kristal.operations.events import CHECK_FAILED
+    from tasks.events_api import deliver_event
     from tasks.names import channel_resource_id
 
-    event = emit_event(
-        event=CHECK_FAILED,
+    # Delivered through the events API and acknowledged, or exit 4: a report that only
+    # reached a background queue (emit_event) may be dropped while the CLI says it was sent.
+    event = deliver_event(
+        CHECK_FAILED,
         resource={"prefect.resource.id": channel_resource_id(channel),
                   "prefect.resource.name": channel},
         payload={"channel_id": channel, "activation_id": live.activation_id, "reason": reason,
                  "release_id": live.active.release_id, "sequence": live.sequence},
     )
-    EventsWorker.drain_all()
-    doc = {"event": "kristal.check.failed", "event_id": str(event.id) if event else None,
+    doc = {"event": "kristal.check.failed", "event_id": str(event),
            "channel_id": channel, "activation_id": live.activation_id, "reason": reason}
     emit(as_json, doc, f"reported a failed check of activation {live.activation_id} "
                         f"(release {live.active.release_id}) in {channel}")
