@@ -29,11 +29,19 @@ def _require_api() -> None:
 
 
 @app.command("deploy")
-def deploy_command(pool: PoolOpt, as_json: JsonOpt = False) -> None:
+def deploy_command(
+    pool: PoolOpt,
+    region: Annotated[list[str] | None, typer.Option(
+        "--region", help="Create the work queue kristal-<region> in the pool (repeatable): "
+        "fleet-activate --fan-out runs that region's channels there.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
     """Deploy every flow to a work pool (run them with `prefect worker start --pool NAME`),
     record the trust file's digest for `doctor`, and apply the automations.
 
-    Example: kristalctl deploy --pool kristal && prefect worker start --pool kristal
+    Example: kristalctl deploy --pool kristal && prefect worker start --pool kristal;
+    per region: kristalctl deploy --pool kristal --region eu-west-1 && prefect worker start
+    --pool kristal --work-queue kristal-eu-west-1
     """
     _require_api()
     quiet_prefect()
@@ -48,7 +56,7 @@ def deploy_command(pool: PoolOpt, as_json: JsonOpt = False) -> None:
     from tasks.names import TRUST_DIGEST_VARIABLE
 
     with contextlib.redirect_stdout(sys.stderr):  # Prefect's own messages: stdout is ours
-        doc = deploy_and_automate(pool)
+        doc = deploy_and_automate(pool, regions=region or [])
     digest = trust_file_sha256(Settings.from_env().trust_file)
     if digest:
         Variable.set(TRUST_DIGEST_VARIABLE, digest, overwrite=True)
@@ -56,7 +64,9 @@ def deploy_command(pool: PoolOpt, as_json: JsonOpt = False) -> None:
     emit(as_json, doc, f"deployed {len(doc['deployments'])} flows to work pool {pool}"
          f"{' (created)' if doc['pool_created'] else ''}; automations: "
          f"{', '.join(doc['automations'])}; trust file {digest}\n"
-         f"start workers with: prefect worker start --pool {pool}")
+         f"start workers with: prefect worker start --pool {pool}"
+         + "".join(f"\n  region queue {q}: prefect worker start --pool {pool} --work-queue {q}"
+                   for q in doc["work_queues"]))
 
 
 @automations_app.command("apply")
