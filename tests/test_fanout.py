@@ -3,7 +3,7 @@
 where a `prefect worker start` of that region (its own cache: another host) runs it; a private
 Prefect server and SeaweedFS. The fleet goes live through the workers; a canary whose checks
 fail is rolled back and the rest vetoed with the in-process fleet's exit status; a region
-without a queue is refused before anything starts.
+without a queue, or no orchestrator, is refused before anything starts.
 
 The pool fixture is one function (`work_pool`): a private server, every flow deployed to a
 fresh process pool with one queue per region, one worker per region.
@@ -29,6 +29,7 @@ from world import World, make_world
 
 from kristal.channel import records
 from kristal.dev.processes import SeaweedProcess
+from kristal.errors import UsageInvalid
 from kristal.operations.fleet_rules import publish_to_channels
 from kristal.store.s3 import ObjectStore, StoreConfig
 from tasks.names import region_queue
@@ -141,10 +142,10 @@ def _release(world: World, channels: list[str], release_id: int,
                         release_id=release_id, generation=first.generation, now=world.ctx.now)
 
 
-def _fleet(channels: list[str], release_id: int, *extra: str) -> subprocess.CompletedProcess[str]:
+def _fleet(channels: list[str], release_id: int) -> subprocess.CompletedProcess[str]:
     return kristalctl("fleet-activate", *channels, "--release", str(release_id), "--wave-size",
-                      "3", "--max-parallel", "3", "--fan-out", "--operator", "pytest",
-                      "--reason", f"fan-out {release_id}", "--json", *extra, timeout=300)
+                      "2", "--max-parallel", "2", "--fan-out", "--operator", "pytest",
+                      "--reason", f"fan-out {release_id}", "--json", timeout=300)
 
 
 def _child_runs(fleet_key: str) -> dict[str, Any]:
@@ -165,7 +166,7 @@ def _fleet_key(doc: dict[str, Any]) -> str:
 
 def test_a_fanned_out_fleet_goes_live_through_each_regions_worker(stack: Stack) -> None:
     world = stack.world
-    channels = _channels(stack, 4)
+    channels = _channels(stack, 3)  # a canary, then a wave of one channel per region
     _release(world, channels, 1)
 
     done = _fleet(channels, 1)
@@ -188,7 +189,7 @@ def test_a_fanned_out_fleet_goes_live_through_each_regions_worker(stack: Stack) 
         assert run.state is not None and run.state.is_completed()
         assert f"run {run.name} ({run.id}) on work queue {run.work_queue_name}" in next(
             o["message"] for o in doc["channels"] if o["channel_id"] == channel)
-    # Each region's worker staged it from the store into its own cache.
+    # Each region's worker staged the release from the store into its own cache.
     for region in stack.regions:
         assert list((stack.base / f"cache-{region}" / "indexes").glob("*.sqlite"))
 
@@ -197,16 +198,8 @@ def test_a_fanned_out_canary_that_fails_its_checks_halts_and_vetoes_the_rest(
         stack: Stack) -> None:
     world = stack.world
     channels = _channels(stack, 3)
-    # A region with no work queue: refused before any run is started or anything switched.
-    stray = [*channels, f"acme/fstray/nowhere{uuid.uuid4().hex[:4]}"]
     _release(world, channels, 1)
-    refused = _fleet(stray, 1)
-    assert refused.returncode == 2, (refused.returncode, refused.stderr)
-    assert refused.stderr.startswith("error: usage_invalid: work pool ")
-    assert "has no work queue kristal-nowhere" in refused.stderr
-    assert all(records.read_pointer(world.ctx, c).record is None for c in stray)
-
-    assert _fleet(channels, 1).returncode == 0
+    world.activate(1, via="plain", channel=channels[0])  # the canary's release to go back to
     _release(world, channels, 2, expect=BAD_CHECKS)
     before = {c: records.read_pointer(world.ctx, c).raw for c in channels[1:]}
 
@@ -221,7 +214,26 @@ def test_a_fanned_out_canary_that_fails_its_checks_halts_and_vetoes_the_rest(
     assert doc["vetoed"] == channels[1:]
     live = records.read_pointer(world.ctx, channels[0]).record
     assert live is not None and (live.kind, live.active.release_id) == ("auto_rollback", 1)
+    assert records.read_quarantine(world.ctx, channels[0], 2) is not None
     assert {c: records.read_pointer(world.ctx, c).raw for c in channels[1:]} == before
     runs = _child_runs(_fleet_key(doc))
     assert list(runs) == [channels[0]]  # the vetoed channels never got a run
     assert runs[channels[0]].work_queue_name == region_queue(stack.regions[0])
+
+
+def test_a_region_without_a_work_queue_is_refused_before_anything_starts(stack: Stack) -> None:
+    from tasks.fanout import check_region_queues
+
+    here = f"acme/fhere/{stack.regions[1]}"
+    assert check_region_queues([here]).endswith(f"queues {region_queue(stack.regions[1])}")
+    with pytest.raises(UsageInvalid, match="has no work queue kristal-nowhere"):
+        check_region_queues([here, "acme/fstray/nowhere"])
+
+
+def test_fan_out_without_an_orchestrator_is_refused_before_anything_is_read(
+        stack: Stack) -> None:
+    from kristal.operations.fleet import fleet_activate
+
+    with pytest.raises(UsageInvalid, match="needs the orchestrator"):
+        fleet_activate(stack.world.plain_runner(), stack.world.ctx, channel_ids=[
+            "acme/fnone/nowhere"], release_id=1, who=stack.world.who(), fan_out=True)
