@@ -3,7 +3,8 @@
 where a `prefect worker start` of that region (its own cache: another host) runs it; a private
 Prefect server and SeaweedFS. The fleet goes live through the workers; a canary whose checks
 fail is rolled back and the rest vetoed with the in-process fleet's exit status; a region
-without a queue, or no orchestrator, is refused before anything starts.
+without a queue, or no orchestrator, is refused before anything starts; a run no worker takes
+is cancelled and fails its channel.
 
 The pool fixture is one function (`work_pool`): a private server, every flow deployed to a
 fresh process pool with one queue per region, one worker per region.
@@ -29,8 +30,9 @@ from world import World, make_world
 
 from kristal.channel import records
 from kristal.dev.processes import SeaweedProcess
-from kristal.errors import UsageInvalid
+from kristal.errors import UsageInvalid, WorkerUnavailable
 from kristal.operations.fleet_rules import publish_to_channels
+from kristal.operations.runner import RemoteActivation
 from kristal.store.s3 import ObjectStore, StoreConfig
 from tasks.names import region_queue
 
@@ -228,6 +230,23 @@ def test_a_region_without_a_work_queue_is_refused_before_anything_starts(stack: 
     assert check_region_queues([here]).endswith(f"queues {region_queue(stack.regions[1])}")
     with pytest.raises(UsageInvalid, match="has no work queue kristal-nowhere"):
         check_region_queues([here, "acme/fstray/nowhere"])
+
+
+def test_a_run_no_worker_starts_is_cancelled_and_its_channel_fails_worker_unavailable(
+        stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    from deployments.pool import ensure_region_queues
+    from tasks.fanout import activate_on_worker
+
+    idle = f"idle{uuid.uuid4().hex[:4]}"  # a queue that exists, and no worker polls it
+    ensure_region_queues(stack.pool.name, [idle])
+    monkeypatch.setenv("KRISTAL_FANOUT_START_TIMEOUT_S", "1")
+    job = RemoteActivation(channel_id=f"acme/fidle/{idle}", release_id=1, force=False,
+                           operator="pytest", reason="no worker", correlation_id="pytest",
+                           fleet=f"r1-{idle}", wave=1)
+    with pytest.raises(WorkerUnavailable, match="cancelled before it began"):
+        activate_on_worker(job, None)
+    run = _child_runs(job.fleet)[job.channel_id]
+    assert run.state is not None and run.state.is_cancelled()
 
 
 def test_fan_out_without_an_orchestrator_is_refused_before_anything_is_read(
