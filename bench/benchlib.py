@@ -186,15 +186,17 @@ def note(message: str, *, quiet: bool = False) -> None:
 
 
 # --- the operations with the plain runner (the domain's own steps, no orchestrator) ---------
-def kristalctl(env: dict[str, str], *args: str) -> None:
-    """The real CLI in a subprocess; a failure ends the benchmark with its error line."""
+def kristalctl(env: dict[str, str], *args: str, timeout: float = 300) -> str:
+    """The real CLI in a subprocess, its stdout; a failure ends the benchmark with its error
+    line."""
     import subprocess
     import sys
 
     done = subprocess.run([sys.executable, "-m", "flows.cli", *args], env=env,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=timeout)
     if done.returncode != 0:
         raise SystemExit(f"kristalctl {' '.join(args)} failed: {done.stderr.strip()}")
+    return done.stdout
 
 
 def activate_plain(ctx: Context, channel_id: str, release_id: int, who: Who, *,

@@ -4,17 +4,23 @@ deployments `serve` registers (names, typed parameters, the nightly schedule), r
 taken from this checkout (a `set_working_directory` pull step) and heartbeats on, so a run
 whose worker dies is found by the zombie automation; with `--store-block NAME` every run gets
 `KRISTAL_STORE_BLOCK=NAME` (its store from that block, whatever the worker's KRISTAL_S3_*).
-The automations are applied after.
+The automations are applied after. With regions, each gets its work queue `kristal-<region>`
+(`fleet-activate --fan-out`).
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 from uuid import UUID
 
 from deployments.automations import HEARTBEAT_S, Registered, apply_automations
 from kristal.config import ServeSettings
+from kristal.errors import UsageInvalid
+from kristal.formats.models import CHANNEL_PART, CHANNEL_PART_PATTERN
+from tasks.names import region_queue
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # flow name -> (entrypoint, deployment name)
@@ -79,9 +85,35 @@ def deploy_to_pool(pool: str, *, source: Path = REPO_ROOT,
     return Registered(ids), created
 
 
-def deploy_and_automate(pool: str, store_block: str | None = None) -> dict[str, Any]:
+def ensure_region_queues(pool: str, regions: Sequence[str]) -> list[str]:
+    """The work queue `kristal-<region>` of each region in `pool`, created where missing (a
+    fanned-out fleet refuses a region without one: the server would create it on the first
+    run and no worker would poll it). Returns the queues' names."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectAlreadyExists
+
+    for region in regions:
+        if not CHANNEL_PART.fullmatch(region):
+            raise UsageInvalid(f"--region {region!r} is not a channel's region "
+                               f"({CHANNEL_PART_PATTERN})")
+    names = [region_queue(r) for r in dict.fromkeys(regions)]
+    with get_client(sync_client=True) as client:
+        existing = {q.name for q in client.read_work_queues(work_pool_name=pool)}
+        for name in names:
+            if name not in existing:
+                with contextlib.suppress(ObjectAlreadyExists):  # created meanwhile
+                    client.create_work_queue(
+                        name, work_pool_name=pool,
+                        description="kristal: fleet-activate --fan-out runs this region's "
+                        "channels here")
+    return names
+
+
+def deploy_and_automate(pool: str, store_block: str | None = None, *,
+                        regions: Sequence[str] = ()) -> dict[str, Any]:
     registered, created = deploy_to_pool(pool, store_block=store_block)
     applied = apply_automations(registered)
     return {"work_pool": pool, "pool_created": created, "store_block": store_block,
             "deployments": {k: str(v) for k, v in registered.ids.items()},
+            "work_queues": ensure_region_queues(pool, regions),
             "automations": [a.name for a in applied]}

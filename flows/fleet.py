@@ -1,5 +1,6 @@
 """The `fleet-activate` flow: one release to many channels in waves, canary first, halting at
-the first failed wave and vetoing the rest (`kristal.operations.fleet`).
+the first failed wave and vetoing the rest (`kristal.operations.fleet`); with `fan_out`, each
+channel as a run of the `activate` deployment on its region's work queue (`tasks.fanout`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ def fleet_activate(request: FleetRequest) -> FleetOutcome:
         max_parallel=request.max_parallel,
         revoke_vetoed_channels=request.revoke_vetoed,
         dry_run=request.dry_run,
+        fan_out=request.fan_out,
         who=Who.of(request.operator, request.reason, request.correlation_id, run.run_id),
     )
     baking = [(c.channel_id, c.activation_id) for c in outcome.channels

@@ -158,6 +158,14 @@ class FleetRequest(Operator):
         description="Verify the release in every channel (against its own index) and stage "
         "it once; report what each channel would do. Nothing is switched.",
     )
+    fan_out: bool = Field(
+        False,
+        description="Run each channel's activation as a run of the activate deployment on the "
+        "work queue of its region (kristal-<region>), so that region's workers stage it from "
+        "their own store; waves, halt and veto as without. Every region needs its queue "
+        "(kristalctl deploy --pool NAME --region R). A dry run still runs here, after "
+        "checking the queues.",
+    )
 
     @field_validator("channel_ids", "canary_channel_ids")
     @classmethod

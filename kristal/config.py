@@ -228,6 +228,12 @@ def checks_timeout_s() -> float:
     return _float("KRISTAL_CHECKS_TIMEOUT_S", DEFAULT_CHECKS_TIMEOUT_S)
 
 
+def fanout_start_timeout_s() -> float:
+    """`KRISTAL_FANOUT_START_TIMEOUT_S` (default 300): a fanned-out fleet's channel run that no
+    worker has started after this long is cancelled (`worker_unavailable`)."""
+    return _positive("KRISTAL_FANOUT_START_TIMEOUT_S", 300.0)
+
+
 @dataclass(frozen=True)
 class PrometheusSettings:
     """Where a bake's metric checks are sent (`KRISTAL_PROMETHEUS_URL`, e.g.

@@ -304,6 +304,13 @@ class StorageUnavailable(Infrastructure):
     code = "storage_unavailable"
 
 
+class WorkerUnavailable(Infrastructure):
+    """No worker started a run submitted to a work queue in time (none polls that queue, or
+    none is free): the run was cancelled before it began, so it changed nothing."""
+
+    code = "worker_unavailable"
+
+
 class InternalError(Infrastructure):
     """A failure with no code of its own (a bug): the last resort, never a traceback."""
 

@@ -32,6 +32,15 @@ def _in_deployment() -> bool:
 Targets = list[tuple[str, str]]  # (channel id, activation id)
 
 
+def _own_queue() -> str | None:
+    """The work queue this run came from: its bake goes to the same one (a fanned-out fleet's
+    channel ran on its region's queue, whose workers read that region's store)."""
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    return context.flow_run.work_queue_name if context and context.flow_run else None
+
+
 def _run_deployment(targets: Targets, operator: str) -> str | None:
     from prefect.deployments import run_deployment
     from prefect.exceptions import ObjectNotFound
@@ -39,7 +48,7 @@ def _run_deployment(targets: Targets, operator: str) -> str | None:
     (channel_id, activation_id), *more = targets
     try:
         run = cast(FlowRun, run_deployment(
-            name=BAKE_DEPLOYMENT, timeout=0, as_subflow=False,
+            name=BAKE_DEPLOYMENT, timeout=0, as_subflow=False, work_queue_name=_own_queue(),
             parameters={"request": {
                 "channel_id": channel_id, "activation_id": activation_id,
                 "more": [{"channel_id": c, "activation_id": a} for c, a in more],

@@ -36,6 +36,19 @@ def channel_of_lock(name: str) -> str | None:
     return name.removeprefix("kristal-channel:").replace(":", "/")
 
 
+REGION_QUEUE_PREFIX = "kristal-"  # a region's work queue in the pool (a fleet fanned out)
+ACTIVATE_DEPLOYMENT = "activate/activate"
+
+
+def region_queue(region: str) -> str:
+    """The work queue whose workers run a region's channels: `kristal-<region>`."""
+    return f"{REGION_QUEUE_PREFIX}{region}"
+
+
+def channel_region_queue(channel_id: str) -> str:
+    return region_queue(validate_channel_id(channel_id).split("/")[2])
+
+
 def channel_resource_id(channel_id: str) -> str:
     """Events about a channel: `kristal.channel.<tenant>.<env>.<region>` (DESIGN §8)."""
     tenant, environment, region = validate_channel_id(channel_id).split("/")

@@ -2,7 +2,9 @@
 becomes a Prefect task named after it, with `NO_CACHE` (side effects are never skipped) and,
 where the step allows it, retries of storage hiccups with backoff; verification and policy
 failures fail at once. Locks are the channels' concurrency leases, reports are artifacts of the
-flow run, events go to Prefect's events API, approvals are paused runs with a typed form.
+flow run, events go to Prefect's events API, approvals are paused runs with a typed form; a
+channel activated elsewhere is a run of the `activate` deployment on its region's work queue
+(`tasks.fanout`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,15 @@ from pydantic import Field
 
 from kristal.config import retry_delays_s
 from kristal.errors import ActivationAborted
-from kristal.operations.runner import Approval, Artifact, HeldLock, Progress, Step
+from kristal.operations.runner import (
+    Approval,
+    Artifact,
+    HeldLock,
+    Progress,
+    RanElsewhere,
+    RemoteActivation,
+    Step,
+)
 from tasks.board import update_board
 from tasks.locks import WaveLock, channel_lock, ensure_channel_limits, lease_lost, run_logger
 from tasks.names import artifact_key, channel_resource_id, fleet_resource_id
@@ -105,6 +115,16 @@ class PrefectRunner:
 
     def prepare_locks(self, channel_ids: Sequence[str]) -> None:
         ensure_channel_limits(channel_ids)
+
+    def check_fan_out(self, channel_ids: Sequence[str]) -> str:
+        from tasks.fanout import check_region_queues
+
+        return check_region_queues(channel_ids)
+
+    def activate_elsewhere(self, job: RemoteActivation) -> RanElsewhere:
+        from tasks.fanout import activate_on_worker
+
+        return activate_on_worker(job, self.run_id)
 
     def publish(self, artifact: Artifact) -> None:
         if artifact.kind == "board" and artifact.table is not None:

@@ -46,7 +46,7 @@ ViaDeploymentOpt = Annotated[bool, typer.Option(
 
 
 def _via(deployment: str, request: Any) -> Any:
-    from flows.cli.via_deployment import run_via_deployment
+    from tasks.deployment_runs import run_via_deployment
 
     return run_via_deployment(deployment, request)
 
@@ -217,6 +217,11 @@ def fleet_activate_command(
     revoke_vetoed: Annotated[bool, typer.Option("--revoke-vetoed")] = False,
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="Verify in every channel, stage once, switch nothing.")] = False,
+    fan_out: Annotated[bool, typer.Option(
+        "--fan-out", help="Run each channel as a run of the activate deployment on the work "
+        "queue of its region (kristal-<region>: kristalctl deploy --pool NAME --region R) and "
+        "wait for them; waves, halt and veto as without. With --dry-run: the queues are "
+        "checked, the dry run itself runs here.")] = False,
     correlation_id: CorrelationOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -226,7 +231,7 @@ def fleet_activate_command(
     request = request_model(FleetRequest, channel_ids=channels, release_id=release,
                      canary_channel_ids=[] if no_canary else (canary or None),
                      wave_size=wave_size, max_parallel=max_parallel, revoke_vetoed=revoke_vetoed,
-                     dry_run=dry_run, operator=operator, reason=reason,
+                     dry_run=dry_run, fan_out=fan_out, operator=operator, reason=reason,
                      correlation_id=correlation_id)
     quiet_prefect()
     store_preflight()

@@ -34,13 +34,17 @@ def deploy_command(
     store_block: Annotated[str | None, typer.Option(
         "--store-block", help="Runs take their store from this kristal-store block "
         "(KRISTAL_STORE_BLOCK in every deployment's job variables; it must exist).")] = None,
+    region: Annotated[list[str] | None, typer.Option(
+        "--region", help="Create the work queue kristal-<region> in the pool (repeatable): "
+        "fleet-activate --fan-out runs that region's channels there.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Deploy every flow to a work pool (run them with `prefect worker start --pool NAME`),
     record the trust file's digest for `doctor`, and apply the automations.
 
     Example: kristalctl deploy --pool kristal --store-block prod-eu && prefect worker start
-    --pool kristal
+    --pool kristal; per region: kristalctl deploy --pool kristal --region eu-west-1 && prefect
+    worker start --pool kristal --work-queue kristal-eu-west-1
     """
     _require_api()
     if store_block is not None:
@@ -60,7 +64,7 @@ def deploy_command(
     from tasks.names import TRUST_DIGEST_VARIABLE
 
     with contextlib.redirect_stdout(sys.stderr):  # Prefect's own messages: stdout is ours
-        doc = deploy_and_automate(pool, store_block)
+        doc = deploy_and_automate(pool, store_block, regions=region or [])
     digest = trust_file_sha256(trust_file_path())
     if digest:
         Variable.set(TRUST_DIGEST_VARIABLE, digest, overwrite=True)
@@ -69,7 +73,9 @@ def deploy_command(
          f"{' (created)' if doc['pool_created'] else ''}"
          f"{f', store block {store_block}' if store_block else ''}; automations: "
          f"{', '.join(doc['automations'])}; trust file {digest}\n"
-         f"start workers with: prefect worker start --pool {pool}")
+         f"start workers with: prefect worker start --pool {pool}"
+         + "".join(f"\n  region queue {q}: prefect worker start --pool {pool} --work-queue {q}"
+                   for q in doc["work_queues"]))
 
 
 @automations_app.command("apply")

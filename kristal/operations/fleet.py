@@ -12,6 +12,14 @@ fleet; the per-channel results are in the waves report instead.
 Locks: a wave holds every one of its channels' locks for its duration (`Runner.lock_ahead`), so
 the next wave's can be acquired while the current wave runs; the locks of every channel after
 the canary are created while the canary runs.
+
+Fanned out (`fan_out`): each channel's whole activation runs elsewhere
+(`fleet_channel.activate_elsewhere`: with Prefect, a run of the `activate` deployment on the
+work queue of the channel's region), `max_parallel` at a time, in the same waves and under the
+same halt and veto decision (`activate_wave`). The fleet then stages nothing and holds no lock
+(each run takes its own channel's lock: holding it here would block the run); whether every
+channel can run elsewhere is checked before the first one starts (`Runner.check_fan_out`). A
+dry run stays here, read-only, after that check.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from kristal.operations.fleet_channel import (
     FleetOutcome,
     FleetRun,
     activate_channel,
+    activate_elsewhere,
     failed_outcome,
     fleet_key,
     plan_channel,
@@ -36,7 +45,7 @@ from kristal.operations.fleet_channel import (
 )
 from kristal.operations.fleet_rules import plan_waves, revoke_vetoed, skew_report
 from kristal.operations.outcome import Who
-from kristal.operations.runner import Artifact, HeldLock, Progress, Runner, step
+from kristal.operations.runner import Artifact, HeldLock, Progress, Runner, Unlocked, step
 from kristal.runtime import staging
 from kristal.trust.keys import load_role_key
 from kristal.verify.fetch import verify_release
@@ -59,7 +68,8 @@ def stage_fleet_release(ctx: Context, fleet: FleetRun, channel_id: str,
 def activate_wave(inline: Runner, ctx: Context, fleet: FleetRun, channels: list[str],
                   wave: int, release_id: int, who: Who,
                   max_parallel: int) -> list[ChannelOutcome]:
-    """Bring one wave's channels live, `max_parallel` at a time, under the wave's held locks.
+    """Bring one wave's channels live, `max_parallel` at a time, under the wave's held locks
+    (fanned out: each activated elsewhere, under its own lock).
 
     After a channel fails (refused, rolled back), channels not started are vetoed. A channel
     that hit only a storage hiccup is not final: if no channel failed otherwise, the step
@@ -69,6 +79,8 @@ def activate_wave(inline: Runner, ctx: Context, fleet: FleetRun, channels: list[
     lock = fleet.locks[wave]
 
     def one(channel_id: str) -> ChannelOutcome:
+        if fleet.fan_out:
+            return activate_elsewhere(inline, ctx, fleet, channel_id, release_id, wave, who)
         if not lock.held:
             raise RuntimeError("the wave's channel locks were lost (lease not renewed); "
                                f"{channel_id} was not started")
@@ -149,6 +161,16 @@ def _run_wave(run: Runner, ctx: Context, fleet: FleetRun, channels: list[str], w
         fleet.locks.pop(wave, None)
 
 
+def _prepare_locks(run: Runner, fleet: FleetRun, channel_ids: list[str]) -> None:
+    if not fleet.fan_out:
+        run.prepare_locks(channel_ids)
+
+
+def _lock_ahead(run: Runner, fleet: FleetRun, channel_ids: list[str]) -> HeldLock:
+    """The wave's locks, taken ahead; fanned out, none (each channel's run takes its own)."""
+    return Unlocked() if fleet.fan_out else run.lock_ahead(channel_ids)
+
+
 def _waves(run: Runner, ctx: Context, fleet: FleetRun, waves: list[list[str]], release_id: int,
            who: Who, max_parallel: int, progress: Progress) -> tuple[list[ChannelOutcome],
                                                                      int | None]:
@@ -158,12 +180,13 @@ def _waves(run: Runner, ctx: Context, fleet: FleetRun, waves: list[list[str]], r
     locks of every channel after the canary are created while the canary runs."""
     total = sum(len(w) for w in waves)
     rest = [c for wave in waves[1:] for c in wave]
-    run.prepare_locks(waves[0])
+    _prepare_locks(run, fleet, waves[0])
     outcomes: list[ChannelOutcome] = []
     halted_at: int | None = None
-    locks = [run.lock_ahead(waves[0])]
+    locks = [_lock_ahead(run, fleet, waves[0])]
     with ThreadPoolExecutor(max_workers=1) as aside:
-        rest_ready = aside.submit(contextvars.copy_context().run, run.prepare_locks, rest)
+        rest_ready = aside.submit(contextvars.copy_context().run, _prepare_locks, run, fleet,
+                                  rest)
         try:
             for number, channels in enumerate(waves, start=1):
                 if halted_at is not None:  # only the wave after the halt had its lock taken
@@ -173,7 +196,7 @@ def _waves(run: Runner, ctx: Context, fleet: FleetRun, waves: list[list[str]], r
                 lock.wait()
                 if number < len(waves):
                     rest_ready.result()
-                    locks.append(run.lock_ahead(waves[number]))
+                    locks.append(_lock_ahead(run, fleet, waves[number]))
                 try:
                     done = _run_wave(run, ctx, fleet, channels, number, release_id, who,
                                      max_parallel, lock)
@@ -209,16 +232,25 @@ def fleet_activate(
     max_parallel: int = 4,
     revoke_vetoed_channels: bool = False,
     dry_run: bool = False,
+    fan_out: bool = False,
 ) -> FleetOutcome:
     """Activate one release across many channels in waves, canary first; halt and veto on the
-    first failed wave; report which channel runs which release."""
+    first failed wave; report which channel runs which release. `fan_out`: each channel's
+    activation runs elsewhere (see the module docstring)."""
     waves = plan_waves(channel_ids, canary, wave_size)
-    fleet = FleetRun()
     suffix = fleet_key(channel_ids, release_id)
-    try:
-        note = run(stage_fleet_release, ctx, fleet, waves[0][0], release_id)
-    except KristalError as exc:  # the first channel's own activation refuses with the code
-        note = f"could not stage from {waves[0][0]}: {exc.line()}"
+    fleet = FleetRun(fan_out=fan_out and not dry_run, key=suffix)
+    # Before anything is started: every channel can run elsewhere (a dry run checks it too).
+    where = run.check_fan_out(channel_ids) if fan_out else ""
+    if fan_out:
+        run.log(f"fan-out: {len(channel_ids)} channels through {where}")
+    if fleet.fan_out:
+        note = f"fanned out: each channel's run stages from its own store ({where})"
+    else:
+        try:
+            note = run(stage_fleet_release, ctx, fleet, waves[0][0], release_id)
+        except KristalError as exc:  # the first channel's own activation refuses with the code
+            note = f"could not stage from {waves[0][0]}: {exc.line()}"
     halted_at: int | None = None
     if dry_run:
         outcomes: list[ChannelOutcome] = []

@@ -9,6 +9,10 @@ own index and trust), a channel whose verified inventory is the one staged momen
 re-hashed, and the checks of a pack are measured once, in a fresh process, by the first channel
 to switch (the canary); every channel still opens its own pinned readers and writes its own
 check record, which names the measurement it reused.
+
+`activate_elsewhere` is a fanned-out fleet's channel: the whole `activate` run elsewhere (the
+runner's `activate_elsewhere`: a worker of the channel's region), mapped to the same
+`ChannelOutcome`, so the fleet decides on it exactly as on a channel activated here.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from kristal.once_per_key import OncePerKey
 from kristal.operations.golive import go_live
 from kristal.operations.outcome import Who
 from kristal.operations.plan import plan_activation
-from kristal.operations.runner import HeldLock, Runner
+from kristal.operations.runner import HeldLock, RemoteActivation, Runner
 from kristal.runtime import staging
 from kristal.runtime.checkrunner import run_checks_isolated
 from kristal.runtime.checks import CheckOutcome, CheckReport
@@ -51,6 +55,8 @@ ChannelResult = Literal[
     "planned",
 ]
 FAILED_RESULTS = ("rolled_back", "refused", "error")
+_LIVE: dict[str, ChannelResult] = {"activated": "activated", "resumed": "resumed",
+                                   "already_live": "already_live"}
 
 
 class ChannelOutcome(BaseModel):
@@ -124,6 +130,9 @@ class FleetRun:
     outcomes: dict[str, ChannelOutcome] = field(default_factory=dict)
     transient: dict[str, StorageUnavailable] = field(default_factory=dict)
     locks: dict[int, HeldLock] = field(default_factory=dict)
+    # Fanned out: each channel's activation runs elsewhere, tagged with the fleet's `key`.
+    fan_out: bool = False
+    key: str = ""
 
 
 def fleet_measure(ctx: Context, fleet: FleetRun, record: ActivationRecord,
@@ -196,6 +205,29 @@ def activate_channel(inline: Runner, ctx: Context, fleet: FleetRun, channel_id: 
         release_id=outcome.release_id, message=outcome.message, downloaded=downloaded,
         baking=outcome.bake is not None and outcome.bake.state == "baking",
     )
+
+
+def activate_elsewhere(inline: Runner, ctx: Context, fleet: FleetRun, channel_id: str,
+                       release_id: int, wave: int, who: Who) -> ChannelOutcome:
+    """A fanned-out fleet's channel: `activate` run elsewhere, which takes the channel's lock,
+    verifies against its own index, stages from its own store, switches and checks (and
+    starts its own bake). As `activate_channel`, a channel already live and checked is not
+    sent, and one live with its checks pending is sent to resume them."""
+    _, done, force = _live_and_checked(ctx, channel_id, release_id, wave)
+    if done is not None:
+        return done
+    ran = inline.activate_elsewhere(RemoteActivation(
+        channel_id=channel_id, release_id=release_id, force=force, operator=who.operator,
+        reason=who.reason, correlation_id=who.correlation_id, fleet=fleet.key, wave=wave))
+    outcome = ran.outcome
+    result = _LIVE.get(outcome.outcome)
+    if result is None:
+        return ChannelOutcome(channel_id=channel_id, wave=wave, result="error",
+                              message=f"unexpected outcome {outcome.outcome} [{ran.where}]")
+    return ChannelOutcome(
+        channel_id=channel_id, wave=wave, result=result, sequence=outcome.sequence,
+        activation_id=outcome.activation_id, release_id=outcome.release_id,
+        message=f"{outcome.message} [{ran.where}]".lstrip())
 
 
 def plan_channel(ctx: Context, fleet: FleetRun, channel_id: str, release_id: int,

@@ -6,7 +6,9 @@ is a task (its name shown in the UI, `NO_CACHE`, retries on storage hiccups wher
 says it is safe), locks are Prefect concurrency leases, artifacts and events go to the API.
 `PlainRunner` calls the steps directly: tests, benchmarks, the fleet's threads, and the CLI's
 break-glass path when no orchestrator is reachable. Nothing an operation decides depends on
-which runner it got.
+which runner it got. A fleet fanned out hands each channel's whole activation to the runner
+(`activate_elsewhere`: Prefect's runs it on a worker of the channel's region); only the
+orchestrator can do that.
 """
 
 from __future__ import annotations
@@ -16,9 +18,12 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Generic, ParamSpec, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar
 
 from kristal.errors import StorageUnavailable, UsageInvalid
+
+if TYPE_CHECKING:
+    from kristal.operations.outcome import Outcome
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -87,6 +92,29 @@ class HeldLock(Protocol):
 
 
 @dataclass(frozen=True)
+class RemoteActivation:
+    """One channel's `activate`, to run elsewhere (a fleet fanned out to a work pool): the run
+    takes the channel's lock and verifies, stages, switches and checks there."""
+
+    channel_id: str
+    release_id: int
+    force: bool  # the release is live with its checks pending: resume them
+    operator: str
+    reason: str
+    correlation_id: str
+    fleet: str  # the fleet's key (`fleet_key`): the run is tagged with it
+    wave: int
+
+
+@dataclass(frozen=True)
+class RanElsewhere:
+    """What a `RemoteActivation` did, and where it ran (the run's name, id and queue)."""
+
+    outcome: Outcome
+    where: str
+
+
+@dataclass(frozen=True)
 class Approval:
     """A human's answer to a paused operation (the downgrade's approval form)."""
 
@@ -123,6 +151,14 @@ class Runner(Protocol):
     def prepare_locks(self, channel_ids: Sequence[str]) -> None:
         """Create the channels' locks where missing (before they are needed)."""
 
+    def check_fan_out(self, channel_ids: Sequence[str]) -> str:
+        """Before anything is switched: every channel can be activated elsewhere (raises
+        `UsageInvalid` if one cannot); returns where they will run."""
+
+    def activate_elsewhere(self, job: RemoteActivation) -> RanElsewhere:
+        """Run one channel's activation elsewhere and wait for its end: what it did, or the
+        coded error it failed with (raised as the `activate` operation raises it)."""
+
     def publish(self, artifact: Artifact) -> None: ...
 
     def progress(self, kind: str, scope: str, description: str) -> Progress: ...
@@ -138,7 +174,13 @@ class Runner(Protocol):
 
 
 # --- without an orchestrator -----------------------------------------------------------------
-class _Unlocked:
+NO_FAN_OUT = ("a fleet fans out to the workers of a work pool: that needs the orchestrator "
+              "(PREFECT_API_URL)")
+
+
+class Unlocked:
+    """A `HeldLock` nobody needs: always held, nothing to release."""
+
     held = True
 
     def wait(self) -> None:
@@ -204,10 +246,16 @@ class PlainRunner:
         yield False
 
     def lock_ahead(self, channel_ids: Sequence[str]) -> HeldLock:
-        return _Unlocked()
+        return Unlocked()
 
     def prepare_locks(self, channel_ids: Sequence[str]) -> None:
         return None
+
+    def check_fan_out(self, channel_ids: Sequence[str]) -> str:
+        raise UsageInvalid(NO_FAN_OUT)
+
+    def activate_elsewhere(self, job: RemoteActivation) -> RanElsewhere:
+        raise UsageInvalid(NO_FAN_OUT)
 
     def publish(self, artifact: Artifact) -> None:
         self.artifacts.append(artifact)
