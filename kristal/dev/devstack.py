@@ -190,6 +190,7 @@ def dev_up(home: Path) -> tuple[DevStack, list[str]]:
         started.append("prefect")
     else:
         prefect_pid, prefect_url = stack.prefect_pid, stack.prefect_api_url
+    s3_ports: dict[str, int] | None
     if seaweed is not None:
         s3_pid, s3_endpoint, s3_ports = seaweed.pid, seaweed.endpoint_url, dict(seaweed.ports)
     else:
