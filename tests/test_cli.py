@@ -398,3 +398,24 @@ def test_report_failure_that_prefect_did_not_take_exits_4(world: World) -> None:
                       env={"PREFECT_API_URL": dead})
     line = _refused(lost, "storage_unavailable", 4)
     assert "did not take event kristal.check.failed" in line and "nothing was reported" in line
+
+
+def test_an_expect_file_may_name_only_some_fields(world: World, tmp_path: Path) -> None:
+    from kristal.formats.models import EXPECTATIONS_EXT
+
+    partial = tmp_path / "expect.json"
+    partial.write_text(json.dumps({"latency_p95_ms": 20}))
+    proc = kristalctl("publish", "--data", str(world.data(1, rows=40)), "--channel",
+                      world.channel, "--release-id", "1", "--generation", "1",
+                      "--expect-file", str(partial), "--json", env=world.env)
+    assert proc.returncode == 0, proc.stderr
+    pack_id = json.loads(proc.stdout)["runtime_pack_ids"][0]
+    expect = world.read_json(layout.pack_manifest(pack_id))["extensions"][EXPECTATIONS_EXT]
+    # The named field as given, the rest derived from the data as without the file.
+    assert expect["latency_p95_ms"] == 20 and expect["row_count"] == 40
+    assert expect["max_rss_mb"] == 512 and len(expect["smoke_queries"]) == 3
+    partial.write_text(json.dumps({"row_cont": 40}))  # a typo is not silently ignored
+    typo = kristalctl("publish", "--data", str(world.data(2)), "--channel", world.channel,
+                      "--release-id", "2", "--generation", "1", "--expect-file", str(partial),
+                      env=world.env)
+    assert "row_cont" in _refused(typo, "manifest_schema_invalid", 1)

@@ -40,3 +40,20 @@ class Expectations(BaseModel):
     smoke_queries: list[SmokeQuery]
     latency_p95_ms: Annotated[float, Field(gt=0)]
     max_rss_mb: Annotated[float, Field(gt=0)]
+
+
+class ExpectationsGiven(BaseModel):
+    """An `--expect-file`: any of the fields of `Expectations`; the ones left out are derived
+    from the data as without the file (`Expectations.with_given`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    row_count: Annotated[int, Field(ge=0)] | None = None
+    smoke_queries: list[SmokeQuery] | None = None
+    latency_p95_ms: Annotated[float, Field(gt=0)] | None = None
+    max_rss_mb: Annotated[float, Field(gt=0)] | None = None
+
+    def over(self, derived: Expectations) -> Expectations:
+        """`derived` with every field this file names replaced by the file's (null: derived)."""
+        return Expectations.model_validate(
+            {**derived.model_dump(), **self.model_dump(exclude_unset=True, exclude_none=True)})

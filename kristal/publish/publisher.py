@@ -28,7 +28,7 @@ from kristal.formats import layout
 from kristal.formats.artifacts import ExchangeManifest, FederationManifest, RuntimePackManifest
 from kristal.formats.canonical import canonical_bytes, parse_json, sha256_hex
 from kristal.formats.channel_docs import ChannelIndex
-from kristal.formats.expectations import Expectations
+from kristal.formats.expectations import ExpectationsGiven
 from kristal.formats.identity import DocKind, with_identity
 from kristal.formats.layout import TRIPLES_PATH
 from kristal.formats.models import (
@@ -140,7 +140,7 @@ def publish(
     given_expectations = None
     if expect_file is not None:
         given_expectations = parse_model(
-            Expectations,
+            ExpectationsGiven,
             parse_json(expect_file.read_bytes(), what="expect file"),
             what="expect file",
         )
@@ -234,7 +234,9 @@ def publish(
         triples_entry = file_entry(triples, TRIPLES_PATH)
         db_path = tmp / "index.sqlite"
         row_count = build_index(triples, db_path, source_sha256=triples_entry["sha256"])
-        expectations = given_expectations or derive_expectations(db_path)
+        expectations = derive_expectations(db_path)
+        if given_expectations is not None:  # the fields it names; the rest as derived
+            expectations = given_expectations.over(expectations)
         pack = sign_document(
             with_identity(
                 pack_doc(
