@@ -419,3 +419,11 @@ def test_an_expect_file_may_name_only_some_fields(world: World, tmp_path: Path) 
                       "--release-id", "2", "--generation", "1", "--expect-file", str(partial),
                       env=world.env)
     assert "row_cont" in _refused(typo, "manifest_schema_invalid", 1)
+
+
+def test_shell_completion_completes_commands() -> None:
+    script = kristalctl("--show-completion", "bash")
+    assert script.returncode == 0 and "_kristalctl_completion" in script.stdout, script.stderr
+    done = kristalctl(env={"_KRISTALCTL_COMPLETE": "complete_bash",
+                           "COMP_WORDS": "kristalctl rollb", "COMP_CWORD": "1"})
+    assert done.stdout.split() == ["rollback"], (done.stdout, done.stderr)

@@ -10,7 +10,7 @@ import typer
 from kristal.errors import UsageInvalid
 
 app = typer.Typer(
-    add_completion=False,
+    add_completion=True,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     help="Release activation for Kristal data releases.",
