@@ -43,7 +43,7 @@ def main() -> None:
 def _run() -> None:
     try:
         # Without standalone mode, click hands a command's typer.Exit back as the return value.
-        status = app(standalone_mode=False)
+        status = app(standalone_mode=False, prog_name="kristalctl")
     except KristalError as exc:
         typer.echo(exc.line(), err=True)
         sys.exit(exc.exit_status)
