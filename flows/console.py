@@ -28,10 +28,20 @@ def quiet_prefect() -> None:
                     handler.setLevel(logging.CRITICAL + 1)
 
 
+_json_written = False
+
+
+def json_written() -> bool:
+    """Whether this process already printed its JSON document (a refusal then adds none)."""
+    return _json_written
+
+
 def emit(as_json: bool, document: Any, human: str | Callable[[], None]) -> None:
     """One JSON document (`--json`), or the human text (or what `human()` prints)."""
+    global _json_written
     if as_json:
         sys.stdout.write(json.dumps(document, indent=2, default=str) + "\n")
+        _json_written = True
     elif callable(human):
         human()
     else:

@@ -172,8 +172,9 @@ def test_refusal_prints_one_error_line_and_its_exit_status(
     _refused(kristalctl(*argv), code, status)
 
 
-def test_bad_channel_id_is_path_invalid(world: World) -> None:
-    _refused(kristalctl("status", "Bad/Channel", env=world.env), "path_invalid", 1)
+def test_bad_channel_id_on_the_command_line_is_usage(world: World) -> None:
+    line = _refused(kristalctl("status", "Bad/Channel", env=world.env), "usage_invalid", 2)
+    assert "Bad/Channel" in line
 
 
 def test_unreachable_endpoint_is_storage_unavailable_exit_4(world: World) -> None:
@@ -278,7 +279,7 @@ def test_revoke_floor_and_authorize_print_what_they_did(world: World) -> None:
     _refused(bad, "usage_invalid", 2)
     missing = kristalctl("revoke", world.channel, "--release", "9", "--reason", "x",
                          "--json", env=world.env)
-    _refused(missing, "rollback_target_missing", 1)
+    _refused(missing, "release_unknown", 1)
     index = world.read_json(layout.channel_index(world.channel))
     assert index["index_version"] == 7
 
@@ -427,3 +428,31 @@ def test_shell_completion_completes_commands() -> None:
     done = kristalctl(env={"_KRISTALCTL_COMPLETE": "complete_bash",
                            "COMP_WORDS": "kristalctl rollb", "COMP_CWORD": "1"})
     assert done.stdout.split() == ["rollback"], (done.stdout, done.stderr)
+
+
+def test_json_gives_one_document_for_every_outcome_refusals_and_exit_5_included(
+        world: World) -> None:
+    world.publish(1)
+    world.publish(2, expect={"row_count": 1, "smoke_queries": [], "latency_p95_ms": 50,
+                             "max_rss_mb": 512})
+    world.activate(1, via="plain")
+    who = ("--operator", "pytest", "--reason", "json outcomes")
+    # Exit 5: activated, then rolled back by its failed check; the document says what is live.
+    rolled = kristalctl("activate", world.channel, "--release", "2", *who, "--json",
+                        env=world.env, timeout=180)
+    assert rolled.returncode == 5, rolled.stderr
+    doc = json.loads(rolled.stdout)
+    assert doc["ok"] is False and doc["error"]["code"] == "check_failed"
+    assert doc["error"]["exit_status"] == 5 and doc["channel_id"] == world.channel
+    assert doc["live"]["release_id"] == 1 and doc["live"]["kind"] == "auto_rollback"
+    # A refusal (exit 1): a release not in the index.
+    refused = kristalctl("activate", world.channel, "--release", "9", *who, "--json",
+                         env=world.env)
+    assert refused.returncode == 1, refused.stderr
+    doc = json.loads(refused.stdout)
+    assert doc["error"]["code"] == "release_unknown" and doc["live"]["release_id"] == 1
+    # Usage (exit 2): a malformed channel id.
+    usage = kristalctl("status", "Acme/Prod", "--json", env=world.env)
+    assert usage.returncode == 2, usage.stderr
+    assert json.loads(usage.stdout)["error"]["code"] == "usage_invalid"
+    assert usage.stderr.startswith("error: usage_invalid: ")

@@ -494,7 +494,7 @@ def test_governance_change_of_an_unpublished_release_changes_nothing(world: Worl
                  lambda: revoke(world.ctx, world.keys.authority, world.channel, 9, "r")):
         with pytest.raises(KristalError) as info:
             call()
-        assert info.value.code == "rollback_target_missing"
+        assert info.value.code == "release_unknown"
     assert read_index_bytes(world.store, world.channel) == before
 
 

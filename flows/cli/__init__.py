@@ -9,8 +9,10 @@ history, ...) import none, unless `KRISTAL_STORE_BLOCK` names a store block to l
 from __future__ import annotations
 
 import gc
+import json
 import sys
 import uuid
+from typing import NoReturn
 
 import typer
 
@@ -25,7 +27,8 @@ from flows.cli import (  # noqa: F401 (commands)
     respond,
 )
 from flows.cli.app import app
-from kristal.errors import EXIT_USAGE, KristalError
+from flows.console import json_written
+from kristal.errors import EXIT_USAGE, Infrastructure, KristalError
 
 __all__ = ["app", "main"]
 
@@ -45,22 +48,56 @@ def _run() -> None:
         # Without standalone mode, click hands a command's typer.Exit back as the return value.
         status = app(standalone_mode=False, prog_name="kristalctl")
     except KristalError as exc:
-        typer.echo(exc.line(), err=True)
-        sys.exit(exc.exit_status)
+        _fail(exc.code, exc.message, exc.exit_status, live=not isinstance(exc, Infrastructure))
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except (typer.Abort, KeyboardInterrupt):
-        typer.echo("error: activation_aborted: interrupted", err=True)
-        sys.exit(1)
+        _fail("activation_aborted", "interrupted", 1, live=True)
     except Exception as exc:
         usage = _usage_error(exc)
         if usage is not None:
-            typer.echo(f"error: usage_invalid: {usage}", err=True)
-            sys.exit(EXIT_USAGE)
+            _fail("usage_invalid", usage, EXIT_USAGE, live=False)
         ref = uuid.uuid4().hex[:8]
-        typer.echo(f"error: internal_error: {type(exc).__name__}: {exc} (ref {ref})", err=True)
-        sys.exit(4)
+        _fail("internal_error", f"{type(exc).__name__}: {exc} (ref {ref})", 4, live=False)
     sys.exit(status if isinstance(status, int) else 0)
+
+
+def _fail(code: str, message: str, status: int, *, live: bool) -> NoReturn:
+    """The one `error:` line on stderr and the exit status; with `--json`, also one JSON
+    document on stdout (unless the command printed its own): the code, the message, the exit
+    status and, for a refusal, conflict or rollback, what is live in the command's channel."""
+    typer.echo(f"error: {code}: {message}", err=True)
+    if "--json" in sys.argv[1:] and not json_written():
+        doc: dict[str, object] = {"ok": False, "error": {"code": code, "message": message,
+                                                         "exit_status": status}}
+        if live:
+            doc.update(_live_in_channel())
+        sys.stdout.write(json.dumps(doc, indent=2, default=str) + "\n")
+    sys.exit(status)
+
+
+def _live_in_channel() -> dict[str, object]:
+    """`channel_id` and `live` (the pointer's release, sequence and activation) of the first
+    argument that is a channel id; nothing if there is none or it cannot be read."""
+    from kristal.formats.models import validate_channel_id
+
+    for arg in sys.argv[2:]:
+        try:
+            channel = validate_channel_id(arg)
+        except Exception:
+            continue
+        try:
+            from kristal.channel import records
+            from tasks.runtime import domain_context
+
+            record = records.read_pointer(domain_context(), channel).record
+        except Exception:
+            return {"channel_id": channel}
+        live = None if record is None else {
+            "release_id": record.active.release_id, "sequence": record.sequence,
+            "activation_id": record.activation_id, "kind": record.kind}
+        return {"channel_id": channel, "live": live}
+    return {}
 
 
 def _usage_error(exc: Exception) -> str | None:

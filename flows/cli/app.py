@@ -40,7 +40,20 @@ def _main(version: Annotated[bool, typer.Option(
 app.add_typer(keys_app, name="keys")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
-Channel = Annotated[str, typer.Argument(help="<tenant>/<environment>/<region>")]
+def _channel_argument(value: str) -> str:
+    """A malformed channel id on the command line is a usage error (exit 2), checked before
+    anything is read; in a document it stays `path_invalid`."""
+    from kristal.errors import PathInvalid
+    from kristal.formats.models import validate_channel_id
+
+    try:
+        return validate_channel_id(value)
+    except PathInvalid as exc:
+        raise UsageInvalid(exc.message) from None
+
+
+Channel = Annotated[str, typer.Argument(help="tenant/environment/region, e.g. acme/prod/eu-west-1",
+                                        callback=_channel_argument)]
 OperatorOpt = Annotated[str, typer.Option("--operator", help="Who is doing this (recorded).")]
 ReasonOpt = Annotated[str, typer.Option("--reason", help="Why (recorded).")]
 CorrelationOpt = Annotated[str | None, typer.Option(

@@ -9,7 +9,7 @@ from typing import Any
 
 from kristal.channel.index import index_body, update_index
 from kristal.context import Context
-from kristal.errors import RollbackTargetMissing, UsageInvalid
+from kristal.errors import ChannelUnknown, ReleaseUnknown, UsageInvalid
 from kristal.formats.channel_docs import ChannelIndex
 from kristal.formats.identity import DocKind
 from kristal.formats.models import validate_channel_id
@@ -31,9 +31,11 @@ def authorize(
     created: dict[str, Any] = {}
 
     def change(index: ChannelIndex | None) -> dict[str, Any]:
-        entry = index.release(release_id) if index else None
+        if index is None:
+            raise ChannelUnknown(f"{channel_id} has no index: nothing is published")
+        entry = index.release(release_id)
         if entry is None:
-            raise RollbackTargetMissing(f"release {release_id} is not published in {channel_id}")
+            raise ReleaseUnknown(f"release {release_id} is not published in {channel_id}")
         moment = ctx.now()
         auth = sign_document(
             {
@@ -65,8 +67,10 @@ def revoke(
     ctx: Context, authority: SigningKey, channel_id: str, release_id: int, reason: str
 ) -> ChannelIndex:
     def change(index: ChannelIndex | None) -> dict[str, Any]:
-        if index is None or index.release(release_id) is None:
-            raise RollbackTargetMissing(f"release {release_id} is not published in {channel_id}")
+        if index is None:
+            raise ChannelUnknown(f"{channel_id} has no index: nothing is published")
+        if index.release(release_id) is None:
+            raise ReleaseUnknown(f"release {release_id} is not published in {channel_id}")
         body = index_body(index)
         body["revoked"].append(
             {
@@ -88,7 +92,7 @@ def set_floor(
 ) -> ChannelIndex:
     def change(index: ChannelIndex | None) -> dict[str, Any]:
         if index is None:
-            raise RollbackTargetMissing(f"{channel_id} has no index yet")
+            raise ChannelUnknown(f"{channel_id} has no index: nothing is published")
         if release_id < 0:
             raise UsageInvalid("the floor is a release id >= 0")
         body = index_body(index)

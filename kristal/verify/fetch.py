@@ -13,10 +13,10 @@ from concurrent.futures import ThreadPoolExecutor
 from kristal.channel.index import read_index_bytes
 from kristal.context import Context
 from kristal.errors import (
+    ChannelUnknown,
     FileInventoryMissing,
     ManifestSchemaInvalid,
     ObjectNotFound,
-    RollbackTargetMissing,
 )
 from kristal.formats import layout
 from kristal.formats.artifacts import FederationManifest
@@ -108,7 +108,7 @@ def verify_release(
     )
     raw_index = read_index_bytes(ctx.store, channel_id)
     if raw_index is None:
-        raise RollbackTargetMissing(f"channel {channel_id} has no index: nothing is published")
+        raise ChannelUnknown(f"channel {channel_id} has no index: nothing is published")
     index = verifier.update_index(raw_index[0])
     if trusted is not None:
         trusted.remember(channel_id, index.index_version)

@@ -39,7 +39,7 @@ from kristal.errors import (
     ProfileUnsupported,
     ReleaseIdSubstitutionBlocked,
     ReleaseRevoked,
-    RollbackTargetMissing,
+    ReleaseUnknown,
     RuntimePackRevoked,
     SourceExchangeMismatch,
     ValidationFailed,
@@ -364,7 +364,8 @@ def select_entry(
     if release_id is not None:
         entry = index.release(release_id)
         if entry is None:
-            raise RollbackTargetMissing(f"release {release_id} is not in the channel index")
+            raise ReleaseUnknown(
+                f"release {release_id} is not in the channel index of {index.channel_id}")
         if exchange_id is not None and exchange_id != entry.exchange_id:
             raise ReleaseIdSubstitutionBlocked(f"release {release_id} does not bind {exchange_id}")
         if pack_ids is not None and sorted(pack_ids) != sorted(entry.runtime_pack_ids):
