@@ -22,8 +22,22 @@ __all__ = ["ActivateRequest", "BakeRequest", "BakeTarget", "ChannelOutcome",
 ID_PATTERN = r"^sha256:[0-9a-f]{64}$"
 
 
+_WHO = ("operator", "reason", "correlation_id")
+
+
+def _target_first(schema: dict[str, object]) -> None:
+    """The run form asks what to act on first (channel, release), who and why after: the UI
+    lays a request's fields out in the schema's order, which pydantic starts with the base
+    class's (these three)."""
+    properties = schema.get("properties")
+    if isinstance(properties, dict):
+        ordered = {k: v for k, v in properties.items() if k not in _WHO}
+        ordered.update({k: properties[k] for k in _WHO if k in properties})
+        schema["properties"] = ordered
+
+
 class Operator(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_target_first)
 
     operator: str = Field(min_length=1, description="Who is doing this (recorded).")
     reason: str = Field(min_length=1, description="Why (recorded in the activation record).")
@@ -32,8 +46,21 @@ class Operator(BaseModel):
     )
 
 
+def _activate_schema(schema: dict[str, object]) -> None:
+    _target_first(schema)
+    # A release id or an exact Exchange ID: refused when the run is created (the server and
+    # the UI validate parameters against this schema), not by a run that starts and fails.
+    schema["anyOf"] = [
+        {"required": ["release_id"], "properties": {"release_id": {"type": "integer"}}},
+        {"required": ["exchange_id"], "properties": {"exchange_id": {"type": "string"}}},
+    ]
+
+
 class ActivateRequest(Operator):
-    channel_id: str = Field(pattern=CHANNEL_PATTERN, description="<tenant>/<environment>/<region>")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_activate_schema)
+
+    channel_id: str = Field(pattern=CHANNEL_PATTERN,
+                            description="tenant/environment/region, e.g. acme/prod/eu-west-1.")
     release_id: int | None = Field(None, ge=1, description="Release to activate (from the index).")
     exchange_id: str | None = Field(
         None, pattern=ID_PATTERN, description="Or: the exact Exchange ID ..."
@@ -50,6 +77,12 @@ class ActivateRequest(Operator):
     bake_interval: str | None = Field(
         None, description="How often it is measured while baking; empty: the policy's."
     )
+
+    @model_validator(mode="after")
+    def _a_target(self) -> ActivateRequest:
+        if self.release_id is None and self.exchange_id is None:
+            raise ValueError("give a release id, or an exact Exchange ID with its pack IDs")
+        return self
 
 
 class RollbackRequest(Operator):
@@ -75,7 +108,8 @@ class RollbackRequest(Operator):
 class BakeTarget(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    channel_id: str = Field(pattern=CHANNEL_PATTERN, description="<tenant>/<environment>/<region>")
+    channel_id: str = Field(pattern=CHANNEL_PATTERN,
+                            description="tenant/environment/region, e.g. acme/prod/eu-west-1.")
     activation_id: str | None = Field(
         None, description="The activation to bake; empty: the live one. A bake whose "
         "activation is no longer live ends at once (superseded)."
@@ -110,7 +144,7 @@ class ReverifyRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     channel_ids: list[str] | None = Field(
-        None, description="Channels to re-verify (<tenant>/<environment>/<region>); empty: all."
+        None, description="Channels to re-verify (tenant/environment/region); empty: all."
     )
     checks_timeout_s: float | None = Field(
         None,

@@ -98,6 +98,26 @@ def test_activate_run_form_is_typed(served_ui: PrefectServerProcess) -> None:
     assert set(request["required"]) >= {"channel_id", "operator", "reason"}
     assert "pattern" in fields["channel_id"]
     assert fields["force"]["default"] is False and fields["dry_run"]["default"] is False
+    # What to act on first, who and why last; help texts the UI can show (no <...> it would
+    # take for HTML and eat).
+    order = list(fields)
+    assert order[:2] == ["channel_id", "release_id"], order
+    assert order[-3:] == ["operator", "reason", "correlation_id"], order
+    assert all("<" not in str(f.get("description", "")) for f in fields.values())
+    # A request naming neither a release nor an Exchange is refused when the run is created:
+    # no run starts (and fails, and sets off a pointless rollback).
+    import httpx
+
+    assert deployment["enforce_parameter_schema"] is True
+    answer = httpx.post(
+        f"{served_ui.api_url}/deployments/{deployment['id']}/create_flow_run",
+        json={"parameters": {"request": {"channel_id": "acme/prod/eu-west-1",
+                                         "operator": "pytest", "reason": "no target"}}},
+        timeout=10)
+    assert answer.status_code in (409, 422), answer.text
+    runs = httpx.post(f"{served_ui.api_url}/flow_runs/filter", json={
+        "limit": 10, "deployments": {"id": {"any_": [deployment["id"]]}}}, timeout=10)
+    assert runs.json() == [], runs.text
 
 
 def test_activate_run_form_screenshot(served_ui: PrefectServerProcess, tmp_path: Path) -> None:
@@ -124,5 +144,8 @@ def test_activate_run_form_screenshot(served_ui: PrefectServerProcess, tmp_path:
     assert "Can't connect" not in dom
     for label in ("Channel Id", "Operator", "Reason", "Dry Run"):
         assert label in dom, f"{label!r} not on the rendered run form"
+    # The target first, and the channel's help text rendered as written.
+    assert dom.index("Channel Id") < dom.index("Release Id") < dom.index("Operator")
+    assert "tenant/environment/region, e.g. acme/prod/eu-west-1" in dom
     SCREENSHOT.parent.mkdir(exist_ok=True)
     shutil.copyfile(shot, SCREENSHOT)
