@@ -8,6 +8,7 @@ import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.config import JsonDict
 
 from kristal.config import DEFAULT_CHECKS_TIMEOUT_S, checks_timeout_s
 from kristal.formats.models import CHANNEL_PATTERN
@@ -25,7 +26,7 @@ ID_PATTERN = r"^sha256:[0-9a-f]{64}$"
 _WHO = ("operator", "reason", "correlation_id")
 
 
-def _target_first(schema: dict[str, object]) -> None:
+def _target_first(schema: JsonDict) -> None:
     """The run form asks what to act on first (channel, release), who and why after: the UI
     lays a request's fields out in the schema's order, which pydantic starts with the base
     class's (these three)."""
@@ -46,7 +47,7 @@ class Operator(BaseModel):
     )
 
 
-def _activate_schema(schema: dict[str, object]) -> None:
+def _activate_schema(schema: JsonDict) -> None:
     _target_first(schema)
     # A release id or an exact Exchange ID: refused when the run is created (the server and
     # the UI validate parameters against this schema), not by a run that starts and fails.
