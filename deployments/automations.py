@@ -122,7 +122,9 @@ def automations(registered: Registered, followup_block_id: UUID | None) -> list[
             description="A run of ours whose heartbeats stopped (its worker died with it) is "
             "marked Crashed; a crashed activate/downgrade is then rolled back.",
             trigger=EventTrigger(
-                after={"prefect.flow-run.heartbeat"},
+                # Running too (the server emits it): a run killed before its first heartbeat
+                # reached the server (its events go out from a background queue) is found.
+                after={"prefect.flow-run.heartbeat", "prefect.flow-run.Running"},
                 expect={"prefect.flow-run.heartbeat", "prefect.flow-run.Completed",
                         "prefect.flow-run.Failed", "prefect.flow-run.Cancelled",
                         "prefect.flow-run.Crashed"},

@@ -96,17 +96,23 @@ def s3_admin(seaweed: SeaweedProcess) -> Any:
     )
 
 
-@pytest.fixture
-def store_config(seaweed: SeaweedProcess, s3_admin: Any) -> Iterator[StoreConfig]:
-    """A fresh, unique bucket per test, so tests never see each other's objects."""
+def new_bucket(seaweed: SeaweedProcess, prefix: str = "t") -> StoreConfig:
+    """A fresh, unique bucket on the session's S3 endpoint (a test's, or a module's)."""
     config = StoreConfig(
         endpoint_url=seaweed.endpoint_url,
-        bucket=f"t-{uuid.uuid4().hex[:24]}",
+        bucket=f"{prefix}-{uuid.uuid4().hex[:24]}",
         access_key=TEST_ACCESS_KEY,
         secret_key=TEST_SECRET_KEY,
         region=TEST_REGION,
     )
     ObjectStore(config).ensure_bucket()
+    return config
+
+
+@pytest.fixture
+def store_config(seaweed: SeaweedProcess, s3_admin: Any) -> Iterator[StoreConfig]:
+    """A fresh, unique bucket per test, so tests never see each other's objects."""
+    config = new_bucket(seaweed)
     yield config
     # Dropping the bucket (SeaweedFS deletes non-empty ones) keeps the session server small.
     # Best effort: clean-up must not fail a test that passed.
@@ -149,9 +155,9 @@ def proxy_store(fault_proxy: FaultProxy, store_config: StoreConfig) -> ObjectSto
 # The longest modules first (durations measured in CI), so no worker starts one of them near the
 # end while the other idles: with `--dist loadfile --no-loadscope-reorder` (pyproject) xdist
 # hands out files in this order. The rest keep their collection order.
-SLOWEST_FIRST = ("test_production", "test_automations", "test_bake", "test_responder",
-                 "test_static_checks", "test_fanout", "test_soak", "test_ui", "test_crash_rollback",
-                 "test_fleet")
+SLOWEST_FIRST = ("test_production", "test_bake", "test_automations", "test_fanout",
+                 "test_cli", "test_responder", "test_ui", "test_dev_stack", "test_static_checks",
+                 "test_soak", "test_crash_rollback", "test_fleet")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

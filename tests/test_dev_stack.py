@@ -46,8 +46,8 @@ def _up(home: Path) -> tuple[dict[str, str], str]:
 
 def _status(home: Path) -> tuple[int, dict[str, dict[str, object]]]:
     done = _cli(home, "dev", "status", "--json")
-    doc = json.loads(done.stdout) if done.stdout.strip() else {"components": []}
-    return done.returncode, {c["name"]: c for c in doc["components"]}
+    doc = json.loads(done.stdout)  # one document, the refusal's too
+    return done.returncode, {c["name"]: c for c in doc.get("components", [])}
 
 
 def _readme_sequence() -> list[list[str]]:

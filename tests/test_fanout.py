@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import new_bucket
 from prefect_pool import stop_workers
 from test_cli import REPO_ROOT, kristalctl
 from world import World, make_world
@@ -33,7 +34,6 @@ from kristal.dev.processes import SeaweedProcess
 from kristal.errors import UsageInvalid, WorkerUnavailable
 from kristal.operations.fleet_rules import publish_to_channels
 from kristal.operations.runner import RemoteActivation
-from kristal.store.s3 import ObjectStore, StoreConfig
 from tasks.names import region_queue
 
 BAD_CHECKS = {"row_count": 1, "smoke_queries": [], "latency_p95_ms": 50, "max_rss_mb": 512}
@@ -98,11 +98,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, seaweed: SeaweedProcess,
     """One bucket, keys and trust file for the module, and a pool with a worker per region,
     each worker with its own cache (as on its own host)."""
     base = tmp_path_factory.mktemp("fanout")
-    config = StoreConfig(endpoint_url=seaweed.endpoint_url, bucket=f"t-{uuid.uuid4().hex[:24]}",
-                         access_key=os.environ["AWS_ACCESS_KEY_ID"],  # conftest's aws_test_env
-                         secret_key=os.environ["AWS_SECRET_ACCESS_KEY"],
-                         region=os.environ["AWS_DEFAULT_REGION"])
-    ObjectStore(config).ensure_bucket()
+    config = new_bucket(seaweed)
     patch = pytest.MonkeyPatch()
     patch.setenv("PREFECT_HOME", str(base / "prefect-client"))
     patch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

@@ -48,7 +48,7 @@ from kristal.channel import records
 from kristal.context import Context
 from kristal.dev.processes import SeaweedProcess
 from kristal.errors import CheckFailed, KristalError
-from kristal.store.s3 import ObjectStore, StoreConfig
+from kristal.store.s3 import ObjectStore
 
 READ_TIMEOUT_S = 2.0
 PROXY_DELAY_S = 2.5  # beyond the read timeout: the client gives up, the request still lands
@@ -220,13 +220,10 @@ class Bed:
 @pytest.fixture(scope="module")
 def bed(seaweed: SeaweedProcess, tmp_path_factory: pytest.TempPathFactory,
         prefect_api: str) -> Iterator[Bed]:
-    from conftest import TEST_ACCESS_KEY, TEST_REGION, TEST_SECRET_KEY
+    from conftest import new_bucket
 
     tmp = tmp_path_factory.mktemp("faults")
-    config = StoreConfig(endpoint_url=seaweed.endpoint_url, bucket=f"f-{uuid.uuid4().hex[:24]}",
-                         access_key=TEST_ACCESS_KEY, secret_key=TEST_SECRET_KEY,
-                         region=TEST_REGION)
-    ObjectStore(config).ensure_bucket()
+    config = new_bucket(seaweed, "f")
     patch = pytest.MonkeyPatch()
     try:
         world = make_world(tmp, config, patch)
