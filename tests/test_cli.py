@@ -431,7 +431,8 @@ def test_shell_completion_completes_commands() -> None:
 
 
 def test_json_gives_one_document_for_every_outcome_refusals_and_exit_5_included(
-        world: World) -> None:
+        world: World, prefect_api: str) -> None:
+    world.patch.setenv("PREFECT_API_URL", prefect_api)  # else each CLI run starts a server
     world.publish(1)
     world.publish(2, expect={"row_count": 1, "smoke_queries": [], "latency_p95_ms": 50,
                              "max_rss_mb": 512})
