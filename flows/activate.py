@@ -11,6 +11,7 @@ from flows.prefect_fixes import no_heartbeat_join
 from kristal.operations import activate as operation
 from kristal.operations.outcome import Who
 from tasks.bake_launch import follow_with_bake
+from tasks.run_labels import channel_tags, ended, label_run, release_arrow
 from tasks.runner import PrefectRunner
 from tasks.runtime import domain_context, log_outcome
 
@@ -20,6 +21,10 @@ no_heartbeat_join()  # before any run of this module's flows: see flows.prefect_
 @flow(name="activate", log_prints=True)
 def activate(request: ActivateRequest) -> RunOutcome:
     """Put a published release live in a channel: verify, stage, switch, check, then bake."""
+    label_run(f"{'dry run: ' if request.dry_run else ''}activate {request.channel_id} "
+              f"{release_arrow(request.release_id, request.exchange_id)}",
+              [*channel_tags(request.channel_id), "kristal-activate",
+               *([f"release:{request.release_id}"] if request.release_id else [])])
     run = PrefectRunner()
     outcome = operation.activate(
         run, domain_context(),
@@ -33,4 +38,5 @@ def activate(request: ActivateRequest) -> RunOutcome:
         bake_interval=request.bake_interval,
         who=Who.of(request.operator, request.reason, request.correlation_id, run.run_id),
     )
-    return log_outcome(follow_with_bake(outcome, request.operator))
+    done = log_outcome(follow_with_bake(outcome, request.operator))
+    return ended(done, message=done.message or done.outcome)  # type: ignore[return-value]

@@ -11,6 +11,7 @@ from flows.params import BakeRequest, RunOutcome
 from flows.prefect_fixes import no_heartbeat_join
 from kristal.operations import bake as operation
 from kristal.operations.outcome import Who
+from tasks.run_labels import fleet_tags, label_run
 from tasks.runner import PrefectRunner
 from tasks.runtime import domain_context
 
@@ -21,8 +22,11 @@ no_heartbeat_join()  # before any run of this module's flows: see flows.prefect_
       flow_run_name="bake {request.channel_id}")
 def bake(request: BakeRequest) -> list[RunOutcome]:
     """Measure live releases until their bakes pass, or roll back the ones that fail."""
-    run = PrefectRunner()
     targets = [(t.channel_id, t.activation_id) for t in (request, *request.more)]
+    more = f" and {len(targets) - 1} more" if len(targets) > 1 else ""
+    label_run(f"bake {request.channel_id}{more}",
+              [*fleet_tags([c for c, _ in targets]), "kristal-bake"])
+    run = PrefectRunner()
     return operation.bake_channels(
         run, domain_context(), targets,
         who=Who.of(request.operator, request.reason, None, run.run_id),

@@ -29,6 +29,25 @@ def quiet_prefect() -> None:
 
 
 _json_written = False
+_runs: list[dict[str, str | None]] = []
+
+
+def follow_runs(as_json: bool) -> None:
+    """Say which Prefect run does the work, as soon as it starts: `run: NAME URL` on stdout
+    (stderr is for the one `error:` line), and in the JSON document as `runs`."""
+    from tasks.run_labels import on_run
+
+    def heard(run_id: str, name: str, url: str | None) -> None:
+        _runs.append({"id": run_id, "name": name, "url": url})
+        if not as_json:  # not print(): inside a run, log_prints sends that to the run's log
+            sys.stdout.write(f"run: {name}  {url or run_id}\n")
+            sys.stdout.flush()
+
+    on_run(heard)
+
+
+def runs_followed() -> list[dict[str, str | None]]:
+    return list(_runs)
 
 
 def json_written() -> bool:
@@ -40,6 +59,8 @@ def emit(as_json: bool, document: Any, human: str | Callable[[], None]) -> None:
     """One JSON document (`--json`), or the human text (or what `human()` prints)."""
     global _json_written
     if as_json:
+        if _runs and isinstance(document, dict) and "runs" not in document:
+            document = {**document, "runs": list(_runs)}
         sys.stdout.write(json.dumps(document, indent=2, default=str) + "\n")
         _json_written = True
     elif callable(human):

@@ -13,6 +13,7 @@ from flows.prefect_fixes import no_heartbeat_join
 from kristal.operations import downgrade as operation
 from kristal.operations.outcome import Who
 from tasks.bake_launch import follow_with_bake
+from tasks.run_labels import channel_tags, ended, label_run
 from tasks.runner import PrefectRunner
 from tasks.runtime import domain_context, log_outcome
 
@@ -22,6 +23,9 @@ no_heartbeat_join()  # before any run of this module's flows: see flows.prefect_
 @flow(name="downgrade", log_prints=True)
 def downgrade(request: DowngradeRequest) -> RunOutcome:
     """Move a channel to an older generation, only to a target an authorization blesses."""
+    label_run(f"downgrade {request.channel_id} → {request.release_id}",
+              [*channel_tags(request.channel_id), "kristal-downgrade",
+               f"release:{request.release_id}"])
     run = PrefectRunner()
     outcome = operation.downgrade(
         run, domain_context(),
@@ -31,4 +35,5 @@ def downgrade(request: DowngradeRequest) -> RunOutcome:
         require_approval=request.require_approval,
         who=Who.of(request.operator, request.reason, request.correlation_id, run.run_id),
     )
-    return log_outcome(follow_with_bake(outcome, request.operator))
+    done = log_outcome(follow_with_bake(outcome, request.operator))
+    return ended(done, message=done.message or done.outcome)  # type: ignore[return-value]

@@ -9,6 +9,7 @@ from prefect import flow
 from flows.params import ReverifyRequest, ReverifyResult
 from flows.prefect_fixes import no_heartbeat_join
 from kristal.operations import reverify as operation
+from tasks.run_labels import fleet_tags, label_run
 from tasks.runner import PrefectRunner
 from tasks.runtime import domain_context
 
@@ -20,6 +21,10 @@ def reverify(request: ReverifyRequest | None = None) -> ReverifyResult:
     """Re-verify live stores: chain, signatures, expiry, objects, local index, checks."""
     request = request or ReverifyRequest()
     assert request.checks_timeout_s is not None
+    chosen = request.channel_ids
+    label_run("reverify " + ("every channel" if not chosen else ", ".join(chosen[:3])
+                             + (f" and {len(chosen) - 3} more" if len(chosen) > 3 else "")),
+              [*fleet_tags(chosen or []), "kristal-reverify"])
     return operation.reverify(
         PrefectRunner(), domain_context(),
         channel_ids=request.channel_ids,

@@ -116,4 +116,8 @@ def follow_run(run: FlowRun, *, start_timeout_s: float | None = None) -> Outcome
 def run_via_deployment(deployment: str, request: Any) -> Outcome:
     """Run `deployment` (`flow/name`) with `request`, wait for its end, return its outcome or
     raise the error it failed with."""
-    return follow_run(submit_run(deployment, {"request": request.model_dump(mode="json")}))
+    from tasks.run_labels import announce
+
+    run = submit_run(deployment, {"request": request.model_dump(mode="json")})
+    announce(str(run.id), run.name)
+    return follow_run(run)

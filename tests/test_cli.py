@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import stat
 import subprocess
@@ -446,6 +447,10 @@ def test_json_gives_one_document_for_every_outcome_refusals_and_exit_5_included(
     assert doc["ok"] is False and doc["error"]["code"] == "check_failed"
     assert doc["error"]["exit_status"] == 5 and doc["channel_id"] == world.channel
     assert doc["live"]["release_id"] == 1 and doc["live"]["kind"] == "auto_rollback"
+    # ... and which Prefect run it was, by name and UI address.
+    [run] = doc["runs"]
+    assert run["name"] == f"activate {world.channel} → 2"
+    assert run["url"] == f"{prefect_api.removesuffix('/api')}/runs/flow-run/{run['id']}"
     # A refusal (exit 1): a release not in the index.
     refused = kristalctl("activate", world.channel, "--release", "9", *who, "--json",
                          env=world.env)
@@ -457,3 +462,19 @@ def test_json_gives_one_document_for_every_outcome_refusals_and_exit_5_included(
     assert usage.returncode == 2, usage.stderr
     assert json.loads(usage.stdout)["error"]["code"] == "usage_invalid"
     assert usage.stderr.startswith("error: usage_invalid: ")
+
+
+def test_a_command_that_runs_a_flow_prints_its_run_first(world: World, prefect_api: str) -> None:
+    """Every command that starts a Prefect run says which, with its UI address, as it starts
+    (stdout: stderr holds only an `error:` line)."""
+    world.patch.setenv("PREFECT_API_URL", prefect_api)
+    world.publish(1)
+    proc = kristalctl("activate", world.channel, "--release", "1", "--operator", "pytest",
+                      "--reason", "run url", env=world.env, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    first, *rest = proc.stdout.splitlines()
+    ui = prefect_api.removesuffix("/api")
+    assert re.fullmatch(rf"run: activate {re.escape(world.channel)} → 1  {re.escape(ui)}"
+                        r"/runs/flow-run/[0-9a-f-]{36}", first), proc.stdout
+    assert any("release 1 is live" in line for line in rest), proc.stdout
+    assert proc.stderr == ""

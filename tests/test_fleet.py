@@ -24,6 +24,7 @@ from kristal.errors import (
     UsageInvalid,
 )
 from kristal.formats import layout
+from kristal.operations.fleet_channel import FleetOutcome
 from kristal.operations.fleet_rules import (
     plan_waves,
     publish_to_channels,
@@ -40,6 +41,20 @@ def test_plan_waves_puts_the_first_channel_alone_then_waves_in_order() -> None:
     assert plan_waves([A, B, C, D, E], None, 2) == [[A], [B, C], [D, E]]
     assert plan_waves([A, B, C, D, E], None, 3) == [[A], [B, C, D], [E]]
     assert plan_waves([A], None, 5) == [[A]]
+
+
+def _run(request: object) -> FleetOutcome:
+    """The fleet flow as the CLI runs it; its run ends Failed exactly when the fleet did not
+    do what it was asked (halted, a channel refused or rolled back), Completed otherwise."""
+    from flows.fleet import run_fleet
+
+    outcome, state = run_fleet(request)  # type: ignore[arg-type]
+    should_fail = outcome.outcome != "planned" and outcome.exit_status != 0
+    assert state.is_failed() == should_fail, (state, outcome.outcome, outcome.exit_status)
+    assert state.is_completed() != should_fail
+    if outcome.outcome == "halted":
+        assert f"halted at wave {outcome.halted_at_wave}" in (state.message or "")
+    return outcome
 
 
 def test_plan_waves_with_named_canaries_or_none() -> None:
@@ -108,11 +123,9 @@ def downloads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 def test_fleet_activates_every_channel_in_waves_with_one_download(
     prefect_api: str, world: World, downloads: list[str]
 ) -> None:
-    from flows.fleet import fleet_activate
-
     channels = _fleet(world)
     _release(world, channels, 1)
-    result = fleet_activate(_request(channels, 1))
+    result = _run(_request(channels, 1))
 
     assert result.outcome == "activated" and result.vetoed == []
     assert result.waves == [channels[:1], channels[1:3], channels[3:]]
@@ -150,7 +163,7 @@ def test_fleet_activates_every_channel_in_waves_with_one_download(
     assert progress.description == "wave 3 of 3 done: 5 of 5 channels live"
 
     # A second run of the same fleet finds every channel live and checked: nothing changes.
-    again = fleet_activate(_request(channels, 1))
+    again = _run(_request(channels, 1))
     assert {o.result for o in again.channels} == {"already_live"}
     assert len(downloads) == 2
 
@@ -158,15 +171,13 @@ def test_fleet_activates_every_channel_in_waves_with_one_download(
 def test_failed_canary_halts_rolls_back_there_and_vetoes_the_rest(
     prefect_api: str, world: World
 ) -> None:
-    from flows.fleet import fleet_activate
-
     channels = _fleet(world)
     _release(world, channels, 1)
-    assert fleet_activate(_request(channels, 1)).outcome == "activated"
+    assert _run(_request(channels, 1)).outcome == "activated"
     _release(world, channels, 2, expect=BROKEN)
     before = {c: records.read_pointer(world.ctx, c).raw for c in channels[1:]}
 
-    result = fleet_activate(_request(channels, 2, revoke_vetoed=True))
+    result = _run(_request(channels, 2, revoke_vetoed=True))
 
     assert result.outcome == "halted" and result.halted_at_wave == 1
     canary = result.channels[0]
@@ -190,7 +201,7 @@ def test_failed_canary_halts_rolls_back_there_and_vetoes_the_rest(
     with pytest.raises(ReleaseRevoked):
         activate(ActivateRequest(channel_id=channels[1], release_id=2, operator="pytest",
                                  reason="try anyway"))
-    rerun = fleet_activate(_request(channels, 2))
+    rerun = _run(_request(channels, 2))
     assert rerun.outcome == "halted" and rerun.channels[0].error_code == "release_quarantined"
     assert {c: records.read_pointer(world.ctx, c).raw for c in channels[1:]} == before
     assert "halted at wave 1" in _artifacts(rerun.artifact_keys[0])[0].data
@@ -246,12 +257,10 @@ def gets(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
 def test_fleet_fetches_shared_manifests_once_and_reads_every_channels_own_index(
     prefect_api: str, world: World, gets: Counter[str]
 ) -> None:
-    from flows.fleet import fleet_activate
-
     channels = _fleet(world, 4)
     _release(world, channels, 1)
     gets.clear()
-    assert fleet_activate(_request(channels, 1)).outcome == "activated"
+    assert _run(_request(channels, 1)).outcome == "activated"
     live = records.read_pointer(world.ctx, channels[0]).record
     assert gets[layout.exchange_manifest(live.active.exchange_id)] == 1
     for pack_id in live.active.runtime_pack_ids:
@@ -264,12 +273,10 @@ def test_fleet_fetches_shared_manifests_once_and_reads_every_channels_own_index(
 def test_a_channel_whose_index_names_other_content_is_verified_and_staged_on_its_own(
     prefect_api: str, world: World, downloads: list[str]
 ) -> None:
-    from flows.fleet import fleet_activate
-
     channels = _fleet(world, 3)
     _release(world, channels[:2], 1)
     other = world.publish(1, channel=channels[2], rows=61)  # same release ID, other content
-    result = fleet_activate(_request(channels, 1))
+    result = _run(_request(channels, 1))
 
     assert result.outcome == "activated"
     assert [o.downloaded for o in result.channels] == [0, 0, 2]  # the fleet staged 2 objects
@@ -325,16 +332,15 @@ def test_skew_report_takes_known_checks_only_for_the_live_activation(
 def test_fleet_dry_run_verifies_every_channel_and_switches_nothing(
     prefect_api: str, world: World
 ) -> None:
-    from flows.fleet import fleet_activate
     from kristal.channel.governance import revoke
 
     channels = _fleet(world, 4)
     _release(world, channels, 1)
-    assert fleet_activate(_request(channels[:1], 1)).outcome == "activated"
+    assert _run(_request(channels[:1], 1)).outcome == "activated"
     revoke(world.ctx, world.keys.authority, channels[3], 1, "bad build here")
     before = {c: records.read_pointer(world.ctx, c).raw for c in channels}
 
-    result = fleet_activate(_request(channels, 1, dry_run=True))
+    result = _run(_request(channels, 1, dry_run=True))
 
     assert result.outcome == "planned" and result.halted_at_wave is None
     assert [(o.channel_id, o.result) for o in result.channels] == [
@@ -354,8 +360,6 @@ def test_a_storage_hiccup_in_one_channel_retries_only_that_channel(
     from conftest import TEST_ACCESS_KEY, TEST_SECRET_KEY
     from faultproxy import Action, FaultProxy
 
-    from flows.fleet import fleet_activate
-
     channels = _fleet(world, 3)
     _release(world, channels, 1)
     with FaultProxy(world.ctx.store.config.endpoint_url, access_key=TEST_ACCESS_KEY,
@@ -363,7 +367,7 @@ def test_a_storage_hiccup_in_one_channel_retries_only_that_channel(
         monkeypatch.setenv("KRISTAL_S3_ENDPOINT", proxy.url)
         proxy.add_rule(Action.STATUS, method="GET", key_contains=layout.channel_index(
             channels[2]), status=503, times=3)
-        result = fleet_activate(_request(channels, 1))
+        result = _run(_request(channels, 1))
         index_gets = {c: len(proxy.requests("GET", layout.channel_index(c))) for c in channels}
 
     assert result.outcome == "activated"

@@ -46,6 +46,25 @@ def _artifacts(key: str) -> list[object]:
         )
 
 
+def _flow_run(flow_run_id: object) -> Any:
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(flow_run_id)  # type: ignore[arg-type]
+
+
+def _task_states(flow_run_id: object) -> dict[str, str]:
+    """Each task's name (the domain step) and the type of its final state."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(
+            id=FlowRunFilterId(any_=[flow_run_id])))  # type: ignore[list-item]
+    # A task run is named after its step and a suffix Prefect adds (`switch-pointer-9dc`).
+    return {r.name.rsplit("-", 1)[0]: r.state.type.value for r in runs if r.state is not None}
+
+
 def test_activate_flow_switches_checks_and_leaves_artifacts(prefect_api: str, world: World) -> None:
     from flows.activate import activate
     from tasks.names import lock_name
@@ -56,6 +75,13 @@ def test_activate_flow_switches_checks_and_leaves_artifacts(prefect_api: str, wo
     live = world.pointer().record
     assert live.active.release_id == 1 and live.correlation_id == "CHG-1"
     assert live.flow_run_id is not None
+    # The run says what it did: its name, tags to filter by, and how it ended.
+    run = _flow_run(live.flow_run_id)
+    assert run.name == f"activate {world.channel} → 1"
+    tenant, environment, region = world.channel.split("/")
+    assert {f"channel:{world.channel}", f"tenant:{tenant}", f"environment:{environment}",
+            f"region:{region}", "release:1"} <= set(run.tags)
+    assert run.state.is_completed() and "release 1 is live" in (run.state.message or "")
     key_suffix = world.channel.replace("/", "-")
     markdown = _artifacts(f"verification-{key_suffix}")
     assert markdown and "activated and checked" in markdown[0].data
@@ -82,6 +108,13 @@ def test_failed_check_in_flow_rolls_back_and_fails_the_run(prefect_api: str, wor
     assert (live.kind, live.active.release_id, live.sequence) == ("auto_rollback", 1, 3)
     assert records.read_checks_at(world.ctx, world.channel, 2).result == "failed"
     assert records.read_checks_at(world.ctx, world.channel, 3).result == "passed"
+    # The failed check is a failed task of a failed run; the steps before it are green.
+    run = _flow_run(live.flow_run_id)
+    assert run.name == f"activate {world.channel} → 2" and run.state.is_failed()
+    tasks = _task_states(live.flow_run_id)
+    assert tasks["post-activation-checks"] == "FAILED", tasks
+    assert tasks["switch-pointer"] == "COMPLETED", tasks
+    assert [n for n, s in tasks.items() if s == "FAILED"] == ["post-activation-checks"], tasks
 
 
 def test_dry_run_verifies_and_stages_without_switching(prefect_api: str, world: World) -> None:
@@ -121,7 +154,11 @@ def test_rollback_flow_guarded_by_expected_activation_id(prefect_api: str, world
         reason="late report",
         expected_activation_id="00000000-0000-0000-0000-000000000000",
     )
-    assert rollback(stale).outcome == "nothing_to_do"
+    state = rollback(stale, return_state=True)
+    assert state.result().outcome == "nothing_to_do"
+    needless = _flow_run(state.state_details.flow_run_id)
+    assert needless.name == f"rollback {world.channel} → last-known-good: nothing to do"
+    assert state.is_completed() and "nothing" in (state.message or "")
     assert world.pointer().record.sequence == 2
     live_id = world.pointer().record.activation_id
     done = rollback(
@@ -134,6 +171,7 @@ def test_rollback_flow_guarded_by_expected_activation_id(prefect_api: str, world
     )
     assert done.outcome == "rolled_back" and done.release_id == 1
     record = world.pointer().record
+    assert _flow_run(record.flow_run_id).name == f"rollback {world.channel} → 1"
     assert record.kind == "rollback" and record.rollback_mode
     assert record.highest_activated_release_id == 2
     # The same request again is a no-op: that activation is no longer live.

@@ -65,13 +65,18 @@ def _run() -> None:
 def _fail(code: str, message: str, status: int, *, live: bool) -> NoReturn:
     """The one `error:` line on stderr and the exit status; with `--json`, also one JSON
     document on stdout (unless the command printed its own): the code, the message, the exit
-    status and, for a refusal, conflict or rollback, what is live in the command's channel."""
+    status, for a refusal, conflict or rollback, what is live in the command's channel, and
+    the Prefect runs it started (`runs`)."""
     typer.echo(f"error: {code}: {message}", err=True)
     if "--json" in sys.argv[1:] and not json_written():
         doc: dict[str, object] = {"ok": False, "error": {"code": code, "message": message,
                                                          "exit_status": status}}
         if live:
             doc.update(_live_in_channel())
+        from flows.console import runs_followed
+
+        if runs_followed():
+            doc["runs"] = runs_followed()
         sys.stdout.write(json.dumps(doc, indent=2, default=str) + "\n")
     sys.exit(status)
 

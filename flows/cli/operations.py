@@ -19,7 +19,7 @@ from flows.cli.app import (
     request_model,
     store_preflight,
 )
-from flows.console import emit, quiet_prefect
+from flows.console import emit, follow_runs, quiet_prefect
 from kristal.errors import UsageInvalid
 
 
@@ -53,6 +53,7 @@ def _via(deployment: str, request: Any) -> Any:
 
 def _run_flow(as_json: bool, call: Callable[[], Any]) -> None:
     quiet_prefect()
+    follow_runs(as_json)
     outcome = call()
     doc = outcome.model_dump(mode="json")
     emit(as_json, doc, outcome.message or outcome.outcome)
@@ -234,10 +235,11 @@ def fleet_activate_command(
                      dry_run=dry_run, fan_out=fan_out, operator=operator, reason=reason,
                      correlation_id=correlation_id)
     quiet_prefect()
+    follow_runs(as_json)
     store_preflight()
-    from flows.fleet import fleet_activate
+    from flows.fleet import run_fleet
 
-    outcome = fleet_activate(request)
+    outcome, _ = run_fleet(request)
     if outcome.outcome == "planned":
         refused = [o for o in outcome.channels if o.result in ("refused", "error")]
         would = sum(o.result == "planned" for o in outcome.channels)
@@ -288,6 +290,7 @@ def bake_command(
     request = request_model(BakeRequest, **pairs[0], more=pairs[1:], operator=operator,
                             reason="bake")
     quiet_prefect()
+    follow_runs(as_json)
     store_preflight()
     from flows.bake import bake
 
@@ -307,6 +310,7 @@ def reverify_command(
 
     request = request_model(ReverifyRequest, channel_ids=list(channels) if channels else None)
     quiet_prefect()
+    follow_runs(as_json)
     store_preflight()
     from flows.reverify import reverify
 
