@@ -22,8 +22,13 @@ from tasks.names import artifact_key
 
 def publish_artifact(artifact: Artifact) -> None:
     key = artifact_key(artifact.kind, artifact.scope)
-    if artifact.markdown is not None:
-        create_markdown_artifact(key=key, markdown=artifact.markdown,
+    try:
+        markdown = artifact.text()
+    except Exception as exc:  # a view built from reads (a history): never fail the run for it
+        run_logger().warning(f"{key} not written: {type(exc).__name__}: {exc}")
+        return
+    if markdown is not None:
+        create_markdown_artifact(key=key, markdown=markdown,
                                  description=artifact.description)
     if artifact.table is not None:
         create_table_artifact(key=key, table=artifact.table, description=artifact.description)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
+from uuid import UUID
 
 from prefect.states import Completed, Failed, State
 
@@ -65,7 +66,7 @@ def label_run(name: str, tags: Iterable[str] = ()) -> None:
     try:
         merged = sorted({*flow_run.get_tags(), *tags})
         with get_client(sync_client=True) as client:
-            client.update_flow_run(run_id, name=name, tags=merged)
+            client.update_flow_run(UUID(str(run_id)), name=name, tags=merged)
     except Exception as exc:  # a view: never fail the run for it
         run_logger().warning(f"run not renamed to {name!r}: {type(exc).__name__}: {exc}")
     announce(str(run_id), name)

@@ -478,3 +478,37 @@ def test_a_command_that_runs_a_flow_prints_its_run_first(world: World, prefect_a
                         r"/runs/flow-run/[0-9a-f-]{36}", first), proc.stdout
     assert any("release 1 is live" in line for line in rest), proc.stdout
     assert proc.stderr == ""
+
+
+def test_history_shows_an_automatic_rollbacks_cause_and_draws_its_timeline(
+        world: World, tmp_path: Path) -> None:
+    """`history`: each record's status; an automatic rollback shows its cause (the failed
+    check), not the failed activation's reason; `--plot` draws the timeline."""
+    world.publish(1)
+    world.publish(2, expect={"row_count": 1, "smoke_queries": [], "latency_p95_ms": 50,
+                             "max_rss_mb": 512})
+    world.activate(1, via="plain")
+    with pytest.raises(Exception, match="check"):
+        world.activate(2, via="plain", reason="CHG-2 ship it")
+    proc = kristalctl("history", world.channel, "--json", env=world.env)
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)
+    assert [(r["sequence"], r["kind"], r["release_id"], r["status"]) for r in rows] == [
+        (1, "activate", 1, "superseded"), (2, "activate", 2, "failed"),
+        (3, "auto_rollback", 1, "live")]
+    assert rows[2]["reason"] == "CHG-2 ship it"  # recorded as the run's reason ...
+    assert rows[2]["cause"].startswith("failed checks: row_count")  # ... shown by its cause
+    assert rows[1]["checks_reason"].startswith("row_count")
+    table = kristalctl("history", world.channel, env=world.env)
+    assert table.returncode == 0, table.stderr
+    assert "cause: failed checks: row_count" in table.stdout and "* live" in table.stdout
+    svg = tmp_path / "timeline.svg"
+    drawn = kristalctl("history", world.channel, "--plot", str(svg), env=world.env)
+    assert drawn.returncode == 0, drawn.stderr
+    picture = svg.read_text()
+    assert picture.startswith("<svg") and f"timeline of {world.channel}" in picture
+    assert ">r1<" in picture and ">r2<" in picture and "✗" in picture and "↩" in picture
+    assert "cause: failed checks: row_count" in picture  # the rollback band's tooltip
+    refused = kristalctl("history", world.channel, "--plot", str(tmp_path / "t.gif"),
+                         env=world.env)
+    _refused(refused, "usage_invalid", 2)

@@ -115,6 +115,13 @@ def test_failed_check_in_flow_rolls_back_and_fails_the_run(prefect_api: str, wor
     assert tasks["post-activation-checks"] == "FAILED", tasks
     assert tasks["switch-pointer"] == "COMPLETED", tasks
     assert [n for n, s in tasks.items() if s == "FAILED"] == ["post-activation-checks"], tasks
+    # The channel's history page: its timeline picture and the rollback's cause.
+    page = _artifacts(f"history-{world.channel.replace('/', '-')}")
+    latest = max(page, key=lambda a: a.created).data  # type: ignore[attr-defined]
+    assert f"# History of `{world.channel}`" in latest
+    assert f"![timeline of {world.channel}](data:image/svg+xml;base64," in latest
+    assert "| auto_rollback | 1 | ✓ |" in latest and "cause: failed checks: smoke_query" in latest
+    assert "| **live** |" in latest
 
 
 def test_dry_run_verifies_and_stages_without_switching(prefect_api: str, world: World) -> None:

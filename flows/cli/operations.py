@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -223,10 +224,17 @@ def fleet_activate_command(
         "queue of its region (kristal-<region>: kristalctl deploy --pool NAME --region R) and "
         "wait for them; waves, halt and veto as without. With --dry-run: the queues are "
         "checked, the dry run itself runs here.")] = False,
+    plot: Annotated[Path | None, typer.Option(
+        "--plot", metavar="FILE", help="Also draw the fleet grid (channel by wave, coloured "
+        "by outcome) to FILE: .svg, or .png (rendered by a local Chromium).")] = None,
     correlation_id: CorrelationOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Activate one release across many channels in waves (canary first); halt and veto."""
+    """Activate one release across many channels in waves (canary first); halt and veto.
+
+    Example: kristalctl fleet-activate acme/prod/eu-west-1 acme/prod/us-east-1 --release 4
+    --operator alice --reason CHG-42 --wave-size 10 --plot fleet.svg
+    """
     from flows.params import FleetRequest
 
     request = request_model(FleetRequest, channel_ids=channels, release_id=release,
@@ -240,6 +248,11 @@ def fleet_activate_command(
     from flows.fleet import run_fleet
 
     outcome, _ = run_fleet(request)
+    if plot is not None:
+        from flows.cli.pictures import write_picture
+        from kristal.operations.fleet_channel import fleet_grid
+
+        write_picture(plot, fleet_grid(outcome))
     if outcome.outcome == "planned":
         refused = [o for o in outcome.channels if o.result in ("refused", "error")]
         would = sum(o.result == "planned" for o in outcome.channels)

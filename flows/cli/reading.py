@@ -3,6 +3,7 @@ record, and what is live in every channel of the bucket."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -58,46 +59,39 @@ def status_command(channel: Channel, as_json: JsonOpt = False) -> None:
     emit(as_json, doc, human)
 
 
+PlotOpt = Annotated[Path | None, typer.Option(
+    "--plot", help="Also draw it to FILE: .svg, or .png (rendered by a local Chromium).",
+    metavar="FILE")]
+
+
 @app.command("history")
 def history_command(
     channel: Channel,
     max_rows: Annotated[int | None, typer.Option(
         "--max", min=1, help="Only the last N records.")] = None,
+    plot: PlotOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Every record, oldest first, like `helm history`: time, kind, release, its checks and
-    bake, and a status (live, superseded, rolled back, failed).
+    """Every record, oldest first, like `helm history`: time, status (live, superseded,
+    rolled back, failed), kind, release, checks, bake, who (and who approved), why (for an
+    automatic rollback: its cause).
 
-    Example: kristalctl history acme/prod/eu-west-1 --max 10
+    Examples: kristalctl history acme/prod/eu-west-1 --max 10;
+    kristalctl history acme/prod/eu-west-1 --plot timeline.svg
     """
-    from kristal.channel import records
-    from kristal.channel.bakes import bake_state
-    from kristal.channel.history import history
+    from kristal.channel.history_rows import history_rows
 
     ctx = domain_context()
-    listed = history(ctx, channel)
-    if not listed:
+    rows = history_rows(ctx, channel)
+    if not rows:
         _require_published(ctx, channel)
-    rows = []
-    for i, record in enumerate(listed):
-        checks = records.read_checks(ctx, record)
-        later = listed[i + 1] if i + 1 < len(listed) else None
-        bake = bake_state(ctx, record, live=later is None)
-        status = (
-            "failed" if (checks is not None and checks.result == "failed") or bake == "failed"
-            else "live" if later is None
-            else "rolled back" if later.kind in ("rollback", "auto_rollback")
-            else "superseded")
-        rows.append({
-            "sequence": record.sequence, "status": status, "kind": record.kind,
-            "release_id": record.active.release_id, "generation": record.active.generation,
-            "operator": record.operator, "reason": record.reason,
-            "created_at": record.created_at.isoformat(), "forced": record.forced,
-            "activation_id": record.activation_id,
-            "checks": checks.result if checks else "pending", "bake": bake,
-        })
     if max_rows is not None:
         rows = rows[-max_rows:]
+    if plot is not None:
+        from flows.cli.pictures import write_picture
+        from kristal.operations.pictures import timeline_svg
+
+        write_picture(plot, timeline_svg(channel, rows, ctx.now()))
 
     def human() -> None:
         import sys
@@ -108,19 +102,21 @@ def history_command(
 
         # Recorded strings are shown verbatim: Text is never parsed as Rich markup.
         table = Table(title=Text(f"history of {channel}"))
-        columns = ("created_at", "sequence", "status", "kind", "release_id", "generation",
-                   "checks", "bake", "operator", "reason")
         for column in ("time", "seq", "status", "kind", "release", "gen", "checks", "bake",
-                       "operator", "reason"):
+                       "by", "why"):
             table.add_column(column)
         for r in rows:
             style = ("red" if r["status"] == "failed" else "bold green" if r["status"] == "live"
                      else "")
-            cells = [Text(str(r[k])[:19].replace("T", " ") if k == "created_at" else
-                          ("* live" if k == "status" and r[k] == "live" else str(r[k])))
-                     for k in columns]
-            table.add_row(*cells, style=style)
+            by = r["operator"] + (f" (approved: {r['approver']})" if r["approver"] else "")
+            why = f"cause: {r['cause']}" if r["cause"] else r["reason"]
+            cells = [r["created_at"][:19].replace("T", " "), r["sequence"],
+                     "* live" if r["status"] == "live" else r["status"], r["kind"],
+                     r["release_id"], r["generation"], r["checks"], r["bake"], by, why]
+            table.add_row(*(Text(str(c)) for c in cells), style=style)
         Console(width=160, no_color=not sys.stdout.isatty()).print(table)
+        if plot is not None:
+            print(f"timeline drawn to {plot}")
 
     emit(as_json, rows, human)
 

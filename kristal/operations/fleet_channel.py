@@ -39,6 +39,7 @@ from kristal.formats.channel_docs import ActivationRecord
 from kristal.once_per_key import OncePerKey
 from kristal.operations.golive import go_live
 from kristal.operations.outcome import Who
+from kristal.operations.pictures import fleet_grid_svg, svg_markdown
 from kristal.operations.plan import plan_activation
 from kristal.operations.runner import HeldLock, RemoteActivation, Runner
 from kristal.runtime import staging
@@ -273,6 +274,12 @@ def vetoed(channel_id: str, wave: int, failed_channel: str) -> ChannelOutcome:
                           message=f"not attempted: the fleet halted after {failed_channel} failed")
 
 
+def fleet_grid(result: FleetOutcome) -> str:
+    """The fleet's grid picture (SVG): channel by wave, coloured by outcome."""
+    return fleet_grid_svg(result.release_id, result.waves,
+                          {o.channel_id: o.result for o in result.channels})
+
+
 def waves_markdown(result: FleetOutcome) -> str:
     lines = [
         f"# fleet-activate release {result.release_id}: {result.outcome}"
@@ -287,6 +294,7 @@ def waves_markdown(result: FleetOutcome) -> str:
         lines.append(f"- **halted at wave {result.halted_at_wave}**; vetoed: "
                      f"{', '.join(result.vetoed) or 'none'}")
     by_channel = {o.channel_id: o for o in result.channels}
+    lines += ["", svg_markdown(fleet_grid(result), "fleet grid: channel by wave")]
     for number, wave in enumerate(result.waves, start=1):
         lines += ["", f"## Wave {number}" + (" (canary)" if number == 1 else ""), "",
                   "| channel | result | sequence | message |", "|---|---|---|---|"]

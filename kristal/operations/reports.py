@@ -8,9 +8,11 @@ from __future__ import annotations
 from typing import Any
 
 from kristal.channel.directory import channel_rows
+from kristal.channel.history_rows import history_rows
 from kristal.context import Context
 from kristal.formats.channel_docs import ActivationRecord, CheckRecord
 from kristal.operations import events
+from kristal.operations.pictures import svg_markdown, timeline_svg
 from kristal.operations.plan import ActivationPlan
 from kristal.operations.runner import Artifact, Runner
 
@@ -151,3 +153,34 @@ def publish_board(run: Runner, ctx: Context, channel_ids: list[str]) -> None:
     rows = channel_rows(ctx, channel_ids)
     run.publish(Artifact("board", "channels", f"board rows of {len(rows)} channel(s)",
                          table=rows))
+    if len(channel_ids) <= HISTORY_ARTIFACTS_UP_TO:
+        for channel in channel_ids:
+            run.publish(Artifact("history", channel, f"history of {channel}",
+                                 render=lambda c=channel: history_markdown(ctx, c)))  # type: ignore[misc]
+
+
+# A fleet's channels are shown by its grid; their histories are one `history` away.
+HISTORY_ARTIFACTS_UP_TO = 5
+HISTORY_SHOWN = 20
+
+
+def _mark(value: str) -> str:
+    return {"passed": "✓", "failed": "✗"}.get(value, value)
+
+
+def history_markdown(ctx: Context, channel_id: str) -> str:
+    """The channel's history page: its timeline and its last records, newest first."""
+    rows = history_rows(ctx, channel_id, last=HISTORY_SHOWN)
+    lines = [f"# History of `{channel_id}`", "",
+             svg_markdown(timeline_svg(channel_id, rows, ctx.now()), f"timeline of {channel_id}"),
+             "", "| time (UTC) | seq | status | kind | release | checks | bake | by | why |",
+             "|---|---:|---|---|---:|:---:|---|---|---|"]
+    for r in reversed(rows):
+        status = f"**{r['status']}**" if r["status"] == "live" else r["status"]
+        by = r["operator"] + (f" (approved by {r['approver']})" if r.get("approver") else "")
+        why = f"cause: {r['cause']}" if r.get("cause") else r["reason"]
+        lines.append(" | ".join([
+            f"| {r['created_at'][:19].replace('T', ' ')}", str(r["sequence"]), status,
+            r["kind"], str(r["release_id"]), _mark(r["checks"]), r["bake"],
+            by.replace("|", "/"), why.replace("|", "/").replace("\n", " ")[:120]]) + " |")
+    return "\n".join(lines)

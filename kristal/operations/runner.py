@@ -62,13 +62,19 @@ def step(name: str, *, retries: bool = True, run_name: str | None = None,
 class Artifact:
     """A report an operation leaves (a markdown page or a table), keyed by what it is about:
     `kind` (verification, changes, followup, reverify, ...) and `scope` (a channel id, or a
-    fleet's key). The runner decides where it goes (Prefect artifacts, or kept in memory)."""
+    fleet's key). The runner decides where it goes (Prefect artifacts, or kept in memory).
+    A view that costs reads to build (a channel's history) is `render`ed only by a runner
+    that shows it."""
 
     kind: str
     scope: str
     description: str
     markdown: str | None = None
     table: list[dict[str, Any]] | None = None
+    render: Callable[[], str] | None = None
+
+    def text(self) -> str | None:
+        return self.render() if self.render is not None else self.markdown
 
 
 class Progress(Protocol):
