@@ -155,8 +155,8 @@ def proxy_store(fault_proxy: FaultProxy, store_config: StoreConfig) -> ObjectSto
 # The longest modules first (durations measured in CI), so no worker starts one of them near the
 # end while the other idles: with `--dist loadfile --no-loadscope-reorder` (pyproject) xdist
 # hands out files in this order. The rest keep their collection order.
-SLOWEST_FIRST = ("test_production", "test_bake", "test_automations", "test_fanout",
-                 "test_cli", "test_responder", "test_ui", "test_dev_stack", "test_static_checks",
+SLOWEST_FIRST = ("test_production", "test_ui", "test_bake", "test_automations", "test_fanout",
+                 "test_cli", "test_responder", "test_dev_stack", "test_static_checks",
                  "test_soak", "test_crash_rollback", "test_fleet")
 
 
