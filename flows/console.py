@@ -35,7 +35,7 @@ _runs: list[dict[str, str | None]] = []
 def follow_runs(as_json: bool) -> None:
     """Say which Prefect run does the work, as soon as it starts: `run: NAME URL` on stdout
     (stderr is for the one `error:` line), and in the JSON document as `runs`."""
-    from tasks.run_labels import on_run
+    from tasks.run_labels import on_notice, on_run
 
     def heard(run_id: str, name: str, url: str | None) -> None:
         _runs.append({"id": run_id, "name": name, "url": url})
@@ -43,7 +43,13 @@ def follow_runs(as_json: bool) -> None:
             sys.stdout.write(f"run: {name}  {url or run_id}\n")
             sys.stdout.flush()
 
+    def told(message: str, url: str | None) -> None:
+        if not as_json:
+            sys.stdout.write(f"{message}: {url or 'the run above'}\n")
+            sys.stdout.flush()
+
     on_run(heard)
+    on_notice(told)
 
 
 def runs_followed() -> list[dict[str, str | None]]:

@@ -26,18 +26,43 @@ def on_run(listener: Callable[[str, str, str | None], None]) -> None:
     _listeners.append(listener)
 
 
+_notice_listeners: list[Callable[[str, str | None], None]] = []
+
+
+def on_notice(listener: Callable[[str, str | None], None]) -> None:
+    """Call `listener(message, run_url)` for what a run here needs a person to know now (a
+    paused run waiting for a decision)."""
+    _notice_listeners.append(listener)
+
+
+def notice(message: str) -> None:
+    from prefect.runtime import flow_run
+
+    run_logger().info(message)
+    run_id = flow_run.get_id()
+    url = _ui_url(str(run_id)) if run_id else None
+    for listener in _notice_listeners:
+        listener(message, url)
+
+
 def announce(run_id: str, name: str) -> None:
     if run_id in _announced or not _listeners:
         return
     _announced.add(run_id)
+    url = _ui_url(run_id)
+    for listener in _listeners:
+        listener(run_id, name, url)
+
+
+def _ui_url(run_id: str) -> str | None:
+    """The run's page in the UI (`/runs/flow-run/ID`; `prefect.runtime`'s own helper gives a
+    `/flow-runs/...` path the UI does not serve)."""
     from prefect.utilities.urls import url_for
 
     try:
-        url = url_for("flow-run", obj_id=run_id)
+        return url_for("flow-run", obj_id=run_id)
     except Exception:  # no UI URL can be derived (no API URL): the id still says which run
-        url = None
-    for listener in _listeners:
-        listener(run_id, name, url)
+        return None
 
 
 def channel_tags(channel_id: str) -> list[str]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from typing import Any, ParamSpec, TypeVar, cast
+from typing import Any, Literal, ParamSpec, TypeVar, cast
 
 from prefect import Task, pause_flow_run, task
 from prefect.cache_policies import NO_CACHE
@@ -65,11 +65,13 @@ def task_of(step: Step[P, R]) -> Task[P, R]:
 
 
 class ApprovalForm(RunInput):
-    """What an approver fills in on the paused run's form."""
+    """What an approver fills in on the paused run's form: a decision with no default (an
+    untouched form approves nothing) and a name."""
 
-    approver: str = Field(description="Who approves or rejects (recorded).")
-    approve: bool = Field(False, description="Approve the switch.")
-    comment: str = ""
+    decision: Literal["approve", "reject"] = Field(
+        description="Approve the switch, or reject it (nothing changes).")
+    approver: str = Field(min_length=1, description="Who decides (recorded).")
+    comment: str = Field("", description="Why (recorded with the decision).")
 
 
 class PrefectRunner:
@@ -153,14 +155,17 @@ class PrefectRunner:
     def ask_approval(self, description: str, timeout_s: float) -> Approval | None:
         from prefect.exceptions import FlowPauseTimeout
 
+        from tasks.run_labels import notice
+
+        notice(f"waiting for an approval (at most {timeout_s:g}s): decide on the paused run's "
+               "form in the Prefect UI")
         try:
             answer = pause_flow_run(
-                wait_for_input=ApprovalForm.with_initial_data(
-                    description=description, approver="", approve=False),
-                timeout=int(timeout_s),
+                wait_for_input=ApprovalForm.with_initial_data(description=description),
+                timeout=max(1, int(timeout_s)),
                 poll_interval=APPROVAL_POLL_S,
             )
         except FlowPauseTimeout:
             return None
-        return Approval(approver=answer.approver, approve=answer.approve,
+        return Approval(approver=answer.approver, approve=answer.decision == "approve",
                         comment=answer.comment)

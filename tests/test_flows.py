@@ -244,7 +244,7 @@ def test_downgrade_flow_pauses_for_approval_and_records_the_approver(
     from flows.downgrade import downgrade
 
     request = _downgrade_with_approval(world)
-    thread = _resume_when_paused({"approver": "bob", "approve": True, "comment": "ok"})
+    thread = _resume_when_paused({"approver": "bob", "decision": "approve", "comment": "ok"})
     outcome = downgrade(request)
     thread.join(5)
     assert outcome.outcome == "downgraded" and outcome.release_id == 1
@@ -259,7 +259,7 @@ def test_downgrade_flow_rejected_by_approver_changes_nothing(
 
     request = _downgrade_with_approval(world)
     before = world.snapshot()
-    thread = _resume_when_paused({"approver": "carol", "approve": False})
+    thread = _resume_when_paused({"approver": "carol", "decision": "reject"})
     with pytest.raises(KristalError) as info:
         downgrade(request)
     thread.join(5)

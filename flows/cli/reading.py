@@ -49,10 +49,14 @@ def status_command(channel: Channel, as_json: JsonOpt = False) -> None:
         + (f" (every {bake.interval_s:g}s)" if bake.state == "baking" else "")
         + (f": {bake.reason}" if bake.reason else "")
         + (f"; last: {bake.last['result']} {bake.last['reason']}" if bake.last else ""))
+    approver = record.evidence.get("approved_by")
+    approved = f" (approved by {approver})" if approver else ""
+    doc["approved_by"] = approver
     human = (
         f"{channel}: release {record.active.release_id} (generation "
         f"{record.active.generation}) live since {record.created_at:%Y-%m-%d %H:%M:%S}Z\n"
-        f"  sequence {record.sequence} {record.kind} by {record.operator}: {record.reason}\n"
+        f"  sequence {record.sequence} {record.kind} by {record.operator}"
+        f"{approved}: {record.reason}\n"
         f"  checks: {checks.result if checks else 'pending'}"
         f"{'  rollback mode' if record.rollback_mode else ''}{baking}"
     )

@@ -9,8 +9,8 @@ from __future__ import annotations
 from kristal.channel import records
 from kristal.context import Context
 from kristal.errors import (
-    ActivationAborted,
     KristalError,
+    PointerConflict,
     ReleaseQuarantined,
     RollbackNotAuthorized,
     RollbackTargetMissing,
@@ -20,6 +20,7 @@ from kristal.formats.channel_docs import ChannelIndex, RollbackAuthorization
 from kristal.formats.identity import DocKind, check_id, verify_identity
 from kristal.formats.models import parse_model
 from kristal.formats.time import rfc3339
+from kristal.operations import approval
 from kristal.operations.golive import go_live
 from kristal.operations.outcome import Outcome, Who
 from kristal.operations.plan import ActivationPlan
@@ -112,11 +113,8 @@ def plan_downgrade(
     return plan
 
 
-APPROVAL_TIMEOUT_S = 3600.0
-
-
-def plan_markdown(plan: ActivationPlan) -> str:
-    """What the approver is shown: from what to what, under which authorization."""
+def plan_markdown(plan: ActivationPlan, rules: list[str]) -> str:
+    """What the approver is shown: from what to what, under which authorization, the rules."""
     summary = plan.summary()
     live, target = summary["live"] or {}, summary["target"]
     auth = plan.release.evidence.get("authorization", {})
@@ -129,6 +127,7 @@ def plan_markdown(plan: ActivationPlan) -> str:
         f"- authorization: `{auth.get('authorization_id')}` by {auth.get('issuer')}, "
         f"expires {auth.get('expires_at')}",
         *[f"- {note}" for note in plan.notes],
+        *rules,
     ])
 
 
@@ -143,19 +142,36 @@ def downgrade(
     require_approval: bool = False,
 ) -> Outcome:
     """To an older generation through a signed authorization, with the full verification,
-    staging and post-activation gates, and an optional human approval before the switch."""
+    staging and post-activation gates; with an approval (asked for, or the channel's policy),
+    a human decides between staging and the switch.
+
+    The channel lock is not held while a human decides: after the approval the downgrade
+    takes it, plans again and goes on only if the live activation is still the one the
+    approver was shown (else `pointer_conflict`, nothing switched)."""
+    policy = ctx.trust(channel_id).approval
+    if not (require_approval or policy.required):
+        with run.lock([channel_id], wait_s=CHANNEL_LOCK_WAIT_S):
+            plan = run(plan_downgrade, ctx, channel_id, release_id=release_id,
+                       authorization_id=authorization_id)
+            run(stage_release, ctx, plan.release)
+            return go_live(run, ctx, plan, who)
+    shown = run(plan_downgrade, ctx, channel_id, release_id=release_id,
+                authorization_id=authorization_id)
+    run(stage_release, ctx, shown.release)
+    answer = run.ask_approval(plan_markdown(shown, approval.rules_markdown(policy, who)),
+                              approval.timeout_s(policy))
+    approved = approval.judge(run, channel_id, release_id, answer, policy, who)
     with run.lock([channel_id], wait_s=CHANNEL_LOCK_WAIT_S):
         plan = run(plan_downgrade, ctx, channel_id, release_id=release_id,
                    authorization_id=authorization_id)
+        was, now = shown.state.record, plan.state.record
+        if was is None or now is None or was.activation_id != now.activation_id:
+            raise PointerConflict(
+                f"{channel_id} changed while the downgrade waited for its approval (sequence "
+                f"{was.sequence if was else None} then, {now.sequence if now else None} now): "
+                "nothing switched; ask for the downgrade again")
         run(stage_release, ctx, plan.release)
-        if require_approval:
-            answer = run.ask_approval(plan_markdown(plan), APPROVAL_TIMEOUT_S)
-            if answer is None or not answer.approve:
-                by = answer.approver if answer is not None and answer.approver else "anyone"
-                raise ActivationAborted(
-                    f"downgrade of {channel_id} to release {release_id} was not approved by "
-                    f"{by}; nothing changed"
-                )
-            plan.release.evidence["approved_by"] = answer.approver
-            plan.notes.append(f"approved by {answer.approver}: {answer.comment}")
+        plan.release.evidence["approved_by"] = approved.approver
+        plan.notes.append(f"approved by {approved.approver}"
+                          + (f": {approved.comment}" if approved.comment else ""))
         return go_live(run, ctx, plan, who)

@@ -113,6 +113,16 @@ def _default_thresholds() -> dict[Role, int]:
     return dict.fromkeys(ROLES, 1)
 
 
+class ApprovalPolicy(BaseModel):
+    """A channel's rules for a downgrade's human approval (trust-file entry `approval`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    required: bool = False  # every downgrade waits for an approval, asked for or not
+    four_eyes: bool = False  # the approver may not be the operator who asked for it
+    timeout: StrictStr = "1h"  # no decision by then: rejected, and recorded as such
+
+
 class ChannelTrust(BaseModel):
     """The trust roots of one channel entry: keys, revocations, thresholds, required profiles."""
 
@@ -131,6 +141,7 @@ class ChannelTrust(BaseModel):
     # How long a release must hold up live before it counts as known-good (None: the default
     # for the channel's environment, `bake_docs.default_policy`).
     bake: BakePolicy | None = None
+    approval: ApprovalPolicy = Field(default_factory=ApprovalPolicy)
 
     @field_validator("thresholds")
     @classmethod
