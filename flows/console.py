@@ -45,7 +45,7 @@ def follow_runs(as_json: bool) -> None:
 
     def told(message: str, url: str | None) -> None:
         if not as_json:
-            sys.stdout.write(f"{message}: {url or 'the run above'}\n")
+            sys.stdout.write(f"{message}: {url}\n" if url else f"{message}\n")
             sys.stdout.flush()
 
     on_run(heard)

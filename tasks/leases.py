@@ -15,7 +15,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 from uuid import UUID
 
@@ -69,9 +69,11 @@ class Lease:
     paid once here rather than per call.
     """
 
-    def __init__(self, names: list[str], holder: ConcurrencyLeaseHolder | None = None) -> None:
+    def __init__(self, names: list[str], holder: ConcurrencyLeaseHolder | None = None, *,
+                 on_wait: Callable[[SyncPrefectClient, list[str]], None] | None = None) -> None:
         self.names = sorted(set(names))
         self.holder = holder
+        self.on_wait = on_wait  # told once when a holder makes this lease wait
         self.lease_id: UUID | None = None
         self.acquire_attempts = 0
         self._client: SyncPrefectClient | None = None
@@ -122,6 +124,8 @@ class Lease:
                 if status == 423:
                     pause = min(_retry_after(exc.response), LOCKED_BACKOFF_MAX_S)
                     now = time.monotonic()
+                    if locked_since is None and self.on_wait is not None:
+                        self.on_wait(client, self.names)
                     locked_since = locked_since if locked_since is not None else now
                     if now - healed_at >= HEAL_CHECK_S:
                         healed_at = now

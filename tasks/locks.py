@@ -89,7 +89,8 @@ def hold_channel_limits(channel_ids: Sequence[str], *, wait_s: float,
     """Hold the limits of these channels as one lease, creating them where missing. A limit
     deleted behind this process's back (it remembers what it created) is created again."""
     names = ensure_channel_limits(channel_ids)
-    lease = Lease(names, holder if holder is not None else current_holder())
+    lease = Lease(names, holder if holder is not None else current_holder(),
+                  on_wait=say_who_holds)
     try:
         lease.acquire(wait_s)
     except LimitMissing:
@@ -101,6 +102,23 @@ def hold_channel_limits(channel_ids: Sequence[str], *, wait_s: float,
         yield lease
     finally:
         lease.release()
+
+
+def say_who_holds(client: Any, names: list[str]) -> None:
+    """Tell whoever waits (the run's log, the CLI) who holds these locks and where to see it."""
+    from tasks import lock_registry
+    from tasks.run_labels import notice, run_ui_url, task_run_ui_url
+
+    for name in names:
+        entry = lock_registry.read(client, name)
+        if entry is None:
+            notice(f"waiting for {name}: its holder left no record (a process outside any run, "
+                   "or gone: `kristalctl unlock` frees a lock whose holder is gone)", url="")
+            continue
+        holder = entry.holder or {}
+        url = (run_ui_url(str(holder["id"])) if holder.get("type") == "flow_run"
+               else task_run_ui_url(str(holder["id"])) if holder.get("id") else None)
+        notice(f"waiting for {name}: held by {entry.describe()}", url=url or "")
 
 
 @contextmanager

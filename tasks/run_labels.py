@@ -35,32 +35,42 @@ def on_notice(listener: Callable[[str, str | None], None]) -> None:
     _notice_listeners.append(listener)
 
 
-def notice(message: str) -> None:
+def notice(message: str, *, url: str | None = None) -> None:
+    """`url`: the page the message is about (default: this run's; "" for none)."""
     from prefect.runtime import flow_run
 
-    run_logger().info(message)
     run_id = flow_run.get_id()
-    url = _ui_url(str(run_id)) if run_id else None
+    if url is None:
+        url = run_ui_url(str(run_id)) if run_id else ""
+    run_logger().info(f"{message}: {url}" if url else message)
     for listener in _notice_listeners:
-        listener(message, url)
+        listener(message, url or None)
 
 
 def announce(run_id: str, name: str) -> None:
     if run_id in _announced or not _listeners:
         return
     _announced.add(run_id)
-    url = _ui_url(run_id)
+    url = run_ui_url(run_id)
     for listener in _listeners:
         listener(run_id, name, url)
 
 
-def _ui_url(run_id: str) -> str | None:
+def run_ui_url(run_id: str) -> str | None:
     """The run's page in the UI (`/runs/flow-run/ID`; `prefect.runtime`'s own helper gives a
     `/flow-runs/...` path the UI does not serve)."""
+    return _url_for("flow-run", run_id)
+
+
+def task_run_ui_url(task_run_id: str) -> str | None:
+    return _url_for("task-run", task_run_id)
+
+
+def _url_for(kind: str, obj_id: str) -> str | None:
     from prefect.utilities.urls import url_for
 
     try:
-        return url_for("flow-run", obj_id=run_id)
+        return url_for(kind, obj_id=obj_id)
     except Exception:  # no UI URL can be derived (no API URL): the id still says which run
         return None
 

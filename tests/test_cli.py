@@ -512,3 +512,46 @@ def test_history_shows_an_automatic_rollbacks_cause_and_draws_its_timeline(
     refused = kristalctl("history", world.channel, "--plot", str(tmp_path / "t.gif"),
                          env=world.env)
     _refused(refused, "usage_invalid", 2)
+
+
+def test_waiting_for_a_channel_lock_says_which_run_holds_it(
+        world: World, prefect_api: str, tmp_path: Path) -> None:
+    """A second activation of a channel while a first holds its lock (held at a hold point
+    after staging) says which run holds it, with that run's address, then goes on."""
+    import time
+
+    holds = tmp_path / "holds"
+    holds.mkdir()
+    env = {**world.env, "PREFECT_API_URL": prefect_api, "KRISTAL_HOLD_DIR": str(holds)}
+    world.publish(1)
+    world.publish(2)
+    (holds / "after_stage").touch()
+    who = ("--operator", "pytest", "--reason", "lock holder")
+    first = subprocess.Popen([sys.executable, "-m", "flows.cli", "activate", world.channel,
+                              "--release", "1", *who], cwd=REPO_ROOT,
+                             env={**os.environ, **env}, stdout=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(holds.glob("after_stage.held.*")):
+            assert time.monotonic() < deadline and first.poll() is None, "never held"
+            time.sleep(0.2)
+        assert first.stdout is not None
+        holder_line = first.stdout.readline()  # `run: NAME URL` of the holding run
+        holder_url = holder_line.split()[-1]
+        second = subprocess.Popen([sys.executable, "-m", "flows.cli", "activate",
+                                   world.channel, "--release", "2", *who], cwd=REPO_ROOT,
+                                  env={**os.environ, **env}, stdout=subprocess.PIPE, text=True)
+        assert second.stdout is not None
+        assert second.stdout.readline().startswith(f"run: activate {world.channel} → 2")
+        waiting = second.stdout.readline()
+        assert waiting.startswith("waiting for kristal-channel:"), waiting
+        assert "held by flow run " in waiting and waiting.strip().endswith(holder_url), (
+            waiting, holder_url)
+        for held in holds.glob("after_stage.held.*"):
+            held.unlink()
+        assert first.wait(120) == 0 and second.wait(180) == 0
+    finally:
+        for proc in (first, locals().get("second")):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+    assert world.pointer().record.active.release_id == 2
