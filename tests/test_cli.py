@@ -555,3 +555,58 @@ def test_waiting_for_a_channel_lock_says_which_run_holds_it(
             if proc is not None and proc.poll() is None:
                 proc.kill()
     assert world.pointer().record.active.release_id == 2
+
+
+def test_a_dry_run_prints_its_plan_and_diff_and_runs_the_checks_on_the_staged_index(
+        world: World, prefect_api: str) -> None:
+    world.patch.setenv("PREFECT_API_URL", prefect_api)
+    world.publish(1)
+    world.publish(2)
+    world.publish(3, expect={"row_count": 1, "smoke_queries": [], "latency_p95_ms": 50,
+                             "max_rss_mb": 512})
+    world.activate(1, via="plain")
+    who = ("--operator", "pytest", "--reason", "dry")
+    proc = kristalctl("activate", world.channel, "--release", "2", *who, "--dry-run",
+                      env=world.env, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert f"dry run: release 2 would replace release 1 (sequence 1) in {world.channel}" in out
+    assert "release_id: 1 → 2" in out and "generation: 1 (same)" in out
+    assert "exchange_id: sha256:" in out and "checks against the staged index:" in out
+    assert "✓ row_count: expected 60, measured 60" in out and "nothing switched" in out
+    doc = json.loads(kristalctl("activate", world.channel, "--release", "2", *who,
+                                "--dry-run", "--json", env=world.env, timeout=180).stdout)
+    assert doc["outcome"] == "planned" and doc["plan"]["checks"]["passed"] is True
+    # A failing expectation is caught by the dry run: refused, nothing switched.
+    before = world.snapshot()
+    failing = kristalctl("activate", world.channel, "--release", "3", *who, "--dry-run",
+                         env=world.env, timeout=180)
+    line = _refused(failing, "check_failed", 1)
+    assert "would fail its checks" in line and "row_count: expected 1, measured 60" in line
+    assert world.snapshot() == before
+
+
+def test_a_fleet_dry_run_catches_the_canarys_failing_expectation(
+        world: World, prefect_api: str) -> None:
+    import uuid
+
+    from kristal.operations.fleet_rules import publish_to_channels
+
+    tag = uuid.uuid4().hex[:6]
+    channels = [f"acme/dryfleet{i}/{tag}" for i in range(3)]
+    first = world.publish(1, channel=channels[0], expect={
+        "row_count": 1, "smoke_queries": [], "latency_p95_ms": 50, "max_rss_mb": 512})
+    publish_to_channels(world.store, world.ctx.trust_file, world.keys,
+                        result_of_first_publish=first, channel_ids=channels, release_id=1,
+                        generation=first.generation, now=world.ctx.now)
+    proc = kristalctl("fleet-activate", *channels, "--release", "1", "--operator", "cli",
+                      "--reason", "dry", "--dry-run", "--json",
+                      env={**world.env, "PREFECT_API_URL": prefect_api}, timeout=240)
+    assert proc.returncode == 1, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert [(c["channel_id"], c["result"], c["error_code"]) for c in doc["channels"]] == [
+        (c, "refused", "check_failed") for c in channels]
+    assert "row_count: expected 1, measured 60" in doc["channels"][0]["message"]
+    from kristal.channel import records
+
+    assert [records.read_pointer(world.ctx, c).record for c in channels] == [None] * 3

@@ -346,7 +346,8 @@ def test_fleet_dry_run_verifies_every_channel_and_switches_nothing(
     assert [(o.channel_id, o.result) for o in result.channels] == [
         (channels[0], "already_live"), (channels[1], "planned"), (channels[2], "planned"),
         (channels[3], "refused")]
-    assert result.channels[1].message == "would activate release 1 (live now: nothing)"
+    assert result.channels[1].message == ("would activate release 1 (live now: nothing); its "
+                                          "checks pass against the staged index")
     assert result.channels[3].error_code == "release_revoked"
     assert {c: records.read_pointer(world.ctx, c).raw for c in channels} == before
     assert "dry run: nothing switched" in _artifacts(result.artifact_keys[0])[0].data

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 from kristal.context import Context
 from kristal.crashpoints import crash_point
+from kristal.errors import ChecksNotPassed
+from kristal.operations.dry_run import dry_run_result, staged_checks
 from kristal.operations.golive import go_live
 from kristal.operations.outcome import Outcome, Who
-from kristal.operations.plan import plan_activation
+from kristal.operations.plan import ActivationPlan, plan_activation
 from kristal.operations.reports import report_run
 from kristal.operations.rollback import CHANNEL_LOCK_WAIT_S
 from kristal.operations.runner import Runner
@@ -55,8 +57,21 @@ def activate(
                     f"{len(staged.hashed_in_flight)} verified in flight, "
                     f"{staged.downloaded} downloaded")
         if dry_run:
-            report_run(run, plan, None, None, "dry run: verified and staged, nothing switched")
-            return Outcome(channel_id=channel_id, outcome="planned", plan=plan.summary(),
-                           release_id=target, orchestrator=run.orchestrator,
-                           message=f"dry run: release {target} verified and staged")
+            return _dry_run(run, ctx, plan)
         return go_live(run, ctx, plan, who)  # D, E
+
+
+def _dry_run(run: Runner, ctx: Context, plan: ActivationPlan) -> Outcome:
+    """After C: the plan, its diff against what is live and the staged index's checks;
+    a failing expectation refuses (`check_failed`, exit 1: nothing switched)."""
+    reports = run(staged_checks, ctx, plan.release)
+    try:
+        message, checks = dry_run_result(plan, reports)
+    except ChecksNotPassed as failed:
+        report_run(run, plan, None, None, f"dry run: {failed.message}")
+        raise
+    report_run(run, plan, None, None, "dry run: verified, staged and checked; nothing switched")
+    return Outcome(channel_id=plan.channel_id, outcome="planned",
+                   plan={**plan.summary(), "checks": checks},
+                   release_id=plan.release.entry.release_id, orchestrator=run.orchestrator,
+                   message=message)

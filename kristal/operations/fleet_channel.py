@@ -37,6 +37,7 @@ from kristal.errors import (
 )
 from kristal.formats.channel_docs import ActivationRecord
 from kristal.once_per_key import OncePerKey
+from kristal.operations.dry_run import refuse_failing, staged_pack_checks
 from kristal.operations.golive import go_live
 from kristal.operations.outcome import Who
 from kristal.operations.pictures import fleet_grid_svg, svg_markdown
@@ -248,6 +249,13 @@ def plan_channel(ctx: Context, fleet: FleetRun, channel_id: str, release_id: int
         would = (f"activate release {release_id} (live now: "
                  f"{live.active.release_id if live else 'nothing'})")
     staged = fleet.staged is not None and staging.staged_by(fleet.staged, plan.release, ctx)
+    if staged and not plan.resume and plan.failed_checks is None:
+        # The expectations against the staged index, once per pack for the whole fleet: a
+        # canary's failing expectation shows here, before any switch.
+        refuse_failing(channel_id, release_id, [fleet.measurements.report(
+            p.pack_id, channel_id, lambda p=p: staged_pack_checks(ctx, p))[0]  # type: ignore[misc]
+            for p in plan.release.packs])
+        would += "; its checks pass against the staged index"
     return ChannelOutcome(
         channel_id=channel_id, wave=wave, result="planned", release_id=release_id,
         sequence=live.sequence if live else None,
