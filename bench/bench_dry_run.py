@@ -4,21 +4,24 @@ beside the plain floor measured in the same run: a fresh process that downloads 
 objects with boto3 (`download_file`, its parallel ranges), `json.loads` every row, and
 `executemany` into SQLite with the same pragmas, table and three indexes, checking nothing.
 
-Each run of ours gets an empty KRISTAL_CACHE_DIR (cold); the two alternate. The dry run goes
-through the plain runner (the operations' own steps): the Prefect CLI adds its fixed start-up
-and flow-run cost on top (issue 15 item 4, measured in bench_orchestration.py).
+Each run of ours gets an empty KRISTAL_CACHE_DIR (cold); they alternate. The dry run goes
+through the plain runner (the operations' own steps), and, as a third row, through the CLI as
+an operator runs it: `kristalctl activate C --release 1 --dry-run` in a fresh process, a flow
+run on a Prefect server this script starts (Prefect's import, the run; issue 15 item 4).
+`--no-cli` leaves that row out.
 
 `--compare TREE` also runs the dry run from another source tree (e.g. `git worktree add
 /tmp/base <commit>`), interleaved, against the same bucket and floor.
 
 Usage: python bench/bench_dry_run.py [--rows N] [--ids ascending|hashed] [--runs N]
-                                     [--compare TREE] [--json]
-Target (issue 15): ours <= 1.2 x the floor.
+                                     [--compare TREE] [--no-cli] [--json]
+Target (issue 15): ours <= 1.2 x the floor (the plain runner and the CLI each).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -91,8 +94,11 @@ print(json.dumps({"imports_s": t1 - t0, "download_s": t2 - t1, "load_s": time.pe
 
 
 def run_json(argv: list[str], env: dict[str, str]) -> tuple[float, dict[str, Any]]:
+    # In the tree PYTHONPATH names first: for `-c`, Python puts the working directory before
+    # PYTHONPATH, so a `--compare` run started from another checkout would run that one.
+    cwd = env.get("PYTHONPATH", "").split(os.pathsep)[0] or None
     t0 = time.perf_counter()
-    proc = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+    proc = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"{argv[:3]} failed: {proc.stderr.strip()[-1500:]}")
@@ -107,11 +113,13 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--workdir", help="keep everything here instead of a temp dir")
     parser.add_argument("--compare", type=Path, help="another source tree to run ours from")
+    parser.add_argument("--no-cli", action="store_true", help="no kristalctl row")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
     with benchlib.workdir(args.workdir, "kristal-bench-dryrun-") as work, \
-            benchlib.seaweed(work) as server:
+            benchlib.seaweed(work) as server, contextlib.ExitStack() as stack:
+        api_url = None if args.no_cli else stack.enter_context(prefect_server(work))
         config = benchlib.store_config(server)
         world = benchlib.make_world(work / "home", config)
         data = work / "input.jsonl"
@@ -140,6 +148,7 @@ def main() -> int:
 
         other: list[tuple[float, dict[str, Any]]] = []
         ours: list[tuple[float, dict[str, Any]]] = []
+        cli: list[float] = []
         floor: list[tuple[float, dict[str, Any]]] = []
         for run in range(args.runs):
             note(f"run {run + 1}/{args.runs} ...")
@@ -157,6 +166,11 @@ def main() -> int:
                                  {**env, "KRISTAL_CACHE_DIR": str(cache)}))
             kept = sorted(p.name for p in (cache / "blobs" / "sha256").iterdir())
             shutil.rmtree(cache, ignore_errors=True)
+            if api_url is not None:
+                os.sync()
+                cli.append(run_cli(world.channel, {
+                    **env, "KRISTAL_CACHE_DIR": str(cache), "PREFECT_API_URL": api_url}))
+                shutil.rmtree(cache, ignore_errors=True)
             if args.compare:
                 os.sync()
                 other.append(run_json(
@@ -171,12 +185,15 @@ def main() -> int:
         "blobs_kept_by_ours": len(kept),
         "ours_wall_s": [w for w, _ in ours], "ours_phases": [p for _, p in ours],
         "floor_wall_s": [w for w, _ in floor], "floor_phases": [p for _, p in floor],
+        "cli_wall_s": cli,
         "compare_tree": str(args.compare) if args.compare else None,
         "compare_wall_s": [w for w, _ in other], "compare_phases": [p for _, p in other],
         "loadavg": Path("/proc/loadavg").read_text().split()[:3],
     }
     res["ratio"] = median(res["ours_wall_s"]) / median(res["floor_wall_s"])
     res["target_met"] = res["ratio"] <= RATIO_TARGET
+    res["cli_ratio"] = median(cli) / median(res["floor_wall_s"]) if cli else None
+    res["cli_target_met"] = res["cli_ratio"] is not None and res["cli_ratio"] <= RATIO_TARGET
     if args.json:
         print(json.dumps(res, indent=2))
         return 0
@@ -195,6 +212,9 @@ def main() -> int:
         ("ours: dry-run activation (plain runner)", median(res["ours_wall_s"]),
          f"imports {phase(res['ours_phases'], 'imports_s'):.2f}, activate "
          f"{phase(res['ours_phases'], 'activate_s'):.2f}"),
+        *([] if not cli else [(
+            "ours: kristalctl activate --dry-run (a flow run)", median(cli),
+            "the whole command")]),
         ("floor: boto3 + json.loads + executemany + 3 indexes", median(res["floor_wall_s"]),
          f"imports {phase(res['floor_phases'], 'imports_s'):.2f}, download "
          f"{phase(res['floor_phases'], 'download_s'):.2f}, load "
@@ -206,7 +226,35 @@ def main() -> int:
     print(f"ours/floor = {res['ratio']:.3f} (target <= {RATIO_TARGET}: "
           f"{verdict(res['target_met'])}); blobs kept in our cache: {res['blobs_kept_by_ours']} "
           f"of {len(every)} objects; loadavg at the end {' '.join(res['loadavg'])}")
+    if cli:
+        print(f"kristalctl/floor = {res['cli_ratio']:.3f} (target <= {RATIO_TARGET}: "
+              f"{verdict(res['cli_target_met'])})")
     return 0
+
+
+@contextlib.contextmanager
+def prefect_server(work: Path) -> Any:
+    """A Prefect server of this run's own (Prefect's test harness); yields its API URL."""
+    os.environ["PREFECT_HOME"] = str(work / "prefect")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield str(PREFECT_API_URL.value())
+
+
+def run_cli(channel: str, env: dict[str, str]) -> float:
+    """Wall seconds of `kristalctl activate CHANNEL --release 1 --dry-run`, a fresh process."""
+    argv = [sys.executable, "-m", "flows.cli", "activate", channel, "--release", "1",
+            "--dry-run", "--operator", "bench", "--reason", "dry run", "--json"]
+    t0 = time.perf_counter()
+    proc = subprocess.run(argv, env=env, cwd=Path(__file__).resolve().parents[1],
+                          capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0 or json.loads(proc.stdout)["outcome"] != "planned":
+        raise RuntimeError(f"kristalctl activate --dry-run failed: {proc.stderr[-1500:]}")
+    return wall
 
 
 if __name__ == "__main__":

@@ -32,9 +32,9 @@ from kristal.runtime.sqlite_index import (
     INSERT_SQL,
     TABLE_DDL,
     PinnedReader,
-    _SeenIds,
     build_index,
 )
+from kristal.runtime.unique_ids import SeenIds as _SeenIds
 
 _ROW = re.compile(r'\{"object":"([^"]*)","predicate":"([^"]*)","statement_id":"([^"]*)",'
                   r'"subject":"([^"]*)"\}')

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from prefect import flow
 
+from flows import prefect_fixes
 from flows.params import ActivateRequest, RunOutcome
-from flows.prefect_fixes import no_heartbeat_join
 from kristal.operations import activate as operation
 from kristal.operations.outcome import Who
 from tasks.bake_launch import follow_with_bake
@@ -15,7 +15,7 @@ from tasks.run_labels import channel_tags, ended, label_run, release_arrow
 from tasks.runner import PrefectRunner
 from tasks.runtime import domain_context, log_outcome
 
-no_heartbeat_join()  # before any run of this module's flows: see flows.prefect_fixes
+prefect_fixes.apply()  # before any run of this module's flows: see flows.prefect_fixes
 
 
 @flow(name="activate", log_prints=True)

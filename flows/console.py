@@ -17,6 +17,7 @@ def quiet_prefect() -> None:
     """Keep Prefect's console logging off stderr; logs still reach the Prefect API (the UI
     shows them), only the console copy is muted. `KRISTAL_VERBOSE` keeps it."""
     if verbose():
+        startup_over()
         return
     from prefect.logging.configuration import setup_logging
 
@@ -26,6 +27,18 @@ def quiet_prefect() -> None:
             for handler in logger.handlers:
                 if handler.__class__.__name__ == "PrefectConsoleHandler":
                     handler.setLevel(logging.CRITICAL + 1)
+    startup_over()
+
+
+def startup_over() -> None:
+    """The command has its heavy imports (the CLI starts with the cyclic collector off, see
+    `flows.cli.main`): freeze what is alive now (it lives as long as the process, so later
+    passes need not walk it) and collect again, for a command that may run for hours."""
+    import gc
+
+    if not gc.isenabled():
+        gc.freeze()
+        gc.enable()
 
 
 _json_written = False

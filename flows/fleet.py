@@ -10,8 +10,8 @@ from typing import Any
 from prefect import flow
 from prefect.states import State
 
+from flows import prefect_fixes
 from flows.params import FleetOutcome, FleetRequest
-from flows.prefect_fixes import no_heartbeat_join
 from kristal.operations import fleet as operation
 from kristal.operations.outcome import Who
 from tasks.bake_launch import start_bake_run
@@ -19,7 +19,7 @@ from tasks.run_labels import ended, fleet_tags, label_run
 from tasks.runner import PrefectRunner
 from tasks.runtime import domain_context
 
-no_heartbeat_join()  # before any run of this module's flows: see flows.prefect_fixes
+prefect_fixes.apply()  # before any run of this module's flows: see flows.prefect_fixes
 
 
 @flow(name="fleet-activate", log_prints=True)

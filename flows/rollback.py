@@ -6,15 +6,15 @@ from __future__ import annotations
 
 from prefect import flow
 
+from flows import prefect_fixes
 from flows.params import RollbackRequest, RunOutcome
-from flows.prefect_fixes import no_heartbeat_join
 from kristal.operations import rollback as operation
 from kristal.operations.outcome import Who
 from tasks.run_labels import channel_tags, ended, label_run
 from tasks.runner import PrefectRunner
 from tasks.runtime import domain_context, log_outcome
 
-no_heartbeat_join()  # before any run of this module's flows: see flows.prefect_fixes
+prefect_fixes.apply()  # before any run of this module's flows: see flows.prefect_fixes
 
 
 @flow(name="rollback", log_prints=True)

@@ -358,3 +358,20 @@ def test_unreachable_endpoint_is_storage_unavailable_for_reads_unknown_for_write
     with pytest.raises(StorageUnavailable):
         dead.get_bytes("x", max_bytes=1)
     assert dead.put_if_absent("x", b"1").status is WriteStatus.UNKNOWN
+
+
+def test_stores_of_one_endpoint_share_the_process_clients() -> None:
+    """One botocore client per endpoint settings in a process (each costs ~0.15 s to build);
+    the conditional writes' client (never retried) is made on the first write only."""
+    base = StoreConfig(endpoint_url="http://127.0.0.1:9", bucket="a", access_key="k",
+                       secret_key="s")
+    first = ObjectStore(base)
+    other_bucket = ObjectStore(StoreConfig(**{**base.__dict__, "bucket": "b", "prefix": "p"}))
+    other_key = ObjectStore(StoreConfig(**{**base.__dict__, "secret_key": "t"}))
+    assert first._client is other_bucket._client
+    assert other_key._client is not first._client
+    assert first._cond is None  # nothing written yet
+    cond = first._cond_client
+    assert cond is other_bucket._cond_client and cond is not first._client
+    assert cond.meta.config.retries["total_max_attempts"] == 1
+    assert first._client.meta.config.retries["total_max_attempts"] == 3

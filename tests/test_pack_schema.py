@@ -52,6 +52,11 @@ def test_the_vendored_schema_is_the_upstream_one_verbatim() -> None:
     assert VENDORED.read_bytes() == SCHEMA_PATH.read_bytes()
 
 
+def test_the_vendored_schema_is_a_valid_draft_2020_12_schema() -> None:
+    # Checked here, not at run time: the meta-schema pass cost every process ~0.1 s.
+    Draft202012Validator.check_schema(json.loads(VENDORED.read_text("utf-8")))
+
+
 def test_every_pack_manifest_the_publisher_writes_validates(world: World) -> None:
     plain = world.publish(1)
     federated = world.publish(2, shards=3)

@@ -60,3 +60,34 @@ def test_the_cli_does_not_load_prefect_before_it_sets_prefects_environment() -> 
                           cwd=Path(__file__).resolve().parent.parent, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_model_parameters_serialize_as_fastapi_would_without_importing_it() -> None:
+    """Our flows' parameters are pydantic models: serialized as FastAPI's `jsonable_encoder`
+    would (a run's parameters on the server are unchanged), with FastAPI never imported."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    probe = (
+        "import sys, json, flows.rollback\n"
+        "from flows.params import ActivateRequest, RollbackRequest\n"
+        "from flows.activate import activate\n"
+        "a = ActivateRequest(channel_id='acme/dev/eu-west-1', release_id=3, operator='o',"
+        " reason='r', bake='10m')\n"
+        "r = RollbackRequest(channel_id='acme/dev/eu-west-1', to=7, operator='o', reason='r')\n"
+        "ours = [activate.serialize_parameters({'request': a}),"
+        " flows.rollback.rollback.serialize_parameters({'request': r})]\n"
+        "loaded = 'fastapi' in sys.modules\n"
+        "from fastapi.encoders import jsonable_encoder\n"
+        "theirs = [{'request': jsonable_encoder(a)}, {'request': jsonable_encoder(r)}]\n"
+        "print(json.dumps([loaded, ours == theirs, ours]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parent.parent, timeout=120)
+    assert done.returncode == 0, done.stderr
+    import json
+
+    loaded, same, ours = json.loads(done.stdout)
+    assert not loaded and same, ours
+    assert ours[1]["request"]["to"] == 7

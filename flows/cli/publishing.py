@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from flows.cli.app import Channel, JsonOpt, ReasonOpt, app, domain_context, publisher_keys
-from flows.console import emit
+from flows.console import emit, startup_over
 
 
 @app.command("publish")
@@ -25,6 +25,7 @@ def publish_command(
     """Publish a signed release into the channel's index."""
     from kristal.publish.publisher import publish
 
+    startup_over()  # a big release takes minutes: the cyclic collector runs again
     ctx = domain_context()
     result = publish(
         ctx.store,

@@ -29,7 +29,6 @@ import boto3
 import botocore.exceptions
 import urllib3.exceptions
 from boto3.s3.transfer import TransferConfig
-from botocore.config import Config
 
 from kristal.errors import (
     EndpointUnsafe,
@@ -40,6 +39,7 @@ from kristal.errors import (
     StorageUnavailable,
 )
 from kristal.store import download
+from kristal.store.clients import shared_client
 
 MiB = 1024 * 1024
 _CHUNK = 1 * MiB  # bounded reads of small documents, a chunk at a time
@@ -119,36 +119,18 @@ class ObjectStore:
         self.part_size = part_size
         self.workers = workers
         self._prefix = config.prefix.strip("/")
-        # One session per store: sessions are not thread-safe, clients are.
-        session = boto3.session.Session(
-            aws_access_key_id=config.access_key,
-            aws_secret_access_key=config.secret_key,
-            region_name=config.region,
-        )
-        common: dict[str, Any] = {
-            "region_name": config.region,
-            "signature_version": "s3v4",
-            "s3": {"addressing_style": "path"},
-            "connect_timeout": config.connect_timeout,
-            "read_timeout": config.read_timeout,
-            # Staging downloads, manifest fetches and fleet threads share one client: room for all.
-            "max_pool_connections": max(32, workers * 2 + 2),
-            # Our sha256 is the integrity check; boto3>=1.36 default CRC checksums break several
-            # S3-compatible servers and cost a second pass over every byte.
-            "request_checksum_calculation": "when_required",
-            "response_checksum_validation": "when_required",
-        }
-        self._client = session.client(
-            "s3",
-            endpoint_url=config.endpoint_url,
-            config=Config(retries={"total_max_attempts": 3, "mode": "standard"}, **common),
-        )
-        # Conditional writes: exactly one attempt on the wire, ever (DESIGN §6 invariant 3).
-        self._cond_client = session.client(
-            "s3",
-            endpoint_url=config.endpoint_url,
-            config=Config(retries={"total_max_attempts": 1, "mode": "standard"}, **common),
-        )
+        pool = max(32, workers * 2 + 2)
+        self._client = shared_client(config, pool, attempts=3)
+        self._pool = pool
+        self._cond: Any = None
+
+    @property
+    def _cond_client(self) -> Any:
+        """Conditional writes: exactly one attempt on the wire, ever (DESIGN §6 invariant 3).
+        Made on the first write (read-only commands never need it)."""
+        if self._cond is None:
+            self._cond = shared_client(self.config, self._pool, attempts=1)
+        return self._cond
 
     # --- keys --------------------------------------------------------------------------------
     def full_key(self, key: str) -> str:
