@@ -331,6 +331,21 @@ def test_rollback_with_the_prefect_api_down_runs_without_an_orchestrator(world: 
     assert live.flow_run_id is None and live.evidence["orchestrator"] == "none"
 
 
+def test_status_history_channels_and_releases_work_with_the_prefect_api_down(
+        world: World) -> None:
+    """Break-glass reading: none of them needs the orchestrator."""
+    world.publish(1)
+    world.activate(1, via="plain")
+    down = {**world.env, "PREFECT_API_URL": f"http://127.0.0.1:{_closed_port()}/api"}
+    for args in (("status", world.channel), ("history", world.channel),
+                 ("releases", world.channel), ("channels",)):
+        proc = kristalctl(*args, "--json", env=down)
+        assert proc.returncode == 0, (args, proc.stderr)
+        assert proc.stderr == "", (args, proc.stderr)
+        json.loads(proc.stdout)
+    assert "release 1" in kristalctl("status", world.channel, env=down).stdout
+
+
 def _closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -87,7 +87,7 @@ def test_activate_flow_switches_checks_and_leaves_artifacts(prefect_api: str, wo
     assert markdown and "activated and checked" in markdown[0].data
     table = _artifacts(f"changes-{key_suffix}")
     rows = json.loads(table[0].data) if isinstance(table[0].data, str) else table[0].data
-    assert {"field": "release_id", "before": "None", "after": "1", "changed": "True"} in rows
+    assert {"field": "release_id", "before": "None", "after": "1", "changed": "✓"} in rows
 
     from prefect import get_client
 

@@ -59,7 +59,10 @@ def go_live(run: Runner, ctx: Context, plan: ActivationPlan, who: Who, *,
             f"release {record.active.release_id} is live in {plan.channel_id} (sequence "
             f"{record.sequence}) but its checks were not recorded: {exc.message}; roll back, "
             "or resume the checks with --force", cause=exc) from exc
-    run.log(f"checks of sequence {record.sequence} passed")
+    figures = checks.figures
+    run.log(f"checks of sequence {record.sequence} passed: {figures.get('row_count')} rows, "
+            f"p95 {figures.get('latency_p95_ms', 0):.3g} ms, "
+            f"peak RSS {figures.get('peak_rss_mb', 0):.0f} MB")
     done: OutcomeKind = "downgraded" if plan.kind == "downgrade" else "activated"
     if report:
         report_run(run, plan, record, checks, f"{done} and checked")
@@ -94,7 +97,8 @@ def roll_back_failed(run: Runner, ctx: Context, plan: ActivationPlan, record: Ac
     run(quarantine_release, ctx, record, checks.reason)
     try:
         back = switch_back(run, ctx, plan.channel_id, "previous", record.activation_id,
-                           "auto_rollback", who, f"failed checks: {checks.reason}").message
+                           "auto_rollback", who, f"failed checks: {checks.reason}",
+                           report=False).message
     except KristalError as exc:  # e.g. a first activation has nothing to go back to
         back = f"no automatic rollback: {exc.line()}"
     report_run(run, plan, record, checks, f"checks failed; {back}")

@@ -57,15 +57,41 @@ def verification_markdown(
             "|---|---|---|---|",
         ]
         lines += [
-            f"| {o['name']} | {o['expected']} | {o['measured']} | {o['passed']} |"
+            f"| {o['name']} | {o['expected']} | {o['measured']} | {_tick(o['passed'])} |"
             for o in checks.figures.get("outcomes", [])
         ]
-        if checks.previous_figures:
-            prev = checks.previous_figures
-            lines += ["", "| figure | this release | previous release |", "|---|---|---|"]
-            for name in ("row_count", "latency_p95_ms", "peak_rss_mb"):
-                lines.append(f"| {name} | {checks.figures.get(name)} | {prev.get(name)} |")
+        prev = checks.previous_figures or {}
+        lines += ["", "| figure | this release | previous release | delta |",
+                  "|---|---:|---:|---:|"]
+        for name in ("row_count", "latency_p95_ms", "peak_rss_mb"):
+            now, before = checks.figures.get(name), prev.get(name)
+            lines.append(f"| {name} | {_figure(now)} | {_figure(before)} | "
+                         f"{_delta(now, before)} |")
     return "\n".join(lines)
+
+
+def _tick(value: object) -> str:
+    return "✓" if value in (True, "True", "true") else "✗"
+
+
+def _figure(value: object) -> str:
+    """Rounded for reading: integers as they are, other numbers to 3 significant digits."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, int) or float(value).is_integer():
+        return f"{int(value):,}"
+    return f"{value:.3g}" if abs(value) < 100 else f"{value:,.0f}"
+
+
+def _delta(now: object, before: object) -> str:
+    if not isinstance(now, int | float) or not isinstance(before, int | float):
+        return "-"
+    change = now - before
+    sign = "+" if change > 0 else ""
+    share = f" ({sign}{change / before:.0%})" if before else ""
+    return f"{sign}{_figure(change)}{share}" if change else "0"
 
 
 def change_rows(plan: ActivationPlan, record: ActivationRecord | None) -> list[dict[str, Any]]:
@@ -80,7 +106,7 @@ def change_rows(plan: ActivationPlan, record: ActivationRecord | None) -> list[d
                 "field": field,
                 "before": str(before),
                 "after": str(after),
-                "changed": str(before != after),
+                "changed": _tick(before != after),
             }
         )
     return rows

@@ -79,8 +79,10 @@ def rollback_switch(
 def switch_back(
     run: Runner, ctx: Context, channel_id: str, to: RollbackTo,
     expected_activation_id: str | None, kind: ActivationKind, who: Who, cause: str,
+    *, report: bool = True,
 ) -> Outcome:
     """Switch on the fast path, check, report, follow up. Takes no lock: callers hold it.
+    `report=False`: the caller writes the run's one report (a failed activation's).
     An automatic rollback with no safe target changes nothing, emits
     `kristal.rollback.failed` (an automation may alert on it) and raises `rollback_failed`."""
     try:
@@ -106,9 +108,11 @@ def switch_back(
     live_again = f"release {record.active.release_id} is live again (sequence {record.sequence})"
     if checks.result != "passed":
         live_again += f"; its checks failed: {checks.reason}"
-    report_run(run, plan, record, checks, f"rolled back to release {record.active.release_id}")
     open_follow_up(run, record, checks, cause)
-    publish_board(run, ctx, [channel_id])
+    if report:
+        report_run(run, plan, record, checks,
+                   f"rolled back to release {record.active.release_id}")
+        publish_board(run, ctx, [channel_id])
     return Outcome(
         channel_id=channel_id,
         outcome="rolled_back",
