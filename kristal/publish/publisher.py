@@ -2,8 +2,9 @@
 
 Builds the Exchange (assertions blob) or K shard Exchanges under a federation root, a Runtime
 Pack of profile `kristal.runtime/sqlite/1` with its check expectations, the validation reports
-the channel requires (real checks over the files written), signs each with its role, uploads
-data before manifests and manifests before the index entry that makes the release visible.
+the channel requires (checks over the files as one pass wrote and hashed them), signs each with
+its role, uploads data before manifests and manifests before the index entry that makes the
+release visible.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
-"""The validation profiles the publisher checks over the files it wrote (schema, ordering,
-row-count, source-binding) and the signed validation report of each; a report that failed is
-still published: the activation refuses it.
+"""The validation profiles the publisher checks (schema over the documents; ordering, row-count
+and source-binding over the data files, from the facts gathered in the one pass that wrote and
+hashed them) and the signed report of each; a failed report is still published: activation
+refuses it.
 """
 
 from __future__ import annotations
