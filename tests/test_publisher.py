@@ -550,3 +550,22 @@ def test_republishing_the_same_content_keeps_earlier_releases_verifiable(world: 
     for release_id in (1, 2):
         assert verify_release(world.ctx, world.channel, release_id=release_id).entry.release_id \
             == release_id
+
+
+@pytest.mark.parametrize("shards", [0, 3])
+def test_tiny_sort_runs_publish_the_same_release_and_still_refuse_repeats(
+        world: World, monkeypatch: pytest.MonkeyPatch, shards: int) -> None:
+    """KRISTAL_PUBLISH_RUN_ROWS=3 sorts the input in many runs on disk: same content IDs (so the
+    same bytes, hashes and expectations) as one run in memory, and a repeat is still refused."""
+    data = world.data(1, rows=200)
+    first = world.publish(1, data=data, shards=shards)
+    monkeypatch.setenv("KRISTAL_PUBLISH_RUN_ROWS", "3")
+    second = world.publish(2, data=data, shards=shards)
+    assert (second.exchange_id, second.runtime_pack_ids, second.federation_id) == (
+        first.exchange_id, first.runtime_pack_ids, first.federation_id)
+    assert second.failed_profiles == [] and second.row_count == 200
+    text = _row("s1", "a") + _row("s2", "b") + _row("s3", "c") + _row("s1", "d")
+    dup = world.home / f"dup-tiny-{shards}.jsonl"
+    dup.write_text(text)
+    error = _publish_refused(world, "manifest_schema_invalid", 3, data=dup, shards=shards)
+    assert "line 4: duplicate statement_id 's1' (also on line 1)" in error.message, error.message

@@ -8,20 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import heapq
 import json
 import os
 import random
-import sqlite3
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-from kristal.errors import ManifestSchemaInvalid
-
-FIELDS = ("statement_id", "subject", "predicate", "object")
-_FIELD_SET = frozenset(FIELDS)
+from kristal.publish.external_sort import DEFAULT_RUN_ROWS, sort_runs
 
 # Sorted, so emitting a subject's predicates in list order keeps the canonical sort without sorting.
 _PREDICATES = (
@@ -111,143 +104,33 @@ def generate_triples(path: Path, count: int, seed: int = 0) -> str:
     return digest.hexdigest()
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ManifestSchemaInvalid(f"duplicate key {key!r}")
-        out[key] = value
-    return out
-
-
-def parse_row(raw: bytes, lineno: int, *, what: str = "triples file") -> dict[str, str]:
-    """Parse and validate one input line (any valid JSON layout) into a row dict."""
-    where = f"{what} line {lineno}"
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ManifestSchemaInvalid(f"{where}: not UTF-8 ({exc.reason})") from None
-    try:
-        value = json.loads(text, object_pairs_hook=_no_duplicates)
-    except ManifestSchemaInvalid as exc:
-        raise ManifestSchemaInvalid(f"{where}: {exc.message}") from None
-    except (ValueError, RecursionError) as exc:
-        raise ManifestSchemaInvalid(f"{where}: not valid JSON ({exc})") from None
-    return check_row_shape(value, where)
-
-
-def check_row_shape(value: object, where: str) -> dict[str, str]:
-    """Exactly the four fields, each a non-empty string encodable as UTF-8."""
-    if not isinstance(value, dict):
-        raise ManifestSchemaInvalid(f"{where}: a row must be a JSON object")
-    keys = set(value)
-    if keys != _FIELD_SET:
-        missing = sorted(_FIELD_SET - keys)
-        extra = sorted(keys - _FIELD_SET)
-        raise ManifestSchemaInvalid(f"{where}: fields missing {missing}, unexpected {extra}")
-    for field in FIELDS:
-        item = value[field]
-        if not isinstance(item, str) or not item:
-            raise ManifestSchemaInvalid(f"{where}: {field} must be a non-empty string", field=field)
-        try:
-            item.encode("utf-8")
-        except UnicodeEncodeError:
-            # A lone surrogate escape (\ud800) has no UTF-8 form and no byte order.
-            raise ManifestSchemaInvalid(
-                f"{where}: {field} holds a lone surrogate", field=field
-            ) from None
-    return value
-
-
-RowKey = tuple[str, str, str, str]
-
-
-def row_key(row: dict[str, str]) -> RowKey:
-    """The canonical order (DESIGN §7): subject, predicate, object, statement_id. Code-point
-    order of str equals UTF-8 byte order (surrogates are refused above)."""
-    return (row["subject"], row["predicate"], row["object"], row["statement_id"])
-
-
-def _write_run(rows: list[tuple[RowKey, bytes]], tmp_dir: str) -> str:
-    rows.sort(key=lambda item: item[0])
-    fd, name = tempfile.mkstemp(prefix="sort-run-", suffix=".jsonl", dir=tmp_dir)
-    with os.fdopen(fd, "wb") as out:
-        out.writelines(line for _, line in rows)
-    return name
-
-
-def _read_run(name: str) -> Iterator[tuple[RowKey, bytes]]:
-    with open(name, "rb") as run:
-        for line in run:
-            # Our own canonical output: the plain parser is enough here.
-            yield row_key(json.loads(line)), line
-
-
 def sort_triples_file(
-    src: Path, dst: Path, *, chunk_rows: int = 250_000, tmp_dir: Path | None = None
+    src: Path, dst: Path, *, chunk_rows: int = DEFAULT_RUN_ROWS, tmp_dir: Path | None = None
 ) -> int:
     """External merge sort of a user triples JSONL into canonical lines; returns the row count.
 
-    Memory is bounded by `chunk_rows` rows: sorted runs go to temp files, then `heapq.merge`.
-    Blank lines are skipped; any other bad line raises `ManifestSchemaInvalid` with its number.
-    A statement_id given twice is refused (with both line numbers).
+    Memory is bounded by `chunk_rows` rows (`external_sort`). Blank lines are skipped; any
+    other bad line raises `ManifestSchemaInvalid` with its number. A statement_id given twice
+    is refused (with both line numbers). `dst` appears only once complete.
     """
     if chunk_rows < 1:
         raise ValueError("chunk_rows must be >= 1")
-    work = tempfile.mkdtemp(prefix="kristal-sort-", dir=tmp_dir or dst.parent)
-    runs: list[str] = []
     partial = dst.with_name(f".{dst.name}.{os.getpid()}.partial")
+    sorted_input = sort_runs(src, tmp_dir or dst.parent, run_rows=chunk_rows)
     try:
-        chunk: list[tuple[RowKey, bytes]] = []
-        # statement_id uniqueness with the input's line numbers, in bounded memory (on disk).
-        seen = sqlite3.connect(os.path.join(work, "ids.sqlite"), isolation_level=None)
-        seen.execute("PRAGMA journal_mode=OFF")
-        seen.execute("PRAGMA synchronous=OFF")
-        seen.execute(
-            "CREATE TABLE ids (statement_id TEXT PRIMARY KEY, lineno INTEGER) WITHOUT ROWID"
-        )
-        seen.execute("BEGIN")
-        with open(src, "rb") as source:
-            for lineno, raw in enumerate(source, 1):
-                if not raw.strip():
-                    continue
-                row = parse_row(raw.rstrip(b"\r\n"), lineno)
-                try:
-                    seen.execute("INSERT INTO ids VALUES (?, ?)", (row["statement_id"], lineno))
-                except sqlite3.IntegrityError:
-                    first = seen.execute("SELECT lineno FROM ids WHERE statement_id = ?",
-                                         (row["statement_id"],)).fetchone()[0]
-                    seen.close()
-                    raise ManifestSchemaInvalid(
-                        f"triples file line {lineno}: duplicate statement_id "
-                        f"{row['statement_id']!r} (also on line {first})"
-                    ) from None
-                chunk.append((row_key(row), row_line(row)))
-                if len(chunk) >= chunk_rows:
-                    runs.append(_write_run(chunk, work))
-                    chunk = []
-        seen.close()
-        os.unlink(os.path.join(work, "ids.sqlite"))
-        if chunk:
-            runs.append(_write_run(chunk, work))
-        del chunk
-        count = 0
-        previous: RowKey | None = None
         with open(partial, "wb") as out:
-            merged = heapq.merge(*(_read_run(name) for name in runs), key=lambda item: item[0])
-            for key, line in merged:
-                if key == previous:
-                    raise ManifestSchemaInvalid(
-                        f"triples file: statement_id {key[3]!r} repeated"
-                    )
-                previous = key
-                out.write(line)
-                count += 1
+            batch: list[str] = []
+            for s, p, o, sid, _line in sorted_input.rows():
+                batch.append(_encode_jcs({"statement_id": sid, "subject": s, "predicate": p,
+                                          "object": o}))
+                if len(batch) == _WRITE_BATCH:
+                    out.write(("\n".join(batch) + "\n").encode("utf-8"))
+                    batch.clear()
+            if batch:
+                out.write(("\n".join(batch) + "\n").encode("utf-8"))
         os.replace(partial, dst)
-        return count
+        return sorted_input.count
     finally:
-        for name in [*runs, str(partial)]:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(name)
-        with contextlib.suppress(OSError):
-            os.rmdir(work)
+        sorted_input.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(partial)

@@ -6,12 +6,9 @@ upload of content-addressed manifests (a republish adopts the stored, signed byt
 from __future__ import annotations
 
 import hashlib
-import json
 import platform
 import uuid
-from collections.abc import Iterator
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from kristal import __version__
@@ -34,41 +31,8 @@ from kristal.trust.signing import SigningKey, sign_document
 ASSERTIONS_PATH = "data/assertions.jsonl"
 
 
-def jcs_line(row: dict[str, str]) -> bytes:
-    """JCS bytes + LF of an object whose keys are ASCII and whose values are strings.
-
-    For such objects `json.dumps(sort_keys, ensure_ascii=False)` produces RFC 8785 exactly
-    (same key order, same string escapes), and it is ~30x faster than a general JCS encoder.
-    """
-    return (
-        json.dumps(row, sort_keys=True, separators=(",", ":"), ensure_ascii=False) + "\n"
-    ).encode()
-
-
-def read_rows(path: Path) -> Iterator[dict[str, str]]:
-    with path.open("rb") as handle:
-        for line in handle:
-            yield json.loads(line)
-
-
-def file_entry(path: Path, rel: str) -> dict[str, Any]:
-    digest = hashlib.sha256()
-    size = 0
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-            size += len(chunk)
-    return {
-        "path": rel,
-        "role": "other",
-        "sha256": digest.hexdigest(),
-        "size_bytes": size,
-        "mime_type": "application/x-ndjson",
-    }
-
-
-
-def _shard_of(subject: str, shards: int) -> int:
+def shard_of(subject: str, shards: int) -> int:
+    """The shard of a subject's rows (split by subject hash, so a subject stays whole)."""
     return int.from_bytes(hashlib.sha256(subject.encode()).digest()[:8], "big") % shards
 
 
@@ -81,21 +45,6 @@ def assertion_of(row: dict[str, str]) -> dict[str, str]:
         "assertion_status": "sourced",
         "certainty_level": "high",
     }
-
-
-def write_assertion_blobs(triples: Path, out_dir: Path, shards: int) -> list[Path]:
-    """One pass over sorted triples; each shard's blob stays sorted since filtering keeps order."""
-    count = max(shards, 1)
-    paths = [out_dir / f"assertions-{i:03d}.jsonl" for i in range(count)]
-    handles = [p.open("wb") for p in paths]
-    try:
-        for row in read_rows(triples):
-            index = _shard_of(row["subject"], count) if count > 1 else 0
-            handles[index].write(jcs_line(assertion_of(row)))
-    finally:
-        for handle in handles:
-            handle.close()
-    return paths
 
 
 def exchange_doc(

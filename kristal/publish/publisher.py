@@ -2,8 +2,9 @@
 
 Builds the Exchange (assertions blob) or K shard Exchanges under a federation root, a Runtime
 Pack of profile `kristal.runtime/sqlite/1` with its check expectations, the validation reports
-the channel requires (real checks over the files written), signs each with its role, uploads
-data before manifests and manifests before the index entry that makes the release visible.
+the channel requires (checks over the files as one pass wrote and hashed them), signs each with
+its role, uploads data before manifests and manifests before the index entry that makes the
+release visible.
 """
 
 from __future__ import annotations
@@ -37,25 +38,21 @@ from kristal.formats.models import (
     validate_channel_id,
 )
 from kristal.formats.time import rfc3339
-from kristal.publish.datagen import sort_triples_file
 from kristal.publish.documents import (
     ASSERTIONS_PATH,
     adopt_existing,
     exchange_doc,
-    file_entry,
     pack_doc,
     put_once,
     sign_exchange,
-    write_assertion_blobs,
 )
+from kristal.publish.release_data import write_release_data
 from kristal.publish.validation import (
     KNOWN_PROFILES,
     PROFILE_CHECKS,
     ReleaseFiles,
     validation_report,
 )
-from kristal.runtime.checks import derive_expectations
-from kristal.runtime.sqlite_index import build_index
 from kristal.store.s3 import ObjectStore
 from kristal.trust.roots import ChannelTrust
 from kristal.trust.signing import SigningKey, sign_document
@@ -125,7 +122,10 @@ def publish(
     now: Callable[[], datetime],
     workdir: Path | None = None,
     trusted: TrustedVersions | None = None,
+    run_rows: int | None = None,
 ) -> PublishResult:
+    """Publish `data` as release `release_id`; `run_rows` bounds the rows sorted in memory at a
+    time (default `KRISTAL_PUBLISH_RUN_ROWS`, else 250,000)."""
     validate_channel_id(channel_id)
     if release_id < 1 or generation < 0 or not 0 <= shards <= 256:
         raise UsageInvalid("release id >= 1, generation >= 0 and 0 <= shards <= 256 are required")
@@ -156,17 +156,18 @@ def publish(
     moment = now()
     tmp = Path(tempfile.mkdtemp(prefix="kristal-publish-", dir=workdir))
     try:
-        triples = tmp / "triples.jsonl"
-        sort_triples_file(data, triples)
-        blobs = write_assertion_blobs(triples, tmp, shards if shards > 1 else 1)
+        # One pass: parse and sort the input, write the triples and the assertions, hashing
+        # each file and gathering what validation and the expectations need as it goes.
+        written = write_release_data(data, tmp, shards if shards > 1 else 1, run_rows=run_rows)
+        triples, blobs = written.triples, written.blobs
         uploads: list[tuple[str, Path]] = []
         documents: list[tuple[dict[str, Any], type[Any], str]] = []
 
         federation: dict[str, Any] | None = None
         shard_docs: list[dict[str, Any]] = []
         if shards > 1:
-            for i, blob_path in enumerate(blobs):
-                entry = file_entry(blob_path, ASSERTIONS_PATH)
+            for i, (blob_path, entry) in enumerate(
+                    zip(blobs, written.blob_entries, strict=True)):
                 shard = sign_exchange(
                     exchange_doc(
                         entry,
@@ -216,9 +217,8 @@ def publish(
                 moment,
             )
         else:
-            entry = file_entry(blobs[0], ASSERTIONS_PATH)
             exchange = sign_exchange(
-                exchange_doc(entry, generation, {"domain": "kristal-activate"}),
+                exchange_doc(written.blob_entries[0], generation, {"domain": "kristal-activate"}),
                 keys.publisher,
                 moment,
             )
@@ -231,10 +231,9 @@ def publish(
         exchange_bytes = canonical_bytes(exchange)
         exchange_sha256 = sha256_hex(exchange_bytes)
 
-        triples_entry = file_entry(triples, TRIPLES_PATH)
-        db_path = tmp / "index.sqlite"
-        row_count = build_index(triples, db_path, source_sha256=triples_entry["sha256"])
-        expectations = derive_expectations(db_path)
+        triples_entry = written.triples_entry
+        row_count = written.row_count
+        expectations = written.expectations
         if given_expectations is not None:  # the fields it names; the rest as derived
             expectations = given_expectations.over(expectations)
         pack = sign_document(
@@ -258,7 +257,8 @@ def publish(
         documents.append((pack, RuntimePackManifest, "runtime-pack"))
         uploads.append((layout.pack_file(pack["runtime_pack_id"], TRIPLES_PATH), triples))
 
-        ctx = ReleaseFiles(triples, blobs, exchange, exchange_sha256, [pack], documents, row_count)
+        ctx = ReleaseFiles(triples, blobs, exchange, exchange_sha256, [pack], documents,
+                           row_count, written.facts)
         targets = [exchange["kristal_id"], pack["runtime_pack_id"]]
         if federation:
             targets.append(federation["federation_id"])

@@ -1,11 +1,11 @@
-"""The validation profiles the publisher checks over the files it wrote (schema, ordering,
-row-count, source-binding) and the signed validation report of each; a report that failed is
-still published: the activation refuses it.
+"""The validation profiles the publisher checks (schema over the documents; ordering, row-count
+and source-binding over the data files, from the facts gathered in the one pass that wrote and
+hashed them) and the signed report of each; a failed report is still published: activation
+refuses it.
 """
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -18,18 +18,16 @@ from kristal.formats.models import (
     parse_model,
 )
 from kristal.formats.time import rfc3339
-from kristal.publish.documents import assertion_of, read_rows
+from kristal.publish.release_data import StreamFacts
 from kristal.trust.signing import SigningKey, sign_document
 
 KNOWN_PROFILES = ("schema", "ordering", "row-count", "source-binding")
 REPORT_LIFETIME = timedelta(days=365)
 
 
-# --- validation profiles: real checks over what was written ----------------------------------
-def _order_key(row: dict[str, str], id_field: str) -> tuple[bytes, ...]:
-    return tuple(row[k].encode() for k in ("subject", "predicate", "object", id_field))
-
-
+# --- validation profiles: checks over the files as they were written ------------------------
+# The row-level profiles read the facts the writer gathered while it wrote, hashed and sized
+# each file (`release_data.StreamFacts`): one pass over the data serves every profile.
 def _check_schema(ctx: ReleaseFiles) -> list[dict[str, str]]:
     findings = []
     for doc, model, what in ctx.documents:
@@ -45,17 +43,9 @@ def _check_schema(ctx: ReleaseFiles) -> list[dict[str, str]]:
 
 def _check_ordering(ctx: ReleaseFiles) -> list[dict[str, str]]:
     findings = []
-    sources = [(ctx.triples, "statement_id", "triples")]
-    sources += [(p, "assertion_id", f"assertions[{i}]") for i, p in enumerate(ctx.assertion_blobs)]
-    for path, id_field, what in sources:
-        previous: tuple[bytes, ...] | None = None
-        bad = ""
-        for line_no, row in enumerate(read_rows(path), start=1):
-            current = _order_key(row, id_field)
-            if previous is not None and current <= previous:
-                bad = f"line {line_no} is not after line {line_no - 1}"
-                break
-            previous = current
+    names = ["triples"] + [f"assertions[{i}]" for i in range(len(ctx.assertion_blobs))]
+    for what, line_no in zip(names, ctx.facts.first_disorder, strict=True):
+        bad = f"line {line_no} is not after line {line_no - 1}" if line_no else ""
         findings.append(
             {
                 "check_id": f"ordering:{what}",
@@ -67,12 +57,8 @@ def _check_ordering(ctx: ReleaseFiles) -> list[dict[str, str]]:
 
 
 def _check_row_count(ctx: ReleaseFiles) -> list[dict[str, str]]:
-    with ctx.triples.open("rb") as handle:
-        pack_rows = sum(1 for _ in handle)
-    exchange_rows = 0
-    for blob in ctx.assertion_blobs:
-        with blob.open("rb") as handle:
-            exchange_rows += sum(1 for _ in handle)
+    pack_rows = ctx.facts.lines[0]
+    exchange_rows = sum(ctx.facts.lines[1:])
     ok = pack_rows == exchange_rows == ctx.row_count
     return [
         {
@@ -98,19 +84,8 @@ def _check_source_binding(ctx: ReleaseFiles) -> list[dict[str, str]]:
                 "message": f"pack {pack['runtime_pack_id']} names {ref['exchange_id']}",
             }
         )
-    # Row by row: the pack's triples are exactly the Exchange's assertions (all shards merged).
-    merged = heapq.merge(
-        *(read_rows(b) for b in ctx.assertion_blobs), key=lambda r: _order_key(r, "assertion_id")
-    )
-    mismatch = ""
-    pack_rows = read_rows(ctx.triples)
-    for line_no, assertion in enumerate(merged, start=1):
-        row = next(pack_rows, None)
-        if row is None or assertion_of(row) != assertion:
-            mismatch = f"pack row {line_no} differs from the exchange's assertion {line_no}"
-            break
-    if not mismatch and next(pack_rows, None) is not None:
-        mismatch = "pack has rows the exchange does not"
+    # Row by row: each pack row was written with its one assertion (all shards together).
+    mismatch = "" if ctx.facts.assertions_per_row else "pack rows and exchange assertions differ"
     findings.append(
         {
             "check_id": "source-binding:rows",
@@ -138,6 +113,7 @@ class ReleaseFiles:
     packs: list[dict[str, Any]]
     documents: list[tuple[dict[str, Any], type[Any], str]]
     row_count: int
+    facts: StreamFacts
 
 
 def validation_report(

@@ -35,7 +35,8 @@ def derive_expectations(
 ) -> Expectations:
     """What the publisher signs when given no expectations file: the row count and lookups of
     the subjects of the first, middle and last rows (canonical order), with counts and digests.
-    Picked by position, so the choice is deterministic and costs three index probes."""
+    Picked by position, so the choice is deterministic and costs three index probes. (The
+    publisher derives the same from its writing pass, `publish.release_data`.)"""
     with PinnedReader(db_path) as reader:
         total = reader.count()
         subjects: list[str] = []
@@ -43,19 +44,25 @@ def derive_expectations(
             row = reader.row_at(position) if total else None
             if row is not None and row["subject"] not in subjects:
                 subjects.append(row["subject"])
-        smoke = []
+        found = []
         for subject in subjects:
             rows = reader.query(subject, None, None)
-            smoke.append(
-                SmokeQuery(
-                    pattern=TriplePattern(s=subject),
-                    expect_count=len(rows),
-                    expect_sha256=result_digest(rows),
-                )
-            )
+            found.append((subject, len(rows), result_digest(rows)))
+    return expectations_of(total, found, latency_p95_ms=latency_p95_ms, max_rss_mb=max_rss_mb)
+
+
+def expectations_of(
+    total: int, subjects: list[tuple[str, int, str]], *, latency_p95_ms: float = 50,
+    max_rss_mb: float = 512
+) -> Expectations:
+    """The derived expectations: `total` rows and, per (subject, count, digest), its lookup."""
     return Expectations(
         row_count=total,
-        smoke_queries=smoke,
+        smoke_queries=[
+            SmokeQuery(pattern=TriplePattern(s=subject), expect_count=count,
+                       expect_sha256=digest)
+            for subject, count, digest in subjects
+        ],
         latency_p95_ms=latency_p95_ms,
         max_rss_mb=max_rss_mb,
     )
