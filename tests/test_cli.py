@@ -625,3 +625,47 @@ def test_a_fleet_dry_run_catches_the_canarys_failing_expectation(
     from kristal.channel import records
 
     assert [records.read_pointer(world.ctx, c).record for c in channels] == [None] * 3
+
+
+def _on_a_terminal(args: list[str], env: dict[str, str]) -> tuple[int, str, str]:
+    """Run the CLI with stderr on a pseudo-terminal (stdout piped): exit status, what the
+    terminal showed, stdout."""
+    import pty
+    import select
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", *args], cwd=REPO_ROOT,
+                            env={**os.environ, **env, "COLUMNS": "120"},
+                            stdout=subprocess.PIPE, stderr=slave, text=True)
+    os.close(slave)
+    shown = b""
+    while True:
+        ready, _, _ = select.select([master], [], [], 0.2)
+        if ready:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                chunk = b""
+            shown += chunk
+            if not chunk and proc.poll() is not None:
+                break
+        elif proc.poll() is not None:
+            break
+    os.close(master)
+    out = proc.stdout.read() if proc.stdout else ""
+    return proc.wait(), shown.decode(errors="replace"), out
+
+
+def test_long_work_shows_progress_bars_on_a_terminal_and_none_with_json(world: World) -> None:
+    data = world.data(1, rows=300_000)
+    status, shown, out = _on_a_terminal(
+        ["publish", "--data", str(data), "--channel", world.channel, "--release-id", "1",
+         "--generation", "1"], world.env)
+    assert status == 0, shown
+    assert "read and sort" in shown and "MB" in shown, shown[-2000:]
+    assert "published release 1" in out
+    status, shown, out = _on_a_terminal(
+        ["publish", "--data", str(data), "--channel", world.channel, "--release-id", "2",
+         "--generation", "1", "--json"], world.env)
+    assert status == 0, shown
+    assert "read and sort" not in shown and json.loads(out)["release_id"] == 2

@@ -68,6 +68,9 @@ def _only_the_invoked_command(argv: list[str]) -> None:
 
 def _run() -> None:
     _only_the_invoked_command(sys.argv[1:])
+    from flows.cli.progress_bars import install_bars
+
+    install_bars("--json" in sys.argv[1:])
     try:
         # Without standalone mode, click hands a command's typer.Exit back as the return value.
         status = app(standalone_mode=False, prog_name="kristalctl")

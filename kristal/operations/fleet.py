@@ -46,6 +46,7 @@ from kristal.operations.fleet_channel import (
 from kristal.operations.fleet_rules import plan_waves, revoke_vetoed, skew_report
 from kristal.operations.outcome import Who
 from kristal.operations.runner import Artifact, HeldLock, Progress, Runner, Unlocked, step
+from kristal.progress import metered
 from kristal.runtime import staging
 from kristal.trust.keys import load_role_key
 from kristal.verify.fetch import verify_release
@@ -184,7 +185,8 @@ def _waves(run: Runner, ctx: Context, fleet: FleetRun, waves: list[list[str]], r
     outcomes: list[ChannelOutcome] = []
     halted_at: int | None = None
     locks = [_lock_ahead(run, fleet, waves[0])]
-    with ThreadPoolExecutor(max_workers=1) as aside:
+    with ThreadPoolExecutor(max_workers=1) as aside, metered(
+            f"fleet release {release_id}: waves", total, "channels") as shown:
         rest_ready = aside.submit(contextvars.copy_context().run, _prepare_locks, run, fleet,
                                   rest)
         try:
@@ -203,6 +205,7 @@ def _waves(run: Runner, ctx: Context, fleet: FleetRun, waves: list[list[str]], r
                 finally:
                     lock.release()
                 outcomes += done
+                shown.advance(len(done))
                 live = sum(o.result in LIVE_RESULTS for o in outcomes)
                 if any(o.result in FAILED_RESULTS for o in done):
                     halted_at = number

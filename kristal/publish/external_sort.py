@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from kristal.errors import ManifestSchemaInvalid
+from kristal.progress import metered
 
 FIELDS: Final = ("statement_id", "subject", "predicate", "object")
 _FIELD_SET: Final = frozenset(FIELDS)
@@ -197,11 +198,13 @@ def _lines(src: Path) -> Iterator[tuple[int, list[str]]]:
     one are yielded first, then `parse_row` raises with the bad line's number and reason."""
     lineno = 1
     tail = b""
-    with open(src, "rb") as source:
+    with open(src, "rb") as source, metered(f"read and sort {src.name}", os.fstat(
+            source.fileno()).st_size, "bytes") as shown:
         while True:
             block = source.read(_READ_BLOCK)
             if not block:
                 break
+            shown.advance(len(block))
             block = tail + block
             cut = block.rfind(b"\n") + 1
             tail = block[cut:]

@@ -26,6 +26,7 @@ from kristal.errors import (
     ProfileUnsupported,
 )
 from kristal.formats.canonical import canonical_bytes, sha256_hex
+from kristal.progress import metered
 from kristal.runtime.unique_ids import SeenIds
 
 PROFILE: Final = "kristal.runtime/sqlite/1"
@@ -113,11 +114,13 @@ def _lines(path: Path) -> Iterator[tuple[int, list[str]]]:
     """
     lineno = 1
     tail = b""
-    with open(path, "rb") as source:
+    with open(path, "rb") as source, metered(f"index {path.name}", os.fstat(
+            source.fileno()).st_size, "bytes") as shown:
         while True:
             block = source.read(_READ_BLOCK)
             if not block:
                 break
+            shown.advance(len(block))
             block = tail + block
             cut = block.rfind(b"\n") + 1
             tail = block[cut:]

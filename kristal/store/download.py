@@ -29,6 +29,7 @@ from kristal.errors import (
     ObjectNotFound,
     StorageUnavailable,
 )
+from kristal.progress import meter
 
 if TYPE_CHECKING:  # the store calls in here; this module never builds one
     from kristal.store.s3 import ObjectInfo, ObjectStore
@@ -214,16 +215,19 @@ def download_to(
     expected = _expectation(expected_sha256, expected_size)
     hasher = hashlib.sha256()
     deadline = Deadline(store, key, expected_size)
+    shown = meter(f"download {key.rsplit('/', 1)[-1]}", expected_size, "bytes")
     # O_RDWR: the parallel path reads finished parts back to hash them in order.
     fd = os.open(dest, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
     ok = False
     try:
         if expected_size >= store.parallel_threshold:
-            size = _download_parallel(store, key, fd, hasher, expected_size, deadline)
+            size = _download_parallel(store, key, fd, hasher, expected_size, deadline,
+                                      shown.advance)
         else:
             def sink(chunk: bytes) -> None:
                 hasher.update(chunk)
                 os.write(fd, chunk)
+                shown.advance(len(chunk))
 
             size = _stream_whole(store, key, sink, expected_size=expected_size,
                                  deadline=deadline)
@@ -233,6 +237,7 @@ def download_to(
         # staged before anything can switch to it), so this is download + verify only.
         ok = True
     finally:
+        shown.close()
         os.close(fd)
         if not ok:
             with contextlib.suppress(OSError):
@@ -341,7 +346,8 @@ def _in_order(
 
 
 def _download_parallel(
-    store: ObjectStore, key: str, fd: int, hasher: Any, expected_size: int, deadline: Deadline
+    store: ObjectStore, key: str, fd: int, hasher: Any, expected_size: int, deadline: Deadline,
+    advance: Callable[[int], None] = lambda n: None,
 ) -> int:
     """Ranged GETs in parallel, written with pwrite; hashed in order by reading them back.
 
@@ -361,6 +367,7 @@ def _download_parallel(
                 raise StorageUnavailable("download cancelled")
             os.pwrite(fd, chunk, pos)
             pos += len(chunk)
+            advance(len(chunk))
 
         return _range(store, key, sink, start, end, info.etag, deadline)
 
