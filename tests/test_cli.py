@@ -669,3 +669,14 @@ def test_long_work_shows_progress_bars_on_a_terminal_and_none_with_json(world: W
          "--generation", "1", "--json"], world.env)
     assert status == 0, shown
     assert "read and sort" not in shown and json.loads(out)["release_id"] == 2
+
+
+def test_a_missing_environment_says_how_to_get_one_and_starts_no_run(world: World) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KRISTAL_S3_")}
+    proc = subprocess.run([sys.executable, "-m", "flows.cli", "activate", world.channel,
+                           "--release", "1", "--operator", "pytest", "--reason", "no env"],
+                          cwd=REPO_ROOT, env={**env, "KRISTAL_S3_BUCKET": ""},
+                          capture_output=True, text=True, timeout=120)
+    line = _refused(proc, "usage_invalid", 2)
+    assert 'eval "$(kristalctl dev up)"' in line
+    assert "run:" not in proc.stdout  # refused before any Prefect run was created

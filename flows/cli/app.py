@@ -71,14 +71,17 @@ def domain_context() -> Any:
 def store_preflight() -> None:
     """Before a flow runs in this process: with `KRISTAL_STORE_BLOCK` set, load the block now,
     so a missing one fails the command (exit 2) rather than a flow run (which the automations
-    would answer). Without it, nothing (no Prefect call)."""
-    from kristal.config import store_block_name
+    would answer). Without it, the environment's store settings, checked the same way (no
+    Prefect call): a run that could only fail on them is never created."""
+    from kristal.config import store_block_name, store_config
 
     name = store_block_name()
     if name is not None:
         from tasks.store_block import block_store_config
 
         block_store_config(name)
+    else:
+        store_config()
 
 
 def publisher_keys() -> Any:
