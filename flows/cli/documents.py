@@ -16,10 +16,13 @@ from kristal.errors import UsageInvalid
 @app.command("id")
 def id_command(
     kind: Annotated[str, typer.Argument(help="exchange|runtime-pack|federation|validation-report")],
-    file: Path,
+    file: Annotated[Path, typer.Argument(help="The document: a JSON manifest or report.")],
     as_json: JsonOpt = False,
 ) -> None:
-    """Print the recomputed ID of a document."""
+    """Print the recomputed ID of a document.
+
+    Example: kristalctl id runtime-pack pack.json
+    """
     from kristal.formats.canonical import parse_json
     from kristal.formats.identity import DocKind, compute_id
 
@@ -41,8 +44,14 @@ def id_command(
 
 
 @app.command("canon")
-def canon_command(file: Path, as_json: JsonOpt = False) -> None:
-    """Print the RFC 8785 bytes of a JSON file (no trailing newline)."""
+def canon_command(
+    file: Annotated[Path, typer.Argument(help="The JSON file to canonicalize.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Print the RFC 8785 bytes of a JSON file (no trailing newline).
+
+    Example: kristalctl canon manifest.json | sha256sum
+    """
     from kristal.formats.canonical import canonical_bytes, parse_json, sha256_hex
 
     data = canonical_bytes(parse_json(read_file(file), what=str(file)))

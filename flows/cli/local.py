@@ -16,12 +16,20 @@ from kristal.config import home_dir
 
 @keys_app.command("generate")
 def keys_generate(
-    role: Annotated[str, typer.Option("--role")],
-    key_id: Annotated[str, typer.Option("--key-id")],
-    out: Annotated[Path, typer.Option("--out")],
+    role: Annotated[str, typer.Option(
+        "--role", help="publisher, validator, channel-authority or activator.")],
+    key_id: Annotated[str, typer.Option(
+        "--key-id", help="The key's id (letters, digits, '.', '_', '-'): its file names and "
+        "trust entry.")],
+    out: Annotated[Path, typer.Option(
+        "--out", help="Directory to write the pair into (created if missing; an existing key "
+        "is never overwritten).")],
     as_json: JsonOpt = False,
 ) -> None:
-    """Write <key_id>.pem (PKCS#8, 0600) and <key_id>.pub.json into --out."""
+    """Write <key_id>.pem (PKCS#8, 0600) and <key_id>.pub.json into --out.
+
+    Example: kristalctl keys generate --role activator --key-id activator-eu-1 --out ./keys
+    """
     from kristal.trust.keys import generate_key
 
     trusted = generate_key(role, key_id, out)
@@ -49,7 +57,10 @@ def dev_up_command(as_json: JsonOpt = False) -> None:
 @dev_app.command("status")
 def dev_status_command(as_json: JsonOpt = False) -> None:
     """Each component of the local stack: running or not, pid, URL, data directory. Exit 0 when
-    all run, 4 (`storage_unavailable`) when one does not (`kristalctl dev up` restarts it)."""
+    all run, 4 (`storage_unavailable`) when one does not (`kristalctl dev up` restarts it).
+
+    Example: kristalctl dev status --json
+    """
     from kristal.dev.devstack import stack_status
     from kristal.errors import StorageUnavailable
 
@@ -74,7 +85,10 @@ def dev_down_command(
         "(keys and trust file stay). Without it, nothing is deleted.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Stop the local stack started by `dev up`; its data stays for the next `dev up`."""
+    """Stop the local stack started by `dev up`; its data stays for the next `dev up`.
+
+    Examples: kristalctl dev down; kristalctl dev down --purge
+    """
     from kristal.dev.devstack import dev_down
 
     done = dev_down(home_dir(), purge=purge)
@@ -85,7 +99,10 @@ def dev_down_command(
 
 @app.command("serve")
 def serve_command() -> None:
-    """Serve every deployment and apply the automations (blocks until stopped)."""
+    """Serve every deployment and apply the automations (blocks until stopped).
+
+    Example: eval "$(kristalctl dev up)" && kristalctl serve
+    """
     quiet_prefect()
     from deployments.serve import serve_all
 
@@ -94,7 +111,10 @@ def serve_command() -> None:
 
 @app.command("demo")
 def demo_command(as_json: JsonOpt = False) -> None:
-    """The main job end to end on the local stack (the README's first command)."""
+    """The main job end to end on the local stack (the README's first command).
+
+    Example: kristalctl demo
+    """
     from flows.demo import run_demo
 
     run_demo(as_json=as_json)  # starts the stack first: Prefect must see PREFECT_API_URL
@@ -103,7 +123,10 @@ def demo_command(as_json: JsonOpt = False) -> None:
 @app.command("unlock")
 def unlock_command(channel: Channel, as_json: JsonOpt = False) -> None:
     """Free a channel lock whose holder is gone (e.g. its lease was lost to a Prefect server
-    restart); refused while a live run holds it."""
+    restart); refused while a live run holds it.
+
+    Example: kristalctl unlock acme/prod/eu-west-1
+    """
     import os
 
     from kristal.errors import UsageInvalid

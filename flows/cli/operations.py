@@ -4,11 +4,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from flows.cli import options as opt
 from flows.cli.app import (
     Channel,
     CorrelationOpt,
@@ -41,11 +41,6 @@ def _orchestrator_unreachable() -> str | None:
         return url
 
 
-ViaDeploymentOpt = Annotated[bool, typer.Option(
-    "--via-deployment", help="Submit the run to its deployment (a worker of the pool runs "
-    "it), follow it, and print its outcome and exit status as here.")]
-
-
 def _via(deployment: str, request: Any) -> Any:
     from tasks.deployment_runs import run_via_deployment
 
@@ -65,21 +60,22 @@ def activate_command(
     channel: Channel,
     operator: OperatorOpt,
     reason: ReasonOpt,
-    release: Annotated[int | None, typer.Option("--release")] = None,
-    exchange: Annotated[str | None, typer.Option("--exchange")] = None,
-    pack: Annotated[list[str] | None, typer.Option("--pack")] = None,
-    force: Annotated[bool, typer.Option("--force")] = False,
+    release: opt.ReleaseOpt = None,
+    exchange: opt.ExchangeOpt = None,
+    pack: opt.PackOpt = None,
+    force: opt.ForceOpt = False,
     correlation_id: CorrelationOpt = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run")] = False,
-    bake: Annotated[str | None, typer.Option(
-        "--bake", help="How long it must hold up live before it counts as known-good "
-        "(30s, 10m; 0: none). Default: the channel's bake policy.")] = None,
-    bake_interval: Annotated[str | None, typer.Option(
-        "--bake-interval", help="How often it is measured while baking.")] = None,
-    via_deployment: ViaDeploymentOpt = False,
+    dry_run: opt.DryRunOpt = False,
+    bake: opt.BakeOpt = None,
+    bake_interval: opt.BakeIntervalOpt = None,
+    via_deployment: opt.ViaDeploymentOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Verify, stage, switch and check a release, then bake it (in its own run)."""
+    """Verify, stage, switch and check a release, then bake it (in its own run).
+
+    Example: kristalctl activate acme/prod/eu-west-1 --release 4 --operator alice --reason
+    CHG-42 (add --dry-run first to see the plan and run the pack's expectations)
+    """
     from flows.params import ActivateRequest
 
     if (release is None) == (exchange is None):
@@ -115,15 +111,22 @@ def rollback_command(
     channel: Channel,
     operator: OperatorOpt,
     reason: ReasonOpt,
-    to: Annotated[str, typer.Option("--to", help="last-known-good, previous or a sequence")] = (
+    to: Annotated[str, typer.Option(
+        "--to", help="Target: last-known-good, previous, or a history sequence number.")] = (
         "last-known-good"
     ),
-    expected_activation_id: Annotated[str | None, typer.Option("--expected-activation-id")] = None,
+    expected_activation_id: Annotated[str | None, typer.Option(
+        "--expected-activation-id", help="Only roll back if this activation id is still live "
+        "(no double rollback). Default: whatever is live.")] = None,
     correlation_id: CorrelationOpt = None,
-    via_deployment: ViaDeploymentOpt = False,
+    via_deployment: opt.ViaDeploymentOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Go back to a release this channel had live."""
+    """Go back to a release this channel had live.
+
+    Example: kristalctl rollback acme/prod/eu-west-1 --to previous --operator alice --reason
+    INC-7
+    """
     from flows.params import RollbackRequest
 
     # Only ASCII digits name a sequence (str.isdigit() also takes '²', which int() refuses).
@@ -179,16 +182,25 @@ def _break_glass_rollback(as_json: bool, request: Any, api_url: str) -> None:
 @app.command("downgrade")
 def downgrade_command(
     channel: Channel,
-    release: Annotated[int, typer.Option("--release")],
-    authorization: Annotated[str, typer.Option("--authorization")],
+    release: Annotated[int, typer.Option(
+        "--release", help="Release id to go to: the target of the authorization.")],
+    authorization: Annotated[str, typer.Option(
+        "--authorization", help="The rollback authorization ID (sha256:...) that kristalctl "
+        "authorize printed; it must be unexpired.")],
     operator: OperatorOpt,
     reason: ReasonOpt,
-    require_approval: Annotated[bool, typer.Option("--require-approval")] = False,
+    require_approval: Annotated[bool, typer.Option(
+        "--require-approval", help="Pause before switching until a human approves on the "
+        "paused run's form in the Prefect UI.")] = False,
     correlation_id: CorrelationOpt = None,
-    via_deployment: ViaDeploymentOpt = False,
+    via_deployment: opt.ViaDeploymentOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Move to an older generation, only to a release a rollback authorization blesses."""
+    """Move to an older generation, only to a release a rollback authorization blesses.
+
+    Example: kristalctl downgrade acme/prod/eu-west-1 --release 2 --authorization sha256:3f9a...
+    --operator alice --reason INC-7 --require-approval
+    """
     from flows.params import DowngradeRequest
 
     request = request_model(DowngradeRequest, channel_id=channel, release_id=release,
@@ -208,25 +220,18 @@ def downgrade_command(
 
 @app.command("fleet-activate")
 def fleet_activate_command(
-    channels: Annotated[list[str], typer.Argument(help="Channels, in rollout order.")],
-    release: Annotated[int, typer.Option("--release")],
+    channels: opt.FleetChannels,
+    release: opt.FleetReleaseOpt,
     operator: OperatorOpt,
     reason: ReasonOpt,
-    canary: Annotated[list[str] | None, typer.Option("--canary", help="Default: first.")] = None,
-    no_canary: Annotated[bool, typer.Option("--no-canary")] = False,
-    wave_size: Annotated[int, typer.Option("--wave-size")] = 10,
-    max_parallel: Annotated[int, typer.Option("--max-parallel")] = 4,
-    revoke_vetoed: Annotated[bool, typer.Option("--revoke-vetoed")] = False,
-    dry_run: Annotated[bool, typer.Option(
-        "--dry-run", help="Verify in every channel, stage once, switch nothing.")] = False,
-    fan_out: Annotated[bool, typer.Option(
-        "--fan-out", help="Run each channel as a run of the activate deployment on the work "
-        "queue of its region (kristal-<region>: kristalctl deploy --pool NAME --region R) and "
-        "wait for them; waves, halt and veto as without. With --dry-run: the queues are "
-        "checked, the dry run itself runs here.")] = False,
-    plot: Annotated[Path | None, typer.Option(
-        "--plot", metavar="FILE", help="Also draw the fleet grid (channel by wave, coloured "
-        "by outcome) to FILE: .svg, or .png (rendered by a local Chromium).")] = None,
+    canary: opt.CanaryOpt = None,
+    no_canary: opt.NoCanaryOpt = False,
+    wave_size: opt.WaveSizeOpt = 10,
+    max_parallel: opt.MaxParallelOpt = 4,
+    revoke_vetoed: opt.RevokeVetoedOpt = False,
+    dry_run: opt.FleetDryRunOpt = False,
+    fan_out: opt.FanOutOpt = False,
+    plot: opt.FleetPlotOpt = None,
     correlation_id: CorrelationOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -284,7 +289,10 @@ def bake_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Run live releases' bakes here, in the foreground, to their verdicts (exit 5: one failed
-    and was rolled back). Activations start this by themselves."""
+    and was rolled back). Activations start this by themselves.
+
+    Example: kristalctl bake acme/prod/eu-west-1 --operator alice
+    """
     from flows.params import BakeRequest
 
     pairs: list[dict[str, Any]] = [{"channel_id": c, "activation_id": None}
@@ -318,7 +326,10 @@ def reverify_command(
     channels: Annotated[list[str] | None, typer.Argument(help="Channels (default: all).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Re-verify live stores: chain, signatures, expiry, objects, local index, checks."""
+    """Re-verify live stores: chain, signatures, expiry, objects, local index, checks.
+
+    Example: kristalctl reverify acme/prod/eu-west-1 acme/prod/us-east-1 --json
+    """
     from flows.params import ReverifyRequest
 
     request = request_model(ReverifyRequest, channel_ids=list(channels) if channels else None)
@@ -342,8 +353,10 @@ def _print_reverify(doc: dict[str, Any]) -> None:
 
 @app.command("report-failure")
 def report_failure_command(channel: Channel, reason: ReasonOpt, as_json: JsonOpt = False) -> None:
-    """Emit kristal.check.failed for the live activation (a monitor's report)."""
+    """Emit kristal.check.failed for the live activation (a monitor's report).
 
+    Example: kristalctl report-failure acme/prod/eu-west-1 --reason "p95 latency over 200 ms"
+    """
     from kristal.channel import records
 
     ctx = domain_context()

@@ -35,7 +35,7 @@ def deploy_command(
         "--store-block", help="Runs take their store from this kristal-store block "
         "(KRISTAL_STORE_BLOCK in every deployment's job variables; it must exist).")] = None,
     region: Annotated[list[str] | None, typer.Option(
-        "--region", help="Create the work queue kristal-<region> in the pool (repeatable): "
+        "--region", help="Create the work queue kristal-REGION in the pool (repeatable): "
         "fleet-activate --fan-out runs that region's channels there.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -80,7 +80,10 @@ def deploy_command(
 
 @automations_app.command("apply")
 def automations_apply_command(as_json: JsonOpt = False) -> None:
-    """Apply the automations for the deployments already on the server (no serving)."""
+    """Apply the automations for the deployments already on the server (no serving).
+
+    Example: PREFECT_API_URL=https://prefect.example.com/api kristalctl automations apply
+    """
     _require_api()
     quiet_prefect()
     from prefect.client.orchestration import get_client
@@ -103,7 +106,10 @@ def doctor_command(
 ) -> None:
     """Check this host's set-up end to end: the store block (with KRISTAL_STORE_BLOCK), settings,
     S3 endpoint, trust file (and its digest against the deployment's), activator key, Prefect
-    API, lease storage, automations, pool."""
+    API, lease storage, automations, pool.
+
+    Example: KRISTAL_STORE_BLOCK=prod-eu kristalctl doctor --pool kristal
+    """
     quiet_prefect()
     from kristal.doctor import Row, local_rows
     from tasks.doctor import expected_trust_sha256, prefect_rows, store_block_row

@@ -27,7 +27,10 @@ def _require_published(ctx: Any, channel: str) -> None:
 
 @app.command("status")
 def status_command(channel: Channel, as_json: JsonOpt = False) -> None:
-    """The live record of a channel."""
+    """The live record of a channel.
+
+    Example: kristalctl status acme/prod/eu-west-1 --json
+    """
     from kristal.channel import records
     from kristal.channel.bakes import bake_status
 
@@ -125,14 +128,21 @@ def history_command(
     emit(as_json, rows, human)
 
 
-PartOpt = Annotated[str | None, typer.Option(help="Only channels with this part.")]
+TenantOpt = Annotated[str | None, typer.Option("--tenant", help="Only this tenant's channels.")]
+EnvironmentOpt = Annotated[str | None, typer.Option(
+    "--environment", help="Only channels of this environment (e.g. prod).")]
+RegionOpt = Annotated[str | None, typer.Option(
+    "--region", help="Only channels of this region (e.g. eu-west-1).")]
 
 
 @app.command("channels")
-def channels_command(tenant: PartOpt = None, environment: PartOpt = None,
-                     region: PartOpt = None, as_json: JsonOpt = False) -> None:
+def channels_command(tenant: TenantOpt = None, environment: EnvironmentOpt = None,
+                     region: RegionOpt = None, as_json: JsonOpt = False) -> None:
     """Every channel in the bucket with what is live there: release, generation, since when,
-    by whom, kind, checks, rollback mode."""
+    by whom, kind, checks, rollback mode.
+
+    Example: kristalctl channels --tenant acme --environment prod
+    """
     from kristal.channel.directory import channel_rows, list_channels
 
     ctx = domain_context()
@@ -160,7 +170,10 @@ def channels_command(tenant: PartOpt = None, environment: PartOpt = None,
 @app.command("releases")
 def releases_command(channel: Channel, as_json: JsonOpt = False) -> None:
     """The channel's releases (its verified index) with each one's state here: live,
-    activatable, quarantined, revoked, below the floor, needs an authorization."""
+    activatable, quarantined, revoked, below the floor, needs an authorization.
+
+    Example: kristalctl releases acme/prod/eu-west-1
+    """
     from kristal.channel.directory import release_rows
     from kristal.channel.index import load_verified_index, read_index_bytes
 

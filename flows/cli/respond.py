@@ -32,7 +32,10 @@ def respond_command(
 ) -> None:
     """Roll back on every kristal.check.failed, in this process, guarded by the reported
     activation (the automation stays as the fallback). Runs until SIGTERM or Ctrl-C, then
-    finishes the rollbacks in hand."""
+    finishes the rollbacks in hand.
+
+    Example: kristalctl respond --channel acme/prod/eu-west-1 --json
+    """
     if not os.environ.get("PREFECT_API_URL"):
         raise UsageInvalid("respond needs PREFECT_API_URL: the server whose events to follow",
                            field="PREFECT_API_URL")
