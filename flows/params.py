@@ -196,7 +196,7 @@ class FleetRequest(Operator):
     fan_out: bool = Field(
         False,
         description="Run each channel's activation as a run of the activate deployment on the "
-        "work queue of its region (kristal-<region>), so that region's workers stage it from "
+        "work queue of its region (kristal-REGION), so that region's workers stage it from "
         "their own store; waves, halt and veto as without. Every region needs its queue "
         "(kristalctl deploy --pool NAME --region R). A dry run still runs here, after "
         "checking the queues.",
