@@ -64,13 +64,16 @@ def check_region_queues(channel_ids: Sequence[str]) -> str:
 
 
 def run_name(job: RemoteActivation) -> str:
-    return f"fleet-{job.fleet}-w{job.wave}-{validate_channel_id(job.channel_id).replace('/', '.')}"
+    """The name the `activate` flow gives itself (`tasks.run_labels`): the fleet and wave are
+    in the run's tags."""
+    return f"activate {validate_channel_id(job.channel_id)} → {job.release_id}"
 
 
 def activate_on_worker(job: RemoteActivation, fleet_run_id: str | None) -> RanElsewhere:
     """Run `activate` for one channel on its region's queue and wait for its end."""
     queue = channel_region_queue(job.channel_id)
-    tags = ["kristal-fleet", f"fleet:{job.fleet}", f"channel:{job.channel_id}"]
+    tags = ["kristal-fleet", f"fleet:{job.fleet}", f"wave:{job.wave}",
+            f"channel:{job.channel_id}"]
     if fleet_run_id:
         tags.append(f"fleet-run:{fleet_run_id}")
     run = submit_run(ACTIVATE_DEPLOYMENT, {"request": {

@@ -114,10 +114,12 @@ def classify(seen: Seen) -> str:
 
 # What a clean run of each operation calls (checked by test_call_kinds_are_enumerated).
 OPERATION_KINDS: dict[str, list[str]] = {
+    # GET history: the run's history artifact, read after the switch (a view: a fault there
+    # is logged, never the run's failure).
     "activate": ["GET pointer", "HEAD history", "GET index", "GET manifests", "GET reports",
                  "GET quarantine", "GET payloads", "HEAD payloads", "GET checks",
-                 "HEAD checks", "PUT pointer", "PUT history", "PUT checks", "PUT probe",
-                 "GET probe", "DELETE probe"],
+                 "HEAD checks", "GET history", "PUT pointer", "PUT history", "PUT checks",
+                 "PUT probe", "GET probe", "DELETE probe"],
     "activate-failing": ["GET pointer", "HEAD history", "GET index", "GET manifests",
                          "GET reports", "GET quarantine", "GET payloads", "HEAD payloads",
                          "GET checks", "HEAD checks", "GET history", "PUT pointer",

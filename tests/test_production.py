@@ -197,13 +197,15 @@ def test_deploy_a_worker_runs_via_deployment_and_doctor_checks_the_set_up(
                                    "trust-file-digest"), wrong.stderr
 
 
-def _worker_of(prod: Production, run_name: str) -> str:
-    """The worker that ran the run: its log holds the run's own output ("submitting" is
-    logged by every worker that raced for it)."""
-    mark = f"Beginning flow run '{run_name}'"
+def _worker_of(prod: Production, run_id: object) -> str:
+    """The worker that ran the run: its log holds the run's own output, whose first lines give
+    the run's address ("submitting" is logged by every worker that raced for it; the run's
+    name changes once it knows what it does)."""
+    mark = "View at http"
     names = [w.name for w in prod.workers
-             if mark in (prod.log_dir / f"worker-{w.name}.log").read_text(errors="replace")]
-    assert len(names) == 1, (run_name, names)
+             if any(mark in line and f"/runs/flow-run/{run_id}" in line for line in (
+                 prod.log_dir / f"worker-{w.name}.log").read_text(errors="replace").splitlines())]
+    assert len(names) == 1, (run_id, names)
     return names[0]
 
 
@@ -233,7 +235,7 @@ def test_two_concurrent_activations_of_one_channel_on_two_workers_keep_one_histo
     runs = [r for r in prod.flow_runs() if str(r.deployment_id) == activate_id
             and r.parameters.get("request", {}).get("channel_id") == world.channel]
     assert len(runs) == 2
-    assert len({_worker_of(prod, r.name) for r in runs}) == 2
+    assert len({_worker_of(prod, r.id) for r in runs}) == 2
 
 
 def test_the_dead_hosts_run_is_found_by_the_zombie_automation_and_rolled_back(

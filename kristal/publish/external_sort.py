@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from kristal.errors import ManifestSchemaInvalid
-from kristal.progress import metered
+from kristal.formats.line_blocks import lf_blocks
 
 FIELDS: Final = ("statement_id", "subject", "predicate", "object")
 _FIELD_SET: Final = frozenset(FIELDS)
@@ -34,7 +34,6 @@ Row = tuple[str, str, str, str, int]
 
 DEFAULT_RUN_ROWS: Final = 250_000  # ~90 MB of row tuples in memory at a time
 RUN_ROWS_ENV: Final = "KRISTAL_PUBLISH_RUN_ROWS"
-_READ_BLOCK: Final = 4 << 20
 _PICKLE_BATCH: Final = 2048  # rows per pickle frame: what one run holds in memory while merging
 # A line already in the canonical (JCS) form whose strings need no escaping: then the groups are
 # the values exactly as json.loads would give them (no duplicate key, no escape, no lone
@@ -197,22 +196,9 @@ def _lines(src: Path) -> Iterator[tuple[int, list[str]]]:
     at once is far cheaper than per line; in a block with bad UTF-8 the lines before the bad
     one are yielded first, then `parse_row` raises with the bad line's number and reason."""
     lineno = 1
-    tail = b""
-    with open(src, "rb") as source, metered(f"read and sort {src.name}", os.fstat(
-            source.fileno()).st_size, "bytes") as shown:
-        while True:
-            block = source.read(_READ_BLOCK)
-            if not block:
-                break
-            shown.advance(len(block))
-            block = tail + block
-            cut = block.rfind(b"\n") + 1
-            tail = block[cut:]
-            if cut:
-                lines = yield from _decoded(block[:cut - 1], lineno)
-                lineno += lines
-    if tail:
-        yield from _decoded(tail, lineno)
+    for block in lf_blocks(src, f"read and sort {src.name}"):
+        # An unterminated last line is a line too (the input need not end with LF).
+        lineno += yield from _decoded(block[:-1] if block.endswith(b"\n") else block, lineno)
 
 
 def _decoded(chunk: bytes, lineno: int) -> Generator[tuple[int, list[str]], None, int]:

@@ -26,7 +26,7 @@ from kristal.errors import (
     ProfileUnsupported,
 )
 from kristal.formats.canonical import canonical_bytes, sha256_hex
-from kristal.progress import metered
+from kristal.formats.line_blocks import lf_blocks
 from kristal.runtime.unique_ids import SeenIds
 
 PROFILE: Final = "kristal.runtime/sqlite/1"
@@ -63,7 +63,6 @@ BUILD_PRAGMAS: Final = (
     "PRAGMA cache_size=-65536",
 )
 
-_READ_BLOCK = 4 * 1024 * 1024
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 # The canonical (JCS) line of a row whose strings need no escaping: keys in sorted order, values
 # non-empty and free of quotes, backslashes and control characters. Anything else takes the
@@ -113,30 +112,18 @@ def _lines(path: Path) -> Iterator[tuple[int, list[str]]]:
     LF so no UTF-8 sequence is split.
     """
     lineno = 1
-    tail = b""
-    with open(path, "rb") as source, metered(f"index {path.name}", os.fstat(
-            source.fileno()).st_size, "bytes") as shown:
-        while True:
-            block = source.read(_READ_BLOCK)
-            if not block:
-                break
-            shown.advance(len(block))
-            block = tail + block
-            cut = block.rfind(b"\n") + 1
-            tail = block[cut:]
-            if not cut:
-                continue
-            try:
-                text = block[:cut].decode("utf-8")
-            except UnicodeDecodeError as exc:
-                bad = lineno + block.count(b"\n", 0, exc.start)
-                raise ManifestSchemaInvalid(f"{_where(bad)}: not UTF-8 ({exc.reason})") from None
-            lines = text.split("\n")
-            lines.pop()  # the empty string after the block's final LF
-            yield lineno, lines
-            lineno += len(lines)
-    if tail:
-        raise ManifestSchemaInvalid(f"{_where(lineno)}: the last line does not end with LF")
+    for block in lf_blocks(path, f"index {path.name}"):
+        if not block.endswith(b"\n"):
+            raise ManifestSchemaInvalid(f"{_where(lineno)}: the last line does not end with LF")
+        try:
+            text = block.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            bad = lineno + block.count(b"\n", 0, exc.start)
+            raise ManifestSchemaInvalid(f"{_where(bad)}: not UTF-8 ({exc.reason})") from None
+        lines = text.split("\n")
+        lines.pop()  # the empty string after the block's final LF
+        yield lineno, lines
+        lineno += len(lines)
 
 
 def _no_candidate(lineno: int) -> None:
