@@ -83,7 +83,8 @@ def automations(registered: Registered, followup_block_id: UUID | None) -> list[
             "switched (nothing if it failed before its switch or already rolled back).",
             trigger=EventTrigger(
                 expect={"prefect.flow-run.Failed", "prefect.flow-run.Crashed"},
-                match_related={"prefect.resource.id": [f"prefect.deployment.{d}" for d in watched]},
+                match_related={"prefect.resource.id": sorted(
+                    f"prefect.deployment.{d}" for d in watched)},
                 posture=Posture.Reactive, threshold=1, within=0,
             ),
             actions=[RunDeployment(
@@ -129,8 +130,11 @@ def automations(registered: Registered, followup_block_id: UUID | None) -> list[
                         "prefect.flow-run.Failed", "prefect.flow-run.Cancelled",
                         "prefect.flow-run.Crashed"},
                 match={"prefect.resource.id": ["prefect.flow-run.*"]},
-                match_related={"prefect.resource.id": [
-                    f"prefect.deployment.{d}" for d in registered.ids.values()]},
+                # Sorted: the ids come in whatever order the deployments were registered, and
+                # a reordered list reads as a changed definition (an update resets the
+                # trigger's state: a host that just died would never be marked).
+                match_related={"prefect.resource.id": sorted(
+                    f"prefect.deployment.{d}" for d in registered.ids.values())},
                 for_each={"prefect.resource.id"},
                 posture=Posture.Proactive, threshold=1, within=zombie_after,
             ),

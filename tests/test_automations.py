@@ -175,3 +175,19 @@ def test_deployments_automations_and_follow_ups_end_to_end(
     posts = _wait(lambda: {p["failed_release_id"] for p in webhook[1]
                            if p.get("channel_id") == world.channel} >= {"3", "4"})
     assert posts
+
+
+def test_the_automations_definition_does_not_depend_on_the_order_deployments_registered_in(
+) -> None:
+    """`deploy` registers deployments in its own order, `automations apply` reads them in
+    another: the definitions must compare equal, or a re-apply updates the zombie automation
+    and resets its trigger (a host that died just before is then never marked; seen in CI)."""
+    import uuid
+
+    from deployments.automations import Registered, _definition, automations
+
+    names = ["activate", "rollback", "downgrade", "bake", "reverify", "fleet-activate"]
+    ids = {name: uuid.uuid4() for name in names}
+    one = automations(Registered(ids), None)
+    other = automations(Registered(dict(reversed(ids.items()))), None)
+    assert [_definition(a) for a in one] == [_definition(a) for a in other]

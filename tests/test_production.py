@@ -238,6 +238,23 @@ def test_two_concurrent_activations_of_one_channel_on_two_workers_keep_one_histo
     assert len({_worker_of(prod, r.id) for r in runs}) == 2
 
 
+def _say_what_the_server_saw(flow_run_id: object) -> None:
+    """On a failure: the killed run's state and its events, for the log."""
+    import httpx
+    from prefect.settings import PREFECT_API_URL
+
+    api = str(PREFECT_API_URL.value())
+    run = httpx.get(f"{api}/flow_runs/{flow_run_id}", timeout=10).json()
+    print("killed run:", run.get("name"), run.get("state_type"), run.get("state_name"),
+          (run.get("state") or {}).get("message"))
+    found = httpx.post(f"{api}/events/filter", timeout=10, json={"filter": {
+        "any_resource": {"id": [f"prefect.flow-run.{flow_run_id}"]}}, "limit": 50}).json()
+    for event in found.get("events", []):
+        print("event:", event.get("occurred"), event.get("event"))
+    for automation in httpx.post(f"{api}/automations/filter", json={}, timeout=10).json():
+        print("automation:", automation["name"], automation.get("updated"))
+
+
 def test_the_dead_hosts_run_is_found_by_the_zombie_automation_and_rolled_back(
         dead_host: DeadHost) -> None:
     world, switched = dead_host.world, dead_host.switched
@@ -246,7 +263,11 @@ def test_the_dead_hosts_run_is_found_by_the_zombie_automation_and_rolled_back(
         record = world.pointer().record
         return record is not None and record.kind == "auto_rollback"
 
-    wait_for("the zombie automation's rollback", rolled_back, ZOMBIE_AFTER_S + 150, poll=1)
+    try:
+        wait_for("the zombie automation's rollback", rolled_back, ZOMBIE_AFTER_S + 150, poll=1)
+    except BaseException:
+        _say_what_the_server_saw(switched.flow_run_id)
+        raise
     print(f"kill -9 -> rolled back: {time.monotonic() - dead_host.killed_at:.1f}s")
     record = world.pointer().record
     assert record is not None and record.active.release_id == 1
