@@ -19,8 +19,8 @@ from prefect.client.schemas.objects import FlowRun
 
 from kristal.config import bake_launch, home_dir
 from kristal.operations.outcome import Outcome
-from tasks.locks import run_logger
 from tasks.names import BAKE_DEPLOYMENT
+from tasks.run_log import run_logger
 
 
 def _in_deployment() -> bool:

@@ -19,7 +19,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.client.schemas.sorting import ArtifactSort
 
-from tasks.locks import run_logger
+from tasks.run_log import run_logger
 
 BOARD_KEY = "kristal-board"
 

@@ -24,6 +24,7 @@ from prefect.utilities.asyncutils import run_coro_as_sync
 
 from tasks.leases import Lease, LimitMissing, current_holder
 from tasks.names import lock_name
+from tasks.run_log import run_logger
 
 log = logging.getLogger("kristal.locks")
 _held: contextvars.ContextVar[tuple[Lease, ...]] = contextvars.ContextVar(
@@ -234,13 +235,3 @@ def unlock_channel(channel_id: str) -> dict[str, Any]:
     out["freed"] = True
     return out
 
-
-def run_logger() -> Any:
-    """The run's logger inside a flow or task run, else this module's."""
-    from prefect.exceptions import MissingContextError
-    from prefect.logging import get_run_logger
-
-    try:
-        return get_run_logger()
-    except MissingContextError:
-        return log

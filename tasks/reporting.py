@@ -16,8 +16,8 @@ from prefect.artifacts import (
 )
 
 from kristal.operations.runner import Artifact
-from tasks.locks import run_logger
 from tasks.names import artifact_key
+from tasks.run_log import run_logger
 
 
 def publish_artifact(artifact: Artifact) -> None:

@@ -12,20 +12,7 @@ from uuid import UUID
 from prefect.states import Completed, Failed, State
 
 from kristal.formats.models import validate_channel_id
-
-
-def run_logger() -> Any:
-    """The run's logger inside a run, else this module's (tasks.locks imports this module)."""
-    import logging
-
-    from prefect.exceptions import MissingContextError
-    from prefect.logging import get_run_logger
-
-    try:
-        return get_run_logger()
-    except MissingContextError:
-        return logging.getLogger("kristal.runs")
-
+from tasks.run_log import run_logger
 
 MAX_CHANNEL_TAGS = 20  # a fleet of hundreds is tagged by its release, not by every channel
 

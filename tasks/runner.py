@@ -32,9 +32,10 @@ from kristal.operations.runner import (
     Step,
 )
 from tasks.board import update_board
-from tasks.locks import WaveLock, channel_lock, ensure_channel_limits, lease_lost, run_logger
+from tasks.locks import WaveLock, channel_lock, ensure_channel_limits, lease_lost
 from tasks.names import artifact_key, channel_resource_id, fleet_resource_id
 from tasks.reporting import ProgressArtifact, publish_artifact
+from tasks.run_log import run_logger
 from tasks.runtime import retry_on_transient
 
 P = ParamSpec("P")

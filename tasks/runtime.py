@@ -57,8 +57,8 @@ T = TypeVar("T", bound=BaseModel)
 def log_outcome(outcome: T) -> T:
     """The run's outcome as one log line (`kristal-outcome {json}`): how a CLI that submitted
     the run to a deployment (`--via-deployment`) reads what it did."""
-    from tasks.locks import run_logger
     from tasks.names import OUTCOME_LOG_PREFIX
+    from tasks.run_log import run_logger
 
     run_logger().info(OUTCOME_LOG_PREFIX + outcome.model_dump_json())
     return outcome

@@ -11,8 +11,7 @@ from kristal.context import Context
 from kristal.errors import ChecksNotPassed
 from kristal.operations.plan import ActivationPlan
 from kristal.operations.runner import step
-from kristal.runtime import staging
-from kristal.runtime.checkrunner import run_checks_isolated
+from kristal.operations.steps import pack_checks
 from kristal.runtime.checks import CheckReport
 from kristal.verify.verifier import VerifiedRelease
 
@@ -20,13 +19,7 @@ from kristal.verify.verifier import VerifiedRelease
 @step("dry-run-checks")
 def staged_checks(ctx: Context, release: VerifiedRelease) -> list[CheckReport]:
     """Each pack's expectations against its staged index (a fresh process each, as live)."""
-    return [staged_pack_checks(ctx, p) for p in release.packs]
-
-
-def staged_pack_checks(ctx: Context, pack: Any) -> CheckReport:
-    """One pack's expectations against its staged index."""
-    return run_checks_isolated(staging.index_path(ctx, pack.pack_id), pack.expectations,
-                               pack.manifest.triples().sha256)
+    return [pack_checks(ctx, p) for p in release.packs]
 
 
 def refuse_failing(channel_id: str, release_id: int, reports: list[CheckReport]) -> None:

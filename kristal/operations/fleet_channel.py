@@ -37,12 +37,13 @@ from kristal.errors import (
 )
 from kristal.formats.channel_docs import ActivationRecord
 from kristal.once_per_key import OncePerKey
-from kristal.operations.dry_run import refuse_failing, staged_pack_checks
+from kristal.operations.dry_run import refuse_failing
 from kristal.operations.golive import go_live
 from kristal.operations.outcome import Who
 from kristal.operations.pictures import fleet_grid_svg, svg_markdown
 from kristal.operations.plan import plan_activation
 from kristal.operations.runner import HeldLock, RemoteActivation, Runner
+from kristal.operations.steps import pack_checks
 from kristal.runtime import staging
 from kristal.runtime.checkrunner import run_checks_isolated
 from kristal.runtime.checks import CheckOutcome, CheckReport
@@ -253,7 +254,7 @@ def plan_channel(ctx: Context, fleet: FleetRun, channel_id: str, release_id: int
         # The expectations against the staged index, once per pack for the whole fleet: a
         # canary's failing expectation shows here, before any switch.
         refuse_failing(channel_id, release_id, [fleet.measurements.report(
-            p.pack_id, channel_id, lambda p=p: staged_pack_checks(ctx, p))[0]  # type: ignore[misc]
+            p.pack_id, channel_id, lambda p=p: pack_checks(ctx, p))[0]  # type: ignore[misc]
             for p in plan.release.packs])
         would += "; its checks pass against the staged index"
     return ChannelOutcome(

@@ -10,6 +10,7 @@ the run shows which step failed; the caller decides the rollback.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from kristal.channel import bakes, records
 from kristal.channel import pointer as ptr
@@ -137,6 +138,13 @@ def _require_free_slots(ctx: Context, record: ActivationRecord,
                 "was changed")
 
 
+def pack_checks(ctx: Context, pack: Any) -> CheckReport:
+    """One pack's expectations against its index in the cache, in a fresh process (its own
+    peak RSS): the live checks (under the pinned reader) and a dry run's (staged, not live)."""
+    return run_checks_isolated(staging.index_path(ctx, pack.pack_id), pack.expectations,
+                               pack.manifest.triples().sha256)
+
+
 def measure_pinned(ctx: Context, record: ActivationRecord,
                    release: VerifiedRelease) -> list[CheckReport]:
     """The pinned reader's indexes, checked in a fresh process each (its own peak RSS)."""
@@ -147,11 +155,7 @@ def measure_pinned(ctx: Context, record: ActivationRecord,
                 f"sequence {record.sequence} is no longer live (now {session.record.sequence}, "
                 f"{session.record.activation_id}); its checks are not ours to run"
             )
-        reports = [
-            run_checks_isolated(staging.index_path(ctx, p.pack_id), p.expectations,
-                                sources[p.pack_id])
-            for p in release.packs
-        ]
+        reports = [pack_checks(ctx, p) for p in release.packs]
     crash_point("after_checks")
     return reports
 
