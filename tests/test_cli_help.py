@@ -31,7 +31,7 @@ def _commands(app: typer.Typer, prefix: str = "") -> Iterator[tuple[str, Callabl
 
 
 def _all_commands() -> list[tuple[str, Callable[..., Any]]]:
-    from flows.cli import app
+    from flows.cli.command_line import app
 
     found = list(_commands(app))
     assert len(found) >= 25, [name for name, _ in found]  # the import registered them all
@@ -40,7 +40,7 @@ def _all_commands() -> list[tuple[str, Callable[..., Any]]]:
 
 def _callbacks() -> Iterator[tuple[str, Callable[..., Any]]]:
     """Commands, plus the app's own callback (`--version`)."""
-    from flows.cli import app
+    from flows.cli.command_line import app
 
     yield from _all_commands()
     if app.registered_callback is not None and app.registered_callback.callback is not None:

@@ -120,7 +120,7 @@ def test_a_missing_store_block_is_a_usage_error_before_anything_changes(
     from prefect.exceptions import ObjectNotFound
     from typer.testing import CliRunner
 
-    from flows.cli import app
+    from flows.cli.command_line import app
 
     pool = f"pool-{uuid.uuid4().hex[:6]}"
     deploy = CliRunner().invoke(app, ["deploy", "--pool", pool, "--store-block", missing])

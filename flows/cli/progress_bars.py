@@ -17,6 +17,7 @@ from kristal import progress
 def install_bars(as_json: bool) -> bool:
     """Show the meters as bars if a person is watching; whether they will be."""
     if as_json or not sys.stderr.isatty() or os.environ.get("KRISTAL_NO_PROGRESS") == "1":
+        progress.install(None)  # a warm process's child: not the bars of `kristalctl warm`
         return False
     bars = _Bars()
     progress.install(bars.meter)
