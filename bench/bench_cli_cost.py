@@ -137,7 +137,7 @@ def main() -> int:
                 k: [] for k in ("rollback", "floor", "status", "import_prefect",
                                 "compare_rollback", "compare_status", "warm_rollback",
                                 "warm_status")}
-            warm = start_warm(cli, env, work / "warm.log")
+            warm = benchlib.start_warm(env, work / "warm.log", ROOT)
             other = None if args.compare is None else {**env, "PYTHONPATH": str(
                 args.compare.resolve())}
             work_s: dict[str, list[float]] = {"rollback": [], "warm_rollback": []}
@@ -174,7 +174,7 @@ def main() -> int:
                         wall, cpu, _ = timed(argv, other, args.compare.resolve())
                         if run:
                             samples[name].append((wall, cpu))
-            handed = stop_warm(warm, work / "warm.log")
+            handed = benchlib.stop_warm(warm, work / "warm.log")
     load_after = Path("/proc/loadavg").read_text().split()[:3]
 
     walls = {k: [w for w, _ in v] for k, v in samples.items() if v}
@@ -229,25 +229,6 @@ def main() -> int:
     print(f"the warm process forked {handed} children (every warm sample ran warm: "
           f"{verdict(handed == 2 * (args.runs + 1))})")
     return 0
-
-
-def start_warm(cli: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    """`kristalctl warm` for this environment (its stderr in `log`), once it is ready."""
-    with log.open("wb") as out:
-        warm = subprocess.Popen([*cli, "warm"], env=env, cwd=ROOT, stderr=out)
-    deadline = time.monotonic() + 120
-    while "ready (pid" not in log.read_text():
-        if warm.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"kristalctl warm was never ready: {log.read_text()}")
-        time.sleep(0.1)
-    return warm
-
-
-def stop_warm(warm: subprocess.Popen[bytes], log: Path) -> int:
-    """Stop it; how many children it forked (it says so per command)."""
-    warm.terminate()
-    warm.wait(60)
-    return log.read_text().count(" → child ")
 
 
 def live_record(world: benchlib.BenchWorld) -> Any:

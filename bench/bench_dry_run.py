@@ -7,8 +7,9 @@ objects with boto3 (`download_file`, its parallel ranges), `json.loads` every ro
 Each run of ours gets an empty KRISTAL_CACHE_DIR (cold); they alternate. The dry run goes
 through the plain runner (the operations' own steps), and, as a third row, through the CLI as
 an operator runs it: `kristalctl activate C --release 1 --dry-run` in a fresh process, a flow
-run on a Prefect server this script starts (Prefect's import, the run; issue 15 item 4).
-`--no-cli` leaves that row out.
+run on a Prefect server this script starts (Prefect's import, the run; issue 15 item 4), and,
+as a fourth, the same command handed to a `kristalctl warm` process of its environment (the
+warm path: no start-up). `--no-cli` leaves both out.
 
 `--compare TREE` also runs the dry run from another source tree (e.g. `git worktree add
 /tmp/base <commit>`), interleaved, against the same bucket and floor.
@@ -149,6 +150,14 @@ def main() -> int:
         other: list[tuple[float, dict[str, Any]]] = []
         ours: list[tuple[float, dict[str, Any]]] = []
         cli: list[float] = []
+        warm_cli: list[float] = []
+        warm_cache = work / "cache-warm"
+        runtime = work / "run"
+        runtime.mkdir(mode=0o700)
+        warm_env = {**env, "KRISTAL_CACHE_DIR": str(warm_cache), "PREFECT_API_URL": api_url or "",
+                    "XDG_RUNTIME_DIR": str(runtime)}
+        warm = None if api_url is None else benchlib.start_warm(
+            warm_env, work / "warm.log", Path(__file__).resolve().parents[1])
         floor: list[tuple[float, dict[str, Any]]] = []
         for run in range(args.runs):
             note(f"run {run + 1}/{args.runs} ...")
@@ -169,8 +178,12 @@ def main() -> int:
             if api_url is not None:
                 os.sync()
                 cli.append(run_cli(world.channel, {
-                    **env, "KRISTAL_CACHE_DIR": str(cache), "PREFECT_API_URL": api_url}))
+                    **env, "KRISTAL_CACHE_DIR": str(cache), "PREFECT_API_URL": api_url,
+                    "KRISTAL_NO_WARM": "1"}))
                 shutil.rmtree(cache, ignore_errors=True)
+                os.sync()
+                warm_cli.append(run_cli(world.channel, warm_env))
+                shutil.rmtree(warm_cache, ignore_errors=True)
             if args.compare:
                 os.sync()
                 other.append(run_json(
@@ -179,13 +192,15 @@ def main() -> int:
                      "PYTHONPATH": str(args.compare.resolve())}))
                 shutil.rmtree(cache, ignore_errors=True)
 
+        handed = 0 if warm is None else benchlib.stop_warm(warm, work / "warm.log")
+
     res = {
         "benchmark": "dry_run", "machine": benchlib.machine(), "rows": args.rows,
         "ids": args.ids, "runs": args.runs, "publish_s": publish_s, "objects": every,
         "blobs_kept_by_ours": len(kept),
         "ours_wall_s": [w for w, _ in ours], "ours_phases": [p for _, p in ours],
         "floor_wall_s": [w for w, _ in floor], "floor_phases": [p for _, p in floor],
-        "cli_wall_s": cli,
+        "cli_wall_s": cli, "warm_cli_wall_s": warm_cli, "warm_children": handed,
         "compare_tree": str(args.compare) if args.compare else None,
         "compare_wall_s": [w for w, _ in other], "compare_phases": [p for _, p in other],
         "loadavg": Path("/proc/loadavg").read_text().split()[:3],
@@ -194,6 +209,10 @@ def main() -> int:
     res["target_met"] = res["ratio"] <= RATIO_TARGET
     res["cli_ratio"] = median(cli) / median(res["floor_wall_s"]) if cli else None
     res["cli_target_met"] = res["cli_ratio"] is not None and res["cli_ratio"] <= RATIO_TARGET
+    res["warm_cli_ratio"] = median(warm_cli) / median(res["floor_wall_s"]) if warm_cli else None
+    res["warm_cli_target_met"] = (res["warm_cli_ratio"] is not None
+                                  and res["warm_cli_ratio"] <= RATIO_TARGET
+                                  and handed == len(warm_cli))
     if args.json:
         print(json.dumps(res, indent=2))
         return 0
@@ -214,7 +233,9 @@ def main() -> int:
          f"{phase(res['ours_phases'], 'activate_s'):.2f}"),
         *([] if not cli else [(
             "ours: kristalctl activate --dry-run (a flow run)", median(cli),
-            "the whole command")]),
+            "the whole command"), (
+            "ours: the same, handed to kristalctl warm", median(warm_cli),
+            f"the whole command ({handed} of {len(warm_cli)} ran warm)")]),
         ("floor: boto3 + json.loads + executemany + 3 indexes", median(res["floor_wall_s"]),
          f"imports {phase(res['floor_phases'], 'imports_s'):.2f}, download "
          f"{phase(res['floor_phases'], 'download_s'):.2f}, load "
@@ -228,7 +249,8 @@ def main() -> int:
           f"of {len(every)} objects; loadavg at the end {' '.join(res['loadavg'])}")
     if cli:
         print(f"kristalctl/floor = {res['cli_ratio']:.3f} (target <= {RATIO_TARGET}: "
-              f"{verdict(res['cli_target_met'])})")
+              f"{verdict(res['cli_target_met'])}); warm kristalctl/floor = "
+              f"{res['warm_cli_ratio']:.3f} ({verdict(res['warm_cli_target_met'])})")
     return 0
 
 

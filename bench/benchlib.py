@@ -14,7 +14,10 @@ import os
 import platform
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -216,3 +219,24 @@ def rollback_plain(ctx: Context, channel_id: str, who: Who, *, to: Any = "last-k
 
     return rollback(PlainRunner(), ctx, channel_id=channel_id, to=to, automatic=automatic,
                     expected_activation_id=expected_activation_id, who=who)
+
+
+def start_warm(env: dict[str, str], log: Path, cwd: Path) -> subprocess.Popen[bytes]:
+    """`kristalctl warm` for this environment (its stderr in `log`), once it is ready. The
+    environment needs a short `XDG_RUNTIME_DIR` of mode 0700 (the socket's directory)."""
+    with log.open("wb") as out:
+        warm = subprocess.Popen([sys.executable, "-m", "flows.cli", "warm"], env=env, cwd=cwd,
+                                stderr=out)
+    deadline = time.monotonic() + 120
+    while "ready (pid" not in log.read_text():
+        if warm.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"kristalctl warm was never ready: {log.read_text()}")
+        time.sleep(0.1)
+    return warm
+
+
+def stop_warm(warm: subprocess.Popen[bytes], log: Path) -> int:
+    """Stop it; how many children it forked (it says so per command)."""
+    warm.terminate()
+    warm.wait(60)
+    return log.read_text().count(" → child ")

@@ -32,7 +32,7 @@ def quiet_prefect() -> None:
 
 def startup_over() -> None:
     """The command has its heavy imports (the CLI starts with the cyclic collector off, see
-    `flows.cli.command_line.main`): freeze what is alive now (it lives as long as the process,
+    `flows.cli.run_command.main`): freeze what is alive now (it lives as long as the process,
     so later passes need not walk it) and collect again, for a command that may run for hours."""
     import gc
 

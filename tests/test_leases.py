@@ -135,7 +135,8 @@ def test_a_held_lease_is_renewed_and_known_lost_when_the_server_forgets_it(
             temporary_settings(updates={PREFECT_API_URL: f"{proxy.url}/api"}), \
             hold_limits([name], wait_s=5) as lease:
         time.sleep(1.0)
-        renewals = proxy.requests("POST", "/renew")
+        # The last renewal may still be on the wire (no upstream answer recorded yet).
+        renewals = [r for r in proxy.requests("POST", "/renew") if r.upstream_status is not None]
         assert len(renewals) >= 3 and all(r.upstream_status == 204 for r in renewals)
         assert lease.held
         proxy.add_rule(Action.STATUS, method="POST", key_contains="/renew", status=status,

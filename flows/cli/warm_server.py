@@ -2,7 +2,7 @@
 the flows and every command once, and forks one child per command handed to it
 (`flows.cli.warm_client` states the protocol's rules). A child is a fresh `kristalctl` in all
 but its start-up: it takes the client's stdio, environment, working directory and arguments,
-runs `flows.cli.command_line.main` and exits as a cold process would (threads joined, atexit
+runs `flows.cli.run_command.main` and exits as a cold process would (threads joined, atexit
 handlers run, stdio flushed).
 
 The server itself never starts a thread (forking a threaded process is unsafe) and answers a
@@ -321,7 +321,7 @@ def _run_command() -> int:
     non-daemon threads joined, then atexit handlers (Prefect's log and event flushes)."""
     import atexit
 
-    from flows.cli.command_line import main
+    from flows.cli.run_command import main  # every command: preloaded (`flows.cli.command_line`)
 
     try:
         main()
