@@ -119,7 +119,10 @@ class WarmServer:
         try:
             while not (self.stopping and not self.jobs):
                 for key, _events in self.selector.select(timeout=1.0):
-                    key.data(key.fileobj)
+                    try:
+                        key.data(key.fileobj)
+                    except Exception as exc:  # one request's trouble: the rest still served
+                        self.say(f"internal error: {type(exc).__name__}: {exc}")
         finally:
             self._close_listener()
             signal.set_wakeup_fd(previous)
@@ -217,9 +220,12 @@ class WarmServer:
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
-        if pid == 0:
-            os.close(go_w)
-            self._close_in_child(conn)
+        if pid == 0:  # the child never returns into the server's code, whatever happens
+            try:
+                os.close(go_w)
+                self._close_in_child(conn)
+            except BaseException:
+                os._exit(4)
             run_child(go_r, fds, header)
         os.close(go_r)
         pidfd = os.pidfd_open(pid)
@@ -240,7 +246,8 @@ class WarmServer:
         for job in self.jobs.values():
             job.conn.close()
             os.close(job.pidfd)
-            os.close(job.go)
+            if job.go >= 0:
+                os.close(job.go)
 
     def _heard(self, job: Job) -> None:
         """The client's one byte ("go") or its end: before "go", the child never starts;
@@ -251,7 +258,8 @@ class WarmServer:
             data = b""
         if data == b"g" and not job.released:
             job.released = True
-            os.write(job.go, b"g")
+            with contextlib.suppress(OSError):  # a child already gone: its end reports it
+                os.write(job.go, b"g")
             return
         self.selector.unregister(job.conn)
         if not job.released:
