@@ -5,7 +5,7 @@ everything it imports is paid by every command.
 
 The rules: a command is handed over only when a warm process of *exactly* this environment
 (variables, interpreter, the Prefect config files of this directory) listens in a private
-socket directory; anything else (none running, a refusal, no answer within a second) runs the
+socket directory; anything else (none running, a refusal, no answer within 3 s) runs the
 command here instead. The child starts only on this side's "go", sent once and only after the
 child is known, so a command is never run twice; once it is sent, this process forwards its
 signals to the child and exits as the child did. A warm process lost mid-command is
@@ -41,7 +41,7 @@ VOLATILE = frozenset({
 })
 # Files Prefect reads its settings from, relative to the working directory.
 CWD_CONFIG = ("prefect.toml", ".env", "pyproject.toml")
-ANSWER_TIMEOUT_S = 1.0
+ANSWER_TIMEOUT_S = 3.0  # a warm process that does not answer by then: run it here
 SOURCE_ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -219,7 +219,12 @@ class WarmServer:
         go_r, go_w = os.pipe()
         sys.stdout.flush()
         sys.stderr.flush()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError:
+            os.close(go_r)
+            os.close(go_w)
+            raise
         if pid == 0:  # the child never returns into the server's code, whatever happens
             try:
                 os.close(go_w)
@@ -228,14 +233,18 @@ class WarmServer:
                 os._exit(4)
             run_child(go_r, fds, header)
         os.close(go_r)
-        pidfd = os.pidfd_open(pid)
-        job = Job(pid=pid, conn=conn, pidfd=pidfd, go=go_w,
+        try:
+            _reply(conn, {"child": pid})
+        except OSError:  # the client gave up waiting and runs the command itself
+            os.close(go_w)  # so the child exits without running anything
+            go_w = -1
+        job = Job(pid=pid, conn=conn, pidfd=os.pidfd_open(pid), go=go_w,
                   command=" ".join(header["argv"][:2]))
         self.jobs[pid] = job
-        self.selector.register(pidfd, selectors.EVENT_READ, lambda _fd: self._ended(job))
-        self.selector.register(conn, selectors.EVENT_READ, lambda _c: self._heard(job))
-        _reply(conn, {"child": pid})
-        self.say(f"{job.command} → child {pid}")
+        self.selector.register(job.pidfd, selectors.EVENT_READ, lambda _fd: self._ended(job))
+        if go_w >= 0:
+            self.selector.register(conn, selectors.EVENT_READ, lambda _c: self._heard(job))
+            self.say(f"{job.command} → child {pid}")
 
     def _close_in_child(self, conn: socket.socket) -> None:
         self.selector.close()
@@ -361,37 +370,3 @@ def _kill(pid: int, sig: int) -> None:
 
 def restart_argv() -> list[str]:
     return [sys.executable, "-m", "flows.cli", *sys.argv[1:]]
-
-
-def preload(say: Callable[[str], None]) -> None:
-    """What commands import lazily, imported once here so that no child pays it."""
-    import importlib
-
-    started = time.perf_counter()
-    for name in PRELOAD:
-        importlib.import_module(name)
-    _warm_store_client()
-    say(f"preloaded {len(sys.modules)} modules in {time.perf_counter() - started:.2f} s")
-
-
-def _warm_store_client() -> None:
-    """Build the environment's S3 client once (botocore parses its service model per
-    session, ~0.15 s); it opens no connection until a child uses it."""
-    from kristal.config import store_config
-    from kristal.errors import KristalError
-    from kristal.store.s3 import ObjectStore
-
-    try:
-        config = store_config()
-    except KristalError:
-        return
-    store = ObjectStore(config)  # the clients a command's store uses: reads, then writes
-    store._cond_client  # noqa: B018
-
-
-PRELOAD = (
-    "flows.cli.command_line",
-    "flows.activate", "flows.rollback", "flows.downgrade", "flows.fleet", "flows.bake",
-    "flows.reverify",
-    "prefect.flow_engine", "prefect.task_engine",
-)
