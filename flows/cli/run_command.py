@@ -76,7 +76,7 @@ def _run() -> None:
     except KristalError as exc:
         _fail(exc.code, exc.message, exc.exit_status, live=not isinstance(exc, Infrastructure))
     except typer.Exit as exc:
-        sys.exit(exc.exit_code)
+        status = exc.exit_code
     except (typer.Abort, KeyboardInterrupt):
         _fail("activation_aborted", "interrupted", 1, live=True)
     except Exception as exc:
@@ -85,7 +85,7 @@ def _run() -> None:
             _fail("usage_invalid", usage, EXIT_USAGE, live=False)
         ref = uuid.uuid4().hex[:8]
         _fail("internal_error", f"{type(exc).__name__}: {exc} (ref {ref})", 4, live=False)
-    if _interrupted:  # typer turns the KeyboardInterrupt into a returned 130
+    if _interrupted:  # typer turns the KeyboardInterrupt into a 130 (returned or raised)
         _fail("activation_aborted", "interrupted", 1, live=True)
     sys.exit(status if isinstance(status, int) else 0)
 
