@@ -48,10 +48,32 @@ HEARTBEAT_S = 30
 
 
 def _definition(automation: Automation) -> dict[str, Any]:
-    return automation.model_dump(mode="json", exclude={"id"})
+    # Python mode, not JSON: a trigger's `expect` and `after` are sets, and JSON mode lists a
+    # set in its iteration order, which for equal sets depends on the order they were filled
+    # in (the server's list, read back, against ours) under one hash seed in eight: the re-apply
+    # then read as a change and reset the zombie trigger (seen in CI).
+    return automation.model_dump(exclude={"id"})
 
 
-def _upsert(automation: Automation) -> Automation:
+@dataclass(frozen=True)
+class Applied:
+    automation: Automation
+    outcome: str  # "created", "updated" or "unchanged"
+    changed: tuple[str, ...] = ()  # the definition's fields an update changed
+
+
+def _changed_fields(before: dict[str, Any], after: dict[str, Any], prefix: str = "") -> list[str]:
+    fields: list[str] = []
+    for key in sorted(set(before) | set(after)):
+        old, new = before.get(key), after.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            fields += _changed_fields(old, new, f"{prefix}{key}.")
+        elif old != new:
+            fields.append(f"{prefix}{key}")
+    return fields
+
+
+def _upsert(automation: Automation) -> Applied:
     """Create, or update only if the definition changed: an update resets the server's state
     of the automation's triggers, so a proactive one (the zombie-run detection) would forget
     the runs it is waiting on and never fire for a host that died just before."""
@@ -60,12 +82,14 @@ def _upsert(automation: Automation) -> Automation:
     except ValueError:
         existing = None
     if existing is None:
-        return cast(Automation, automation.create())
+        return Applied(cast(Automation, automation.create()), "created")
     current = cast(Automation, existing)
     automation.id = current.id
-    if _definition(current) != _definition(automation):
-        automation.update()
-    return automation
+    changed = _changed_fields(_definition(current), _definition(automation))
+    if not changed:
+        return Applied(automation, "unchanged")
+    automation.update()
+    return Applied(automation, "updated", tuple(changed))
 
 
 def _rollback_parameters(**request: Any) -> dict[str, Any]:
@@ -175,11 +199,32 @@ def followup_webhook(url: str | None) -> UUID | None:
     return cast(UUID, block.save(FOLLOWUP_BLOCK, overwrite=True))
 
 
-def apply_automations(registered: Registered, webhook_url: str | None = None) -> list[Automation]:
+def apply_automations(registered: Registered, webhook_url: str | None = None) -> list[Applied]:
+    """Each automation created, updated or left as it is (what `--json` reports)."""
     block_id = followup_webhook(webhook_url or ServeSettings.from_env().followup_webhook_url)
     return [_upsert(a) for a in automations(registered, block_id)]
 
 
+def applied_report(applied: list[Applied]) -> dict[str, dict[str, Any]]:
+    """What each automation's apply did, by name, for `--json`."""
+    return {a.automation.name: {"outcome": a.outcome, "changed": list(a.changed)}
+            for a in applied}
+
+
+def applied_line(applied: list[Applied]) -> str:
+    return "; ".join(f"{a.automation.name} ({a.outcome}"
+                     + (f": {', '.join(a.changed)})" if a.changed else ")") for a in applied)
+
+
+def reset_warning(applied: list[Applied]) -> str | None:
+    """What an operator must know when the zombie automation was updated: its trigger starts
+    afresh, so a run already silent (its host died before) is never marked Crashed."""
+    if not any(a.automation.name == CRASH_ZOMBIE_RUNS and a.outcome == "updated"
+               for a in applied):
+        return None
+    return (f"warning: {CRASH_ZOMBIE_RUNS!r} was updated: its trigger starts afresh and a run "
+            "already silent is not marked Crashed; look for activate/downgrade runs still "
+            "Running with no recent heartbeat and roll their channels back by hand")
 
 
 def registered_on_server(client: Any) -> Registered:

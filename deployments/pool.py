@@ -16,7 +16,13 @@ from pathlib import Path
 from typing import Any, cast
 from uuid import UUID
 
-from deployments.automations import HEARTBEAT_S, Registered, apply_automations
+from deployments.automations import (
+    HEARTBEAT_S,
+    Registered,
+    applied_report,
+    apply_automations,
+    reset_warning,
+)
 from kristal.config import ServeSettings
 from kristal.errors import UsageInvalid
 from kristal.formats.models import CHANNEL_PART, CHANNEL_PART_PATTERN
@@ -116,4 +122,6 @@ def deploy_and_automate(pool: str, store_block: str | None = None, *,
     return {"work_pool": pool, "pool_created": created, "store_block": store_block,
             "deployments": {k: str(v) for k, v in registered.ids.items()},
             "work_queues": ensure_region_queues(pool, regions),
-            "automations": [a.name for a in applied]}
+            "automations": [a.automation.name for a in applied],
+            "applied": applied_report(applied),
+            "warnings": [w for w in [reset_warning(applied)] if w]}

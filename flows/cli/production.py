@@ -28,6 +28,13 @@ def _require_api() -> None:
                            'dev up)", or point it at the server)')
 
 
+def _warn(warnings: list[str]) -> None:
+    import sys
+
+    for warning in warnings:
+        print(warning, file=sys.stderr, flush=True)
+
+
 @app.command("deploy")
 def deploy_command(
     pool: PoolOpt,
@@ -69,6 +76,7 @@ def deploy_command(
     if digest:
         Variable.set(TRUST_DIGEST_VARIABLE, digest, overwrite=True)
     doc["trust_file_sha256"] = digest
+    _warn(doc["warnings"])
     emit(as_json, doc, f"deployed {len(doc['deployments'])} flows to work pool {pool}"
          f"{' (created)' if doc['pool_created'] else ''}"
          f"{f', store block {store_block}' if store_block else ''}; automations: "
@@ -88,14 +96,23 @@ def automations_apply_command(as_json: JsonOpt = False) -> None:
     quiet_prefect()
     from prefect.client.orchestration import get_client
 
-    from deployments.automations import apply_automations, registered_on_server
+    from deployments.automations import (
+        applied_line,
+        applied_report,
+        apply_automations,
+        registered_on_server,
+        reset_warning,
+    )
 
     with get_client(sync_client=True) as client:
         registered = registered_on_server(client)
     applied = apply_automations(registered)
-    names = [a.name for a in applied]
-    emit(as_json, {"automations": names, "deployments": sorted(registered.ids)},
-         "applied: " + "; ".join(names))
+    warnings = [w for w in [reset_warning(applied)] if w]
+    _warn(warnings)
+    emit(as_json, {"automations": [a.automation.name for a in applied],
+                   "applied": applied_report(applied), "warnings": warnings,
+                   "deployments": sorted(registered.ids)},
+         "applied: " + applied_line(applied))
 
 
 @app.command("doctor")
