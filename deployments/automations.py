@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, cast
+from typing import Any, Literal, cast
 from uuid import UUID
 
 from prefect.automations import (
@@ -58,7 +58,7 @@ def _definition(automation: Automation) -> dict[str, Any]:
 @dataclass(frozen=True)
 class Applied:
     automation: Automation
-    outcome: str  # "created", "updated" or "unchanged"
+    outcome: Literal["created", "updated", "unchanged"]
     changed: tuple[str, ...] = ()  # the definition's fields an update changed
 
 
