@@ -216,15 +216,15 @@ def applied_line(applied: list[Applied]) -> str:
                      + (f": {', '.join(a.changed)})" if a.changed else ")") for a in applied)
 
 
-def reset_warning(applied: list[Applied]) -> str | None:
+def reset_warnings(applied: list[Applied]) -> list[str]:
     """What an operator must know when the zombie automation was updated: its trigger starts
     afresh, so a run already silent (its host died before) is never marked Crashed."""
     if not any(a.automation.name == CRASH_ZOMBIE_RUNS and a.outcome == "updated"
                for a in applied):
-        return None
-    return (f"warning: {CRASH_ZOMBIE_RUNS!r} was updated: its trigger starts afresh and a run "
+        return []
+    return [f"warning: {CRASH_ZOMBIE_RUNS!r} was updated: its trigger starts afresh and a run "
             "already silent is not marked Crashed; look for activate/downgrade runs still "
-            "Running with no recent heartbeat and roll their channels back by hand")
+            "Running with no recent heartbeat and roll their channels back by hand"]
 
 
 def registered_on_server(client: Any) -> Registered:

@@ -21,7 +21,7 @@ from deployments.automations import (
     Registered,
     applied_report,
     apply_automations,
-    reset_warning,
+    reset_warnings,
 )
 from kristal.config import ServeSettings
 from kristal.errors import UsageInvalid
@@ -124,4 +124,4 @@ def deploy_and_automate(pool: str, store_block: str | None = None, *,
             "work_queues": ensure_region_queues(pool, regions),
             "automations": [a.automation.name for a in applied],
             "applied": applied_report(applied),
-            "warnings": [w for w in [reset_warning(applied)] if w]}
+            "warnings": reset_warnings(applied)}

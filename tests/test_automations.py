@@ -17,12 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_cli import REPO_ROOT, kristalctl
 from world import World
 
 from kristal.channel import records
 from tasks.names import CRASH_ZOMBIE_RUNS
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 BROKEN = {"row_count": 60, "smoke_queries": [
     {"pattern": {"s": "entity:001", "p": None, "o": None}, "expect_count": 999}],
@@ -182,11 +181,9 @@ def test_deployments_automations_and_follow_ups_end_to_end(
     # 5. `automations apply` against what serve applied changes nothing; a new zombie window
     #    updates that automation (only the fields that changed) and warns what that costs.
     def apply(**extra: str) -> tuple[dict[str, Any], str]:
-        proc = subprocess.run(
-            [sys.executable, "-m", "flows.cli", "automations", "apply", "--json"],
-            capture_output=True, text=True, timeout=120,
-            env={**os.environ, **world.env, "PREFECT_API_URL": prefect_api,
-                 "KRISTAL_FOLLOWUP_WEBHOOK_URL": webhook[0], **extra})
+        proc = kristalctl("automations", "apply", "--json", timeout=120, env={
+            **world.env, "PREFECT_API_URL": prefect_api,
+            "KRISTAL_FOLLOWUP_WEBHOOK_URL": webhook[0], **extra})
         assert proc.returncode == 0, proc.stderr
         return json.loads(proc.stdout), proc.stderr
 

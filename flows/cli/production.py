@@ -101,13 +101,13 @@ def automations_apply_command(as_json: JsonOpt = False) -> None:
         applied_report,
         apply_automations,
         registered_on_server,
-        reset_warning,
+        reset_warnings,
     )
 
     with get_client(sync_client=True) as client:
         registered = registered_on_server(client)
     applied = apply_automations(registered)
-    warnings = [w for w in [reset_warning(applied)] if w]
+    warnings = reset_warnings(applied)
     _warn(warnings)
     emit(as_json, {"automations": [a.automation.name for a in applied],
                    "applied": applied_report(applied), "warnings": warnings,
